@@ -1,0 +1,461 @@
+"""
+One hand-written transformer for the three families SSMLoRA is evaluated on:
+
+  BERT / RoBERTa  encoder, bidirectional attention, post-LayerNorm, erf GELU
+  GPT-2           decoder, causal attention, pre-LayerNorm, tanh GELU ("gelu_new")
+
+Every attention block has *separate* query, key, value and output projections (nn.Linear), so an adapter
+can wrap `blocks[i].attn.query` or `.value` directly. GPT-2's fused Conv1D `c_attn` is split at load time.
+
+from_pretrained() reads original Hugging Face checkpoints (a local folder or a hub name) and accounts for
+every tensor: anything missing, unexpected or mis-shaped is an error that names it.
+"""
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ModelError(Exception):
+    """Bad checkpoint, bad config or bad input: the message says what was wrong and how to fix it."""
+
+
+@dataclass
+class Config:
+    family: str = "roberta"      # "bert" | "roberta" (encoder, post-LN) | "gpt2" (decoder, pre-LN)
+    vocab_size: int = 50265
+    n_positions: int = 514       # rows of the position table (RoBERTa's first two are never used)
+    n_layer: int = 12
+    n_head: int = 12
+    d_model: int = 768
+    d_ff: int = 3072
+    type_vocab_size: int = 1     # token-type rows: BERT 2, RoBERTa 1, GPT-2 0 (none)
+    pad_token_id: int = 1
+    ln_eps: float = 1e-5
+    activation: str = "gelu"     # "gelu" (erf) | "gelu_tanh" (GPT-2's gelu_new) | "relu"
+    dropout: float = 0.1         # embeddings and residual branches
+    attn_dropout: float = 0.1    # attention probabilities
+    head_dropout: float = 0.1    # inside the classification head
+    head: str = "cls"            # "cls": sequence classification / regression, "lm": GPT-2 LM, "none"
+    num_labels: int = 2          # 1 means regression (STS-B)
+
+    @property
+    def causal(self):
+        return self.family == "gpt2"
+
+    @property
+    def pre_ln(self):
+        return self.family == "gpt2"
+
+
+_ROBERTA = dict(family="roberta", vocab_size=50265, n_positions=514, type_vocab_size=1, pad_token_id=1,
+                ln_eps=1e-5, activation="gelu")
+_BERT = dict(family="bert", vocab_size=30522, n_positions=512, type_vocab_size=2, pad_token_id=0,
+             ln_eps=1e-12, activation="gelu")
+_GPT2 = dict(family="gpt2", vocab_size=50257, n_positions=1024, type_vocab_size=0, pad_token_id=50256,
+             ln_eps=1e-5, activation="gelu_tanh", head_dropout=0.0)  # GPT-2 pads with <|endoftext|>
+_BASE = dict(n_layer=12, n_head=12, d_model=768, d_ff=3072)
+_LARGE = dict(n_layer=24, n_head=16, d_model=1024, d_ff=4096)
+
+PRESETS = {
+    "roberta-base": {**_ROBERTA, **_BASE},
+    "roberta-large": {**_ROBERTA, **_LARGE},
+    "bert-base-uncased": {**_BERT, **_BASE},
+    "bert-large-uncased": {**_BERT, **_LARGE},
+    "gpt2": {**_GPT2, **_BASE},
+    "gpt2-medium": {**_GPT2, **_LARGE},
+    "gpt2-large": {**_GPT2, "n_layer": 36, "n_head": 20, "d_model": 1280, "d_ff": 5120},
+}
+
+
+def preset(name, **overrides):
+    """Config of a preset by name, e.g. preset("roberta-base", num_labels=3)."""
+    if name not in PRESETS:
+        raise ModelError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return Config(**{**PRESETS[name], **overrides})
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the transformer
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.n_positions, cfg.d_model)
+        self.typ = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.ln = None if cfg.pre_ln else nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)  # post-LN embeds are normed
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def position_ids(self, input_ids):
+        T = input_ids.shape[1]
+        if self.cfg.family == "roberta":
+            # RoBERTa (fairseq) numbers real tokens from pad_token_id + 1 and gives padding pad_token_id
+            real = input_ids.ne(self.cfg.pad_token_id).long()
+            return torch.cumsum(real, dim=1) * real + self.cfg.pad_token_id, T + self.cfg.pad_token_id + 1
+        return torch.arange(T, device=input_ids.device).unsqueeze(0), T
+
+    def forward(self, input_ids, token_type_ids=None):
+        pos, needed = self.position_ids(input_ids)
+        if needed > self.cfg.n_positions:
+            raise ModelError(f"sequence of {input_ids.shape[1]} tokens is longer than this model's position "
+                             f"table allows ({self.cfg.n_positions} rows); truncate it (e.g. --max-len)")
+        x = self.tok(input_ids) + self.pos(pos)
+        if self.typ is not None:
+            x = x + self.typ(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+        if self.ln is not None:
+            x = self.ln(x)
+        return self.drop(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg.d_model
+        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
+        self.n_head, self.p_drop, self.causal = cfg.n_head, cfg.attn_dropout, cfg.causal
+
+    def forward(self, x, mask):
+        B, T, C = x.shape
+        q, k, v = (proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        # mask is None when nothing is padded: SDPA can then use its fused causal / flash kernels
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0,
+                                           is_causal=self.causal and mask is None)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.act = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}[cfg.activation]
+
+    def forward(self, x):
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.attn, self.mlp = Attention(cfg), MLP(cfg)
+        self.ln_attn = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.pre_ln = cfg.pre_ln
+
+    def forward(self, x, mask):
+        if self.pre_ln:  # GPT-2: normalise the input of each branch
+            x = x + self.drop(self.attn(self.ln_attn(x), mask))
+            return x + self.drop(self.mlp(self.ln_mlp(x)))
+        x = self.ln_attn(x + self.drop(self.attn(x, mask)))  # BERT / RoBERTa: normalise after the residual
+        return self.ln_mlp(x + self.drop(self.mlp(x)))
+
+
+class Head(nn.Module):
+    """Sequence classification (num_labels > 1) or regression (num_labels == 1), each family its own way."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d, n = cfg.d_model, cfg.num_labels
+        self.family = cfg.family
+        self.drop = nn.Dropout(cfg.head_dropout)
+        if cfg.family == "roberta":    # first token -> dense -> tanh -> out_proj
+            self.dense, self.out_proj = nn.Linear(d, d), nn.Linear(d, n)
+        elif cfg.family == "bert":     # pooler (dense + tanh on [CLS]) -> classifier
+            self.pooler, self.classifier = nn.Linear(d, d), nn.Linear(d, n)
+        else:                          # GPT-2: score the last real token (it has seen the whole text)
+            self.score = nn.Linear(d, n, bias=False)
+
+    def forward(self, x, attention_mask):
+        if self.family == "roberta":
+            return self.out_proj(self.drop(torch.tanh(self.dense(self.drop(x[:, 0])))))
+        if self.family == "bert":
+            return self.classifier(self.drop(torch.tanh(self.pooler(x[:, 0]))))
+        if attention_mask is None:
+            last = torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
+        else:  # index of the last attended position, for right or left padding alike
+            last = (attention_mask.long() * torch.arange(x.shape[1], device=x.device)).argmax(-1)
+        return self.score(x[torch.arange(x.shape[0], device=x.device), last])
+
+
+class Model(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        if cfg.family not in ("bert", "roberta", "gpt2"):
+            raise ModelError(f"unknown family {cfg.family!r}: expected bert, roberta or gpt2")
+        if cfg.d_model % cfg.n_head:
+            raise ModelError(f"d_model {cfg.d_model} is not divisible by n_head {cfg.n_head}")
+        self.cfg = cfg
+        self.embed = Embeddings(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.pre_ln else None
+        self.head = Head(cfg) if cfg.head == "cls" else None  # the "lm" head is tied to embed.tok
+        self.apply(_init_weights)
+
+    def attention_mask_for_sdpa(self, attention_mask, T):
+        """Boolean mask (True = may attend) shaped for SDPA, or None when nothing is padded."""
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        keys = attention_mask.bool()[:, None, None, :]                        # (B, 1, 1, T): hide padded keys
+        if self.cfg.causal:
+            keys = keys & torch.ones(T, T, dtype=torch.bool, device=keys.device).tril()
+        return keys
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Last hidden states (B, T, d_model), after GPT-2's final LayerNorm."""
+        if input_ids.dim() != 2:
+            raise ModelError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ModelError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
+                             f"shape {tuple(input_ids.shape)}")
+        if bool(((input_ids < 0) | (input_ids >= self.cfg.vocab_size)).any()):
+            raise ModelError(f"token ids must lie in [0, {self.cfg.vocab_size}) for this vocabulary, got "
+                             f"min {int(input_ids.min())} max {int(input_ids.max())}: wrong tokenizer?")
+        mask = self.attention_mask_for_sdpa(attention_mask, input_ids.shape[1])
+        x = self.embed(input_ids, token_type_ids)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x) if self.ln_f is not None else x
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
+        """Returns (logits, loss); loss is None without labels. With head "none", logits are hidden states."""
+        x = self.encode(input_ids, attention_mask, token_type_ids)
+        if self.cfg.head == "none":
+            return x, None
+        if self.cfg.head == "lm":
+            logits = F.linear(x, self.embed.tok.weight)  # tied to the token embeddings
+            loss = None if labels is None else F.cross_entropy(  # predict token t+1 from tokens <= t
+                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            return logits, loss
+        logits = self.head(x, attention_mask)
+        if labels is None:
+            return logits, None
+        if self.cfg.num_labels == 1:
+            return logits, F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        return logits, F.cross_entropy(logits.float(), labels)
+
+
+def _init_weights(module):
+    # BERT / GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# loading original Hugging Face checkpoints
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "special_tokens_map.json")
+_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def resolve(name_or_dir):
+    """A local checkpoint folder as is, or a hub name downloaded once into huggingface_hub's cache."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or str(name_or_dir).startswith((".", "/", "~")) or str(name_or_dir).count("/") > 1:
+        raise ModelError(f"{name_or_dir!r} is not a checkpoint folder (no such directory)")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+
+    def fetch(filename):
+        try:
+            return Path(hf_hub_download(str(name_or_dir), filename))
+        except EntryNotFoundError:
+            return None
+        except RepositoryNotFoundError:
+            raise ModelError(f"{name_or_dir!r} is neither a local folder nor a model on the Hugging Face hub")
+        except Exception as e:  # offline, nothing cached, DNS, proxy, timeouts: all the same advice
+            raise ModelError(
+                f"could not find {name_or_dir!r} in the local cache nor download it ({type(e).__name__}: no "
+                f"network?). Download config.json, model.safetensors (or pytorch_model.bin) and the tokenizer "
+                f"files (tokenizer.json, or vocab.json + merges.txt, or vocab.txt) from "
+                f"https://huggingface.co/{name_or_dir} into one folder and pass that folder instead, "
+                f"e.g. --model ./checkpoints/{str(name_or_dir).split('/')[-1]}") from None
+
+    folder = fetch("config.json").parent
+    if fetch("model.safetensors") is None and fetch("pytorch_model.bin") is None:
+        raise ModelError(f"hub model {name_or_dir!r} has neither model.safetensors nor pytorch_model.bin")
+    for name in TOKENIZER_FILES:  # optional: whichever of these the model has
+        fetch(name)
+    return folder
+
+
+def config_from_hf(hf, num_labels=None, has_head=False, head_labels=None):
+    """Our Config from a Hugging Face config.json dict."""
+    family = hf.get("model_type")
+    if family not in ("bert", "roberta", "gpt2"):
+        raise ModelError(f"unsupported architecture in config.json: model_type={family!r} "
+                         f"(architectures={hf.get('architectures')}); this code supports bert, roberta, gpt2")
+    gpt = family == "gpt2"
+    act = hf.get("activation_function" if gpt else "hidden_act", "gelu_new" if gpt else "gelu")
+    if act not in _ACTIVATIONS:
+        raise ModelError(f"unsupported activation {act!r} in config.json; supported: {', '.join(_ACTIVATIONS)}")
+    if hf.get("position_embedding_type", "absolute") != "absolute" or hf.get("scale_attn_by_inverse_layer_idx"):
+        raise ModelError("unsupported attention variant in config.json (only absolute positions, plain scaling)")
+    if num_labels is None:
+        num_labels = head_labels if has_head else None
+    head = "cls" if num_labels is not None else ("lm" if gpt else "none")
+    hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
+    d = hf["n_embd"] if gpt else hf["hidden_size"]
+    pad = hf.get("pad_token_id")
+    return Config(
+        family=family, vocab_size=hf["vocab_size"], n_positions=hf["n_positions" if gpt else "max_position_embeddings"],
+        n_layer=hf["n_layer" if gpt else "num_hidden_layers"], n_head=hf["n_head" if gpt else "num_attention_heads"],
+        d_model=d, d_ff=(hf.get("n_inner") or 4 * d) if gpt else hf["intermediate_size"],
+        type_vocab_size=0 if gpt else hf.get("type_vocab_size", 2),
+        pad_token_id=pad if pad is not None else (hf.get("eos_token_id", 50256) if gpt else 0),
+        ln_eps=hf.get("layer_norm_epsilon" if gpt else "layer_norm_eps", 1e-5 if gpt else 1e-12),
+        activation=_ACTIVATIONS[act], dropout=hidden_drop,
+        attn_dropout=hf.get("attn_pdrop" if gpt else "attention_probs_dropout_prob", 0.1),
+        head_dropout=0.0 if gpt else (hf.get("classifier_dropout") or hidden_drop),
+        head=head, num_labels=num_labels or 2)
+
+
+def read_weights(folder):
+    """The checkpoint's tensors as a dict: model.safetensors (sharded too) or pytorch_model.bin."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = ([folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+             if index.exists() else [folder / f for f in WEIGHT_FILES if (folder / f).exists()][:1])
+    if not files:
+        raise ModelError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)} "
+                         f"(found: {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
+    state = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state.update(load_file(f))
+            else:  # weights_only: never unpickle arbitrary objects from a downloaded file
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise ModelError(f"could not read weights file {f} ({type(e).__name__}: {e}); it is corrupt or "
+                             f"truncated: delete it and download it again") from None
+    return state
+
+
+# Hugging Face name -> our name. Applied with re.fullmatch after the family prefix is stripped.
+_ENCODER_NAMES = [
+    (r"embeddings\.word_embeddings\.(\w+)", r"embed.tok.\1"),
+    (r"embeddings\.position_embeddings\.(\w+)", r"embed.pos.\1"),
+    (r"embeddings\.token_type_embeddings\.(\w+)", r"embed.typ.\1"),
+    (r"embeddings\.LayerNorm\.(\w+)", r"embed.ln.\1"),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(\w+)", r"blocks.\1.attn.\2.\3"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(\w+)", r"blocks.\1.attn.out.\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.(\w+)", r"blocks.\1.ln_attn.\2"),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(\w+)", r"blocks.\1.mlp.fc_in.\2"),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.(\w+)", r"blocks.\1.mlp.fc_out.\2"),
+    (r"encoder\.layer\.(\d+)\.output\.LayerNorm\.(\w+)", r"blocks.\1.ln_mlp.\2"),
+]
+_NAMES = {
+    "bert": _ENCODER_NAMES + [(r"pooler\.dense\.(\w+)", r"head.pooler.\1"),
+                              (r"classifier\.(weight|bias)", r"head.classifier.\1")],
+    "roberta": _ENCODER_NAMES + [(r"classifier\.dense\.(\w+)", r"head.dense.\1"),
+                                 (r"classifier\.out_proj\.(\w+)", r"head.out_proj.\1")],
+    "gpt2": [
+        (r"wte\.weight", "embed.tok.weight"), (r"wpe\.weight", "embed.pos.weight"),
+        (r"h\.(\d+)\.ln_1\.(\w+)", r"blocks.\1.ln_attn.\2"), (r"h\.(\d+)\.ln_2\.(\w+)", r"blocks.\1.ln_mlp.\2"),
+        (r"h\.(\d+)\.attn\.c_proj\.(\w+)", r"blocks.\1.attn.out.\2"),
+        (r"h\.(\d+)\.mlp\.c_fc\.(\w+)", r"blocks.\1.mlp.fc_in.\2"),
+        (r"h\.(\d+)\.mlp\.c_proj\.(\w+)", r"blocks.\1.mlp.fc_out.\2"),
+        (r"ln_f\.(\w+)", r"ln_f.\1"), (r"score\.weight", "head.score.weight"),
+    ],
+}
+# Tensors that real checkpoints carry and this model does not use, with the reason.
+_IGNORED = {
+    "bert": [r"embeddings\.position_ids",            # a buffer (arange), not a weight
+             r"cls\..*"],                            # pre-training heads (masked LM, next sentence)
+    "roberta": [r"embeddings\.position_ids", r"lm_head\..*",  # masked-LM head of the pre-trained checkpoint
+                r"pooler\..*"],                      # RoBERTa's classification head does not use the pooler
+    "gpt2": [r"h\.\d+\.attn\.(bias|masked_bias)",    # causal-mask buffers of old checkpoints
+             r"lm_head\.weight"],                    # tied to wte
+}
+_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer."}
+
+
+def convert_state_dict(state, family):
+    """Rename a Hugging Face state dict to ours; split and transpose GPT-2's Conv1D weights."""
+    out, unexpected = {}, []
+    for name, tensor in state.items():
+        name = name[len(_PREFIXES[family]):] if name.startswith(_PREFIXES[family]) else name
+        name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
+        if any(re.fullmatch(p, name) for p in _IGNORED[family]):
+            continue
+        m = re.fullmatch(r"h\.(\d+)\.attn\.c_attn\.(weight|bias)", name)
+        if family == "gpt2" and m:  # fused (d, 3d) Conv1D -> separate q, k, v Linear weights (out, in)
+            parts = tensor.chunk(3, dim=-1)
+            for proj, part in zip(("query", "key", "value"), parts):
+                out[f"blocks.{m[1]}.attn.{proj}.{m[2]}"] = part.t().contiguous() if m[2] == "weight" else part
+            continue
+        for pattern, repl in _NAMES[family]:
+            if re.fullmatch(pattern, name):
+                ours = re.sub(pattern, repl, name)
+                conv1d = family == "gpt2" and re.fullmatch(r"blocks\.\d+\.(attn\.out|mlp\.fc_in|mlp\.fc_out)\.weight", ours)
+                out[ours] = tensor.t().contiguous() if conv1d else tensor  # Conv1D stores (in, out)
+                break
+        else:
+            unexpected.append(name)
+    if unexpected:
+        raise ModelError(f"unexpected tensors in the {family} checkpoint: {', '.join(unexpected[:10])}"
+                         f"{' ...' if len(unexpected) > 10 else ''}")
+    return out
+
+
+def from_pretrained(name_or_dir, num_labels=None, **overrides):
+    """
+    Load an original Hugging Face BERT / RoBERTa / GPT-2 checkpoint. num_labels=None keeps the checkpoint's own
+    head (a classifier if it has one, GPT-2's LM head, or none); a number asks for a classification head
+    (1 = regression), loaded from the checkpoint if it has one of that size, otherwise freshly initialised.
+    overrides: Config fields to change (e.g. dropout=0.0).
+    """
+    folder = resolve(name_or_dir)
+    if not (folder / "config.json").exists():
+        raise ModelError(f"no config.json in {folder}: is this a Hugging Face checkpoint folder?")
+    try:
+        hf = json.loads((folder / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
+    family = config_from_hf(hf).family  # rejects unsupported architectures before reading any weights
+    state = convert_state_dict(read_weights(folder), family)
+    head_keys = sorted(k for k in state if k.startswith("head."))
+    head_labels = next((state[k].shape[0] for k in head_keys if re.search(r"(out_proj|classifier|score)\.weight", k)), None)
+    cfg = replace(config_from_hf(hf, num_labels, bool(head_keys), head_labels), **overrides)
+    model = Model(cfg)
+    ours = model.state_dict()
+    if cfg.head != "cls" and head_keys:
+        raise ModelError(f"checkpoint has a classification head but head={cfg.head!r}")
+    if cfg.head == "cls" and head_keys and head_labels != cfg.num_labels:
+        raise ModelError(f"the checkpoint's classification head has {head_labels} labels but num_labels="
+                         f"{cfg.num_labels} was asked for; load it with num_labels={head_labels}, or start from "
+                         f"a checkpoint without a task head")
+    missing = [k for k in ours if k not in state and not (k.startswith("head.") and not head_keys)]
+    if missing:
+        raise ModelError(f"tensors missing from the checkpoint in {folder}: {', '.join(missing[:10])}"
+                         f"{' ...' if len(missing) > 10 else ''}")
+    for k, t in state.items():
+        if k not in ours:
+            raise ModelError(f"checkpoint tensor {k} has no place in a {cfg.family} model with head {cfg.head!r}")
+        if t.shape != ours[k].shape:
+            raise ModelError(f"checkpoint tensor {k} has shape {tuple(t.shape)}, the model expects "
+                             f"{tuple(ours[k].shape)}: config.json and the weights disagree")
+    model.load_state_dict(state, strict=not (cfg.head == "cls" and not head_keys))
+    if cfg.head == "cls" and not head_keys:
+        print(f"{name_or_dir}: the checkpoint has no classification head; initialised a new one for "
+              f"{cfg.num_labels} label{'s' if cfg.num_labels > 1 else ''} ({', '.join(n for n, _ in model.head.named_parameters())})")
+    model.source = str(folder)  # where the tokenizer files are
+    return model
