@@ -270,26 +270,30 @@ def resolve(name_or_dir):
     if path.exists() or str(name_or_dir).startswith((".", "/", "~")) or str(name_or_dir).count("/") > 1:
         raise ModelError(f"{name_or_dir!r} is not a checkpoint folder (no such directory)")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
+    how = (f"Download config.json, model.safetensors (or pytorch_model.bin) and the tokenizer files (tokenizer.json, "
+           f"or vocab.json + merges.txt, or vocab.txt) from https://huggingface.co/{name_or_dir} into one folder and "
+           f"pass that folder instead, e.g. --model ./checkpoints/{str(name_or_dir).split('/')[-1]}")
 
-    def fetch(filename):
+    def fetch(filename, required=False):
         try:
             return Path(hf_hub_download(str(name_or_dir), filename))
-        except EntryNotFoundError:
+        except RemoteEntryNotFoundError:  # the hub answered: this repo has no such file
+            return None
+        except LocalEntryNotFoundError:   # not cached, and offline or the hub could not be reached
+            if required:
+                raise ModelError(f"could not find {name_or_dir!r} in the local cache nor download it (no "
+                                 f"network?). {how}") from None
             return None
         except RepositoryNotFoundError:
-            raise ModelError(f"{name_or_dir!r} is neither a local folder nor a model on the Hugging Face hub")
-        except Exception as e:  # offline, nothing cached, DNS, proxy, timeouts: all the same advice
-            raise ModelError(
-                f"could not find {name_or_dir!r} in the local cache nor download it ({type(e).__name__}: no "
-                f"network?). Download config.json, model.safetensors (or pytorch_model.bin) and the tokenizer "
-                f"files (tokenizer.json, or vocab.json + merges.txt, or vocab.txt) from "
-                f"https://huggingface.co/{name_or_dir} into one folder and pass that folder instead, "
-                f"e.g. --model ./checkpoints/{str(name_or_dir).split('/')[-1]}") from None
+            raise ModelError(f"{name_or_dir!r} is neither a local folder nor a model on the Hugging Face hub") from None
+        except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
+            raise ModelError(f"downloading {filename} of {name_or_dir!r} failed ({type(e).__name__}: {e}). {how}") from None
 
-    folder = fetch("config.json").parent
+    folder = fetch("config.json", required=True).parent
     if fetch("model.safetensors") is None and fetch("pytorch_model.bin") is None:
-        raise ModelError(f"hub model {name_or_dir!r} has neither model.safetensors nor pytorch_model.bin")
+        raise ModelError(f"no weights for {name_or_dir!r}: neither model.safetensors nor pytorch_model.bin is in "
+                         f"the cache or could be downloaded. {how}")
     for name in TOKENIZER_FILES:  # optional: whichever of these the model has
         fetch(name)
     return folder
@@ -432,18 +436,20 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
         raise ModelError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
     family = config_from_hf(hf).family  # rejects unsupported architectures before reading any weights
     state = convert_state_dict(read_weights(folder), family)
-    head_keys = sorted(k for k in state if k.startswith("head."))
-    head_labels = next((state[k].shape[0] for k in head_keys if re.search(r"(out_proj|classifier|score)\.weight", k)), None)
-    cfg = replace(config_from_hf(hf, num_labels, bool(head_keys), head_labels), **overrides)
-    model = Model(cfg)
-    ours = model.state_dict()
-    if cfg.head != "cls" and head_keys:
-        raise ModelError(f"checkpoint has a classification head but head={cfg.head!r}")
-    if cfg.head == "cls" and head_keys and head_labels != cfg.num_labels:
+    classifier = [k for k in state if re.fullmatch(r"head\.(out_proj|classifier|score)\.weight", k)]
+    head_labels = state[classifier[0]].shape[0] if classifier else None
+    cfg = replace(config_from_hf(hf, num_labels, bool(classifier), head_labels), **overrides)
+    if cfg.head != "cls":  # e.g. BERT's pooler, which only the classification head uses
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if cfg.head == "cls" and classifier and head_labels != cfg.num_labels:
         raise ModelError(f"the checkpoint's classification head has {head_labels} labels but num_labels="
                          f"{cfg.num_labels} was asked for; load it with num_labels={head_labels}, or start from "
                          f"a checkpoint without a task head")
-    missing = [k for k in ours if k not in state and not (k.startswith("head.") and not head_keys)]
+    model = Model(cfg)
+    ours = model.state_dict()
+    # without a classifier in the checkpoint the head is new (BERT's pooler still loads if it is there)
+    new = [k for k in ours if k.startswith("head.") and k not in state] if not classifier else []
+    missing = [k for k in ours if k not in state and k not in new]
     if missing:
         raise ModelError(f"tensors missing from the checkpoint in {folder}: {', '.join(missing[:10])}"
                          f"{' ...' if len(missing) > 10 else ''}")
@@ -453,9 +459,9 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
         if t.shape != ours[k].shape:
             raise ModelError(f"checkpoint tensor {k} has shape {tuple(t.shape)}, the model expects "
                              f"{tuple(ours[k].shape)}: config.json and the weights disagree")
-    model.load_state_dict(state, strict=not (cfg.head == "cls" and not head_keys))
-    if cfg.head == "cls" and not head_keys:
+    model.load_state_dict({**ours, **state})  # strict: every tensor of ours is either loaded or new
+    if new:
         print(f"{name_or_dir}: the checkpoint has no classification head; initialised a new one for "
-              f"{cfg.num_labels} label{'s' if cfg.num_labels > 1 else ''} ({', '.join(n for n, _ in model.head.named_parameters())})")
+              f"{cfg.num_labels} label{'s' if cfg.num_labels > 1 else ''} ({', '.join(new)})")
     model.source = str(folder)  # where the tokenizer files are
-    return model
+    return model.eval()  # like transformers: call .train() to fine-tune

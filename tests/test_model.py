@@ -1,0 +1,292 @@
+"""model.py: output parity with `transformers` on tiny random checkpoints and on the real MiniLM, hub layouts,
+presets and clear errors."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import transformers as hf
+
+import model as M
+from checkpoints import KINDS, MINILM, make, rewrite
+
+B, T = 3, 12
+
+
+def inputs(kind, seed=1):
+    """A padded batch: row 0 full, rows 1 and 2 right-padded, token types for BERT."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = KINDS[kind][1]
+    pad = cfg.pad_token_id
+    ids = torch.randint(3, cfg.vocab_size - 1, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 8:] = 0
+    mask[2, 5:] = 0
+    ids[mask == 0] = pad
+    types = (torch.arange(T) >= 4).long().expand(B, T) * mask if kind.startswith("bert") else None
+    return ids, mask, types
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("kind", ["roberta-2", "roberta-3", "roberta-reg", "bert", "gpt2-lm", "gpt2-cls"])
+def test_parity_with_transformers(kind, fmt, tmp_path):
+    ref = make(kind, tmp_path, fmt)
+    ours = M.from_pretrained(tmp_path).eval()
+    ids, mask, types = inputs(kind)
+    kw = {"token_type_ids": types} if types is not None else {}
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True, **kw)
+        hidden = ours.encode(ids, mask, types)
+        logits, _ = ours(ids, mask, types)
+    # every position, padding included: our masking must match theirs row for row
+    assert (hidden - out.hidden_states[-1]).abs().max() < 1e-5
+    assert logits.shape == out.logits.shape
+    assert (logits - out.logits).abs().max() < 1e-5
+
+
+def test_losses_match_transformers(tmp_path):
+    for kind, labels in [("roberta-3", torch.tensor([0, 2, 1])), ("roberta-reg", torch.tensor([0.5, 3.0, 4.5])),
+                         ("gpt2-lm", None)]:
+        folder = tmp_path / kind
+        ref = make(kind, folder)
+        ours = M.from_pretrained(folder).eval()
+        ids, mask, _ = inputs(kind)
+        if labels is None:  # LM: labels are the ids, padding ignored
+            labels = ids.masked_fill(mask == 0, -100)
+        with torch.no_grad():
+            assert abs(ref(input_ids=ids, attention_mask=mask, labels=labels).loss - ours(ids, mask, labels=labels)[1]) < 1e-5
+
+
+def test_gpt2_hub_layout(tmp_path):
+    """The real `gpt2` file: no `transformer.` prefix, plus h.N.attn.bias / masked_bias buffers."""
+    ref = make("gpt2-lm", tmp_path)
+    n = ref.config.n_positions
+
+    def hub(state):
+        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+        for i in range(ref.config.n_layer):
+            state[f"h.{i}.attn.bias"] = torch.ones(1, 1, n, n).tril()
+            state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+        return state
+    rewrite(tmp_path, hub)
+    ours = M.from_pretrained(tmp_path).eval()
+    ids, mask, _ = inputs("gpt2-lm")
+    with torch.no_grad():
+        assert (ours(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max() < 1e-5
+
+
+def test_roberta_masked_lm_checkpoint_gets_a_new_head(tmp_path, capsys):
+    """`roberta-base` on the hub is a masked-LM checkpoint: lm_head.* and a pooler, no classifier."""
+    ref = make("roberta-mlm", tmp_path)
+    d = ref.config.hidden_size
+    rewrite(tmp_path, lambda s: {**s, "roberta.pooler.dense.weight": torch.randn(d, d),
+                                 "roberta.pooler.dense.bias": torch.randn(d),
+                                 "roberta.embeddings.position_ids": torch.arange(40)[None]})
+    base = M.from_pretrained(tmp_path).eval()
+    assert base.cfg.head == "none" and base.head is None
+    ours = M.from_pretrained(tmp_path, num_labels=3).eval()
+    assert "no classification head" in capsys.readouterr().out
+    assert ours.head.out_proj.weight.shape == (3, d)
+    ids, mask, _ = inputs("roberta-mlm")
+    with torch.no_grad():
+        ref_hidden = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        assert (ours.encode(ids, mask) - ref_hidden).abs().max() < 1e-5
+        assert (base(ids, mask)[0] - ref_hidden).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["sentence-transformers", "old-bert"])
+def test_bert_layouts(layout, tmp_path):
+    """sentence-transformers: no `bert.` prefix + position_ids buffer; original bert-base-uncased: `bert.`
+    prefix, pre-training heads (cls.*) and LayerNorm gamma/beta names."""
+    kind = "bert-base" if layout == "sentence-transformers" else "bert-pretraining"
+    ref = make(kind, tmp_path)
+    if layout == "sentence-transformers":
+        rewrite(tmp_path, lambda s: {**s, "embeddings.position_ids": torch.arange(40)[None]})
+    else:
+        rewrite(tmp_path, lambda s: {k.replace("LayerNorm.weight", "LayerNorm.gamma")
+                                     .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in s.items()})
+    ours = M.from_pretrained(tmp_path, num_labels=2).eval()
+    base = ref if layout == "sentence-transformers" else ref.bert
+    ids, mask, types = inputs("bert")
+    with torch.no_grad():
+        out = base(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        assert (ours.encode(ids, mask, types) - out.last_hidden_state).abs().max() < 1e-5
+        # the pooler came from the checkpoint, only the classifier is new
+        assert (torch.tanh(ours.head.pooler(ours.encode(ids, mask, types)[:, 0])) - out.pooler_output).abs().max() < 1e-5
+
+
+def test_real_minilm_matches_transformers():
+    """The real pretrained all-MiniLM-L6-v2 (BERT architecture) on real sentences."""
+    tok = hf.AutoTokenizer.from_pretrained(MINILM)
+    ref = hf.BertModel.from_pretrained(MINILM).eval()
+    ours = M.from_pretrained(MINILM).eval()
+    sentences = ["A man is playing a guitar on the street.", "The new movie is awesome!",
+                 "It was the best of times, it was the worst of times, it was the age of wisdom."]
+    batch = tok(sentences, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = ref(**batch).last_hidden_state
+        got = ours.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    assert (got - want).abs().max() < 1e-4
+    assert ours.cfg.head == "none" and ours.cfg.n_layer == 6 and ours.cfg.d_model == 384
+
+
+def test_presets_build_with_known_sizes():
+    # parameter totals of the published models (transformers' own counts), built on the meta device: no memory
+    known = {("roberta-base", "cls"): 124_647_170, ("bert-base-uncased", "cls"): 109_483_778,
+             ("gpt2", "lm"): 124_439_808, ("roberta-large", "cls"): 355_361_794, ("gpt2-medium", "lm"): 354_823_168}
+    for (name, head), total in known.items():
+        with torch.device("meta"):
+            m = M.Model(M.preset(name, head=head, num_labels=2))
+        assert sum(p.numel() for p in m.parameters()) == total, name
+    with pytest.raises(M.ModelError, match="unknown preset"):
+        M.preset("roberta-huge")
+
+
+def test_random_preset_runs_and_sdpa_fast_path_equals_masked_path():
+    cfg = M.Config(family="gpt2", vocab_size=50, n_positions=16, n_layer=2, n_head=2, d_model=16, d_ff=32,
+                   type_vocab_size=0, pad_token_id=0, activation="gelu_tanh", head="lm")
+    m = M.Model(cfg).eval()
+    ids = torch.randint(1, 50, (2, 10))
+    with torch.no_grad():
+        fast = m(ids)[0]                                      # no mask: SDPA's is_causal kernel
+        masked = m(ids, torch.ones_like(ids).index_fill_(1, torch.tensor([9]), 0))[0]  # explicit mask
+    assert (fast[:, :9] - masked[:, :9]).abs().max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+def test_errors_name_the_problem(tmp_path):
+    make("roberta-2", tmp_path / "ok")
+    m = M.from_pretrained(tmp_path / "ok").eval()
+
+    with pytest.raises(M.ModelError, match="longer than this model's position table"):
+        m(torch.full((1, 39), 5))                 # RoBERTa: 39 tokens need positions up to 40 (pad + 39)
+    m(torch.full((1, 38), 5))
+    with pytest.raises(M.ModelError, match=r"token ids must lie in \[0, 120\)"):
+        m(torch.tensor([[0, 5, 120]]))
+    with pytest.raises(M.ModelError, match="input_ids must be"):
+        m(torch.tensor([1, 2, 3]))
+
+    empty = tmp_path / "empty"
+    shutil.copytree(tmp_path / "ok", empty)
+    os.remove(empty / "model.safetensors")
+    with pytest.raises(M.ModelError, match="no weights in .*expected one of model.safetensors, pytorch_model.bin"):
+        M.from_pretrained(empty)
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tmp_path / "ok", corrupt)
+    data = (corrupt / "model.safetensors").read_bytes()
+    (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(M.ModelError, match="corrupt or truncated"):
+        M.from_pretrained(corrupt)
+    os.remove(corrupt / "model.safetensors")
+    (corrupt / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+    with pytest.raises(M.ModelError, match="corrupt or truncated"):
+        M.from_pretrained(corrupt)
+
+    llama = tmp_path / "llama"
+    shutil.copytree(tmp_path / "ok", llama)
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(M.ModelError, match="unsupported architecture.*llama"):
+        M.from_pretrained(llama)
+
+    with pytest.raises(M.ModelError, match="not a checkpoint folder"):
+        M.from_pretrained(tmp_path / "nowhere")
+
+
+def test_every_tensor_is_accounted_for(tmp_path):
+    make("roberta-2", tmp_path)
+    cases = [
+        (lambda s: {k: v for k, v in s.items() if "layer.1.attention.self.value.weight" not in k},
+         "missing from the checkpoint.*blocks.1.attn.value.weight"),
+        (lambda s: {**s, "roberta.encoder.layer.0.adapter.weight": torch.zeros(2)},
+         "unexpected tensors.*encoder.layer.0.adapter.weight"),
+        (lambda s: {**s, "roberta.encoder.layer.0.intermediate.dense.weight": torch.zeros(65, 32)},
+         r"blocks.0.mlp.fc_in.weight has shape \(65, 32\), the model expects \(64, 32\)"),
+    ]
+    original = (tmp_path / "model.safetensors").read_bytes()
+    for edit, message in cases:
+        (tmp_path / "model.safetensors").write_bytes(original)
+        rewrite(tmp_path, edit)
+        with pytest.raises(M.ModelError, match=message):
+            M.from_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(original)
+    with pytest.raises(M.ModelError, match="head has 2 labels but num_labels=3"):
+        M.from_pretrained(tmp_path, num_labels=3)
+
+
+def test_hub_name_offline_and_uncached_says_what_to_download(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(M.ModelError, match="Download config.json, model.safetensors.*pass that folder"):
+        M.from_pretrained("roberta-base")
+
+
+def test_hub_name_loads_from_the_cache_offline(tmp_path, monkeypatch):
+    """A model downloaded once sits in huggingface_hub's cache; the next run needs no network."""
+    from huggingface_hub import constants
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-roberta"
+    make("roberta-2", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    m = M.from_pretrained("someone/tiny-roberta")
+    assert m.cfg.num_labels == 2 and m.source.endswith(commit)
+
+
+def test_hub_name_is_downloaded_once_from_a_loopback_hub(tmp_path, monkeypatch):
+    """The real download path: huggingface_hub against a minimal hub on 127.0.0.1, then offline from its cache."""
+    import hashlib
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+    files = tmp_path / "served"
+    make("gpt2-cls", files)
+    commit, gets = "89abcdef0123456789abcdef0123456789abcdef", []
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_HEAD(self, body=False):
+            name = self.path.split("/resolve/main/")[-1]
+            if not (files / name).is_file():
+                self.send_response(404)
+                self.send_header("X-Error-Code", "EntryNotFound")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            data = (files / name).read_bytes()
+            self.send_response(200)
+            self.send_header("X-Repo-Commit", commit)
+            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if body:
+                gets.append(name)
+                self.wfile.write(data)
+
+        def do_GET(self):
+            self.do_HEAD(body=True)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_port}"
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    try:
+        first = M.from_pretrained("someone/tiny-gpt2")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert sorted(gets) == ["config.json", "model.safetensors"]  # no .bin, no tokenizer files on this "hub"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)    # server gone: the second load is from the cache
+    second = M.from_pretrained("someone/tiny-gpt2")
+    ids = torch.randint(0, 119, (2, 7))
+    with torch.no_grad():
+        assert torch.equal(first(ids)[0], second(ids)[0])
