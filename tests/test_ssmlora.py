@@ -1,0 +1,465 @@
+"""LoRA / SSMLoRA: equations, time axes, state lifetime, insertion plan, parameter counts, training, save/load."""
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+import model
+import ssmlora as S
+
+
+def tiny(family="roberta", **kw):
+    cfg = dict(family=family, vocab_size=100, n_positions=40, n_layer=4, n_head=4, d_model=32, d_ff=64, num_labels=2,
+               pad_token_id=1, type_vocab_size=0 if family == "gpt2" else 1)
+    return model.Config(**{**cfg, **kw})
+
+
+def build(family="roberta", base_seed=0, adapter_seed=1, cfg=None, **settings):
+    torch.manual_seed(base_seed)
+    m = model.Model(cfg or tiny(family))
+    torch.manual_seed(adapter_seed)
+    return S.add_adapters(m, **settings).eval() if settings else m.eval()
+
+
+@torch.no_grad()
+def randomise(m, seed=2, scale=0.3):
+    """Non-zero W_b, W_c, W_d (and new W_a), so every term of the Time Module matters."""
+    g = torch.Generator().manual_seed(seed)
+    for mod in S.adapter_modules(m):
+        for name in ("W_a", "W_b", "W_c", "W_d"):
+            if hasattr(mod, name):
+                p = getattr(mod, name)
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def ids(B, T, seed=0):
+    return torch.randint(3, 100, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+class Spy:
+    """Records what every SSMLoRA module reads from and writes to its time axis, per forward pass."""
+
+    def __init__(self, m):
+        self.axes, self.reads, self.writes = m.time_axes, [], []
+        read, write = self.axes.read, self.axes.write
+        self.axes.read = lambda mod, x_new: self._log(self.reads, mod, read(mod, x_new))
+        self.axes.write = lambda mod, h: (self._log(self.writes, mod, h), write(mod, h))[1]
+
+    def _log(self, log, mod, h):
+        log.append(((mod.axis, mod.position, mod.layer), h))
+        return h
+
+    def take(self):
+        r, w = dict(self.reads), dict(self.writes)
+        self.reads, self.writes = [], []
+        return r, w
+
+
+ALL = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+TARGET_SETS = [dict(targets=("query", "value"), sparse=True), dict(targets=("query", "value"), sparse=False),
+               dict(targets=ALL, sparse=True), dict(targets=ALL, sparse=False), dict(targets="key,ffn_out")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# at init: exactly the base model
+
+@pytest.mark.parametrize("family", ["roberta", "bert", "gpt2"])
+@pytest.mark.parametrize("method", S.METHODS)
+def test_init_gives_exactly_the_base_output(family, method):
+    x, mask = ids(3, 9), torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    base = build(family)
+    ref = base(x, attention_mask=mask)[0]
+    for ts in TARGET_SETS if method in ("lora", "ssmlora") else TARGET_SETS[:1]:
+        m = build(family, method=method, **ts)
+        assert torch.equal(m(x, attention_mask=mask)[0], ref), (method, ts)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the Time Module, eqs. (2) to (10), against a hand computation
+
+def test_time_module_matches_hand_computation():
+    torch.manual_seed(0)
+    d_in, d_out, r, alpha = 6, 5, 3, 4.0
+    base = nn.Linear(d_in, d_out)
+    axes = S.TimeAxes("reset")
+    m = S.SSMLoRALinear(base, r, alpha, 0.0, axes, axis="value", position=1, layer=3)
+    with torch.no_grad():
+        for p in (m.W_a, m.W_b, m.W_c, m.W_d):
+            p.copy_(torch.randn(p.shape))
+    x, h_in = torch.randn(2, 4, d_in), torch.rand(2, 4, r) * 2 - 0.5
+    axes.h["value"] = (0, h_in)                         # as if position 0 of the value axis had just run
+    y = m(x)
+
+    x_new = torch.einsum("btd,dr->btr", x, m.W_a)                                    # (5)
+    h_next = torch.einsum("btr,rs->bts", h_in, m.W_c) + torch.einsum("btr,rs->bts", x_new, m.W_d) + h_in  # (2)-(4)
+    lo, hi = h_next.min(dim=2, keepdim=True).values, h_next.max(dim=2, keepdim=True).values  # (6), (7)
+    h_norm = (h_next - lo) / (hi - lo + 1e-8)                                         # (8), fixed
+    expected = x @ base.weight.T + base.bias + (alpha / r) * torch.einsum("btr,ro->bto", x_new + h_norm, m.W_b)  # (10)
+
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    position, passed_on = axes.h["value"]
+    assert position == 1 and not passed_on.requires_grad
+    torch.testing.assert_close(passed_on, h_norm, atol=1e-6, rtol=1e-6)
+    assert float(passed_on.amin(-1).abs().max()) == 0 and torch.allclose(passed_on.amax(-1), torch.ones(2, 4))
+
+
+def test_time_module_dropout_acts_on_h_norm_only():
+    torch.manual_seed(0)
+    axes = S.TimeAxes("reset")
+    m = S.SSMLoRALinear(nn.Linear(6, 5), 4, 8.0, 0.5, axes, axis="query", position=0, layer=0)
+    with torch.no_grad():
+        m.W_b.normal_()
+        m.W_d.normal_()
+    x = torch.randn(2, 3, 6)
+    eval_out = m.eval()(x)
+    m.train()
+    outs = [m(x) for _ in range(3)]
+    assert not torch.allclose(outs[0], outs[1])            # dropout is active in training ...
+    no_state = torch.nn.functional.linear(x, m.weight, m.bias) + (x @ m.W_a * m.scaling) @ m.W_b
+    assert torch.allclose(eval_out, no_state + (m.time_module(x @ m.W_a, torch.zeros(2, 3, 4))[1] * m.scaling) @ m.W_b,
+                          atol=1e-5)                       # ... and eval is x W0 + s (x_new + h_norm) W_b
+
+
+def test_fp16_state_at_init_is_not_nan():
+    axes = S.TimeAxes("reset")
+    m = S.SSMLoRALinear(nn.Linear(8, 8), 4, 16.0, 0.0, axes, axis="query", position=0, layer=0).half()
+    with torch.no_grad():
+        m.W_b.normal_()
+    out, h_norm = m.time_module(torch.randn(2, 3, 4).half(), torch.zeros(2, 3, 4).half())  # h constant: 0 / eps
+    assert torch.isfinite(out).all() and h_norm.dtype == torch.float16 and float(h_norm.detach().abs().max()) == 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# time axes: the state flows along its own axis, detached
+
+def test_state_flows_along_each_axis_and_only_there():
+    m = build(method="ssmlora", targets="query,value,ffn_in", sparse=True)
+    randomise(m)
+    spy = Spy(m)
+    m(ids(2, 7))
+    reads, writes = spy.take()
+    axes = {k[0] for k in reads}
+    assert axes == {"query", "value", "ffn_in"}
+    assert sorted(k for k in reads if k[0] == "query") == [("query", 0, 0), ("query", 1, 2)]     # even layers
+    assert sorted(k for k in reads if k[0] == "value") == [("value", 0, 1), ("value", 1, 3)]     # odd layers
+    assert sorted(k for k in reads if k[0] == "ffn_in") == [("ffn_in", t, t) for t in range(4)]  # dense
+    for (axis, t, layer), h in reads.items():
+        assert not h.requires_grad
+        if t == 0:
+            assert torch.equal(h, torch.zeros(2, 7, 8))     # h_0
+        else:                                               # exactly what position t-1 of the same axis wrote
+            prev = next(w for (a, p, _), w in writes.items() if a == axis and p == t - 1)
+            assert h is prev
+    for h in writes.values():                               # normalised: per token min 0, max 1
+        assert float(h.amin(-1).max()) == 0 and torch.allclose(h.amax(-1), torch.ones(2, 7), atol=1e-5)
+
+    # Silence the value axis's output (W_b = 0) so it cannot reach other axes through the hidden states; then
+    # changing its W_a, W_c, W_d changes its own states and nothing on the query or ffn_in axes.
+    values = [mod for mod in S.adapter_modules(m) if mod.axis == "value"]
+    with torch.no_grad():
+        for mod in values:
+            mod.W_b.zero_()
+    out1 = m(ids(2, 7))[0]
+    reads1, _ = spy.take()
+    with torch.no_grad():
+        for mod in values:
+            for p in (mod.W_a, mod.W_c, mod.W_d):
+                p.add_(torch.randn(p.shape))
+    out2 = m(ids(2, 7))[0]
+    reads2, _ = spy.take()
+    assert torch.equal(out1, out2)
+    assert not torch.equal(reads1[("value", 1, 3)], reads2[("value", 1, 3)])
+    for k in reads1:
+        if k[0] != "value":
+            assert torch.equal(reads1[k], reads2[k]), k
+
+
+def test_no_gradient_flows_through_the_state():
+    m = build(method="ssmlora", targets="query", sparse=False, dropout=0.0)   # query axis at positions 0..3
+    randomise(m)
+    q = [m.blocks[i].attn.query for i in range(4)]
+    with torch.no_grad():
+        q[1].W_b.zero_()        # position 1 can now reach the loss only through the state it passes to position 2
+    m(ids(2, 6))[0].sum().backward()
+    for p in (q[1].W_a, q[1].W_c, q[1].W_d):
+        assert p.grad is not None and float(p.grad.abs().max()) == 0
+    assert float(q[2].W_c.grad.abs().max()) > 0 and float(q[2].W_d.grad.abs().max()) > 0   # the path exists
+
+
+def test_single_block_without_its_axis_predecessor_is_a_clear_error():
+    m = build(method="ssmlora")
+    with pytest.raises(model.ModelError, match="ran without module"):
+        m.blocks[2](torch.randn(1, 3, 32), None)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# state lifetime: "reset" (default) and the authors' "carry"
+
+@pytest.mark.parametrize("family", ["roberta", "gpt2"])
+def test_reset_output_independent_of_batch_mates_size_and_history(family):
+    m = build(family, method="ssmlora", targets="query,value,ffn_out")
+    randomise(m)
+    pad = m.cfg.pad_token_id
+    e = ids(1, 6, seed=5)
+    alone = m(e)[0][0]
+    others = ids(4, 9, seed=6)
+    batch = torch.full((5, 9), pad)
+    mask = torch.zeros(5, 9, dtype=torch.long)
+    batch[0, :6], mask[0, :6] = e[0], 1
+    batch[1:], mask[1:] = others, 1
+    batch[2, 4:], mask[2, 4:] = pad, 0
+    in_batch = m(batch, attention_mask=mask)[0][0]
+    small = m(batch[:2], attention_mask=mask[:2])[0][0]
+    for B, T in ((7, 3), (1, 11), (3, 5)):
+        m(ids(B, T, seed=B))
+    later = m(e)[0][0]
+    for other in (in_batch, small, later):
+        torch.testing.assert_close(other, alone, atol=1e-6, rtol=0)
+
+
+def test_carry_keeps_state_across_changing_shapes_and_outputs_depend_on_history():
+    m = build(method="ssmlora", targets="query,value,ffn_in", state="carry")
+    randomise(m)
+    for B, T in ((2, 5), (14, 3), (4, 8), (1, 2), (20, 7), (3, 7)):
+        assert torch.isfinite(m(ids(B, T, seed=B))[0]).all()
+    x = ids(3, 6, seed=9)
+    S.reset_state(m)
+    m(ids(3, 6, seed=10))
+    after_a = m(x)[0]
+    S.reset_state(m)
+    m(ids(5, 4, seed=11))
+    after_b = m(x)[0]
+    assert not torch.allclose(after_a, after_b, atol=1e-4)
+
+
+def test_carry_reproduces_the_authors_keys():
+    m = build(method="ssmlora", targets="query,value,ffn_in", state="carry")
+    randomise(m)
+    spy = Spy(m)
+    m(ids(14, 5))                                               # first pass: 12 rows of zeros, 2 rows of 0.5
+    first, w1 = spy.take()
+    h = first[("query", 1, 2)]
+    assert torch.equal(h[:12], torch.zeros(12, 5, 8)) and torch.equal(h[12:], torch.full((2, 5, 8), 0.5))
+    m(ids(14, 5, seed=3))
+    second, w2 = spy.take()
+    # query / value: every module reads its own state from the previous pass; nothing moves across layers
+    for k in ((("query", 0, 0)), ("query", 1, 2), ("value", 0, 1), ("value", 1, 3)):
+        assert torch.equal(second[k], w1[k]), k
+    # ffn_in (one key per kind): across the layers within a pass, and the head reads the previous pass's tail
+    assert torch.equal(second[("ffn_in", 0, 0)], w1[("ffn_in", 3, 3)])
+    for t in (1, 2, 3):
+        assert torch.equal(second[("ffn_in", t, t)], w2[("ffn_in", t - 1, t - 1)])
+
+
+def test_fit_carried_state_patches_shapes_like_the_authors():
+    h = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
+    grown = S.fit_carried_state(h, 4, 5)                        # rows padded with 0.5, positions with zeros
+    assert torch.equal(grown[:2, :3], h) and torch.equal(grown[2:, :3], torch.full((2, 3, 2), 0.5))
+    assert torch.equal(grown[:, 3:], torch.zeros(4, 2, 2))
+    torch.manual_seed(0)
+    big = torch.arange(6 * 10, dtype=torch.float).view(6, 10, 1)
+    shrunk = S.fit_carried_state(big, 3, 4)                     # random rows; random positions, kept in order
+    assert shrunk.shape == (3, 4, 1)
+    rows = shrunk[:, 0, 0] // 10
+    assert len(set(rows.tolist())) == 3
+    for row in shrunk[..., 0]:
+        assert torch.all(row[1:] > row[:-1]) and len({int(v) // 10 for v in row}) == 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sparse insertion and parameter counts
+
+def test_insertion_plan():
+    q, k, v = "query", "key", "value"
+    assert S.insertion_plan(4, (q, v), True) == [(0, q), (1, v), (2, q), (3, v)]
+    assert S.insertion_plan(2, (q, v), False) == [(0, q), (0, v), (1, q), (1, v)]
+    assert S.insertion_plan(3, (q, k, v), True) == [(0, q), (1, k), (2, v)]
+    assert S.insertion_plan(2, (q, v, "ffn_in"), True) == [(0, q), (0, "ffn_in"), (1, v), (1, "ffn_in")]
+    assert S.Adapters(targets="value, query").targets == (q, v)
+    m = build(method="ssmlora")
+    for i, block in enumerate(m.blocks):
+        assert isinstance(block.attn.query, S.SSMLoRALinear) == (i % 2 == 0)
+        assert isinstance(block.attn.value, S.SSMLoRALinear) == (i % 2 == 1)
+        assert type(block.attn.key) is nn.Linear and type(block.mlp.fc_in) is nn.Linear
+    assert all(type(mod) is S.LoRALinear for mod in S.adapter_modules(build(method="lora")))
+    assert len(S.adapter_modules(build(method="lora"))) == 8     # LoRA: dense by default
+
+
+def meta_model(name, **settings):
+    with torch.device("meta"):
+        return S.add_adapters(model.Model(model.preset(name, num_labels=2)), **settings)
+
+
+@pytest.mark.parametrize("name", ["roberta-base", "roberta-large", "gpt2"])
+def test_adapter_parameter_counts(name):
+    cfg = model.preset(name)
+    L, d = cfg.n_layer, cfg.d_model
+    with torch.device("meta"):
+        base_total = sum(p.numel() for p in model.Model(model.preset(name, num_labels=2)).parameters())
+    for r in (1, 2, 4, 8, 16):
+        lora = S.param_report(meta_model(name, method="lora", rank=r))
+        ssm = S.param_report(meta_model(name, method="ssmlora", rank=r))
+        assert lora["adapter"] == L * 2 * (d * r + r * d)                  # q and v in every layer
+        assert ssm["adapter"] == L * (d * r + r * d + 2 * r * r)           # q or v in each layer, + W_c, W_d
+        for rep in (lora, ssm):
+            assert rep["total"] == base_total + rep["adapter"]
+            assert rep["trainable"] == rep["adapter"] + rep["head"] and rep["frozen"] == base_total - rep["head"]
+
+
+def test_published_and_reference_counts():
+    assert S.param_report(meta_model("roberta-large", method="ssmlora", rank=1))["adapter"] == 49_200   # Table 6: 49.2K
+    assert S.param_report(meta_model("roberta-large", method="lora", rank=1))["adapter"] == 98_304      # Table 6: 98.3K
+    base = S.param_report(meta_model("roberta-base", method="ssmlora", rank=8))
+    assert (base["adapter"], base["head"], base["total"]) == (148_992, 592_130, 124_647_170 + 148_992)
+    assert S.param_report(meta_model("roberta-base", method="lora", rank=8))["adapter"] == 294_912
+    assert S.param_report(meta_model("gpt2", method="none"))["trainable"] == 768 * 2       # score head, no bias
+    bitfit = S.param_report(meta_model("roberta-base", method="bitfit"))
+    assert bitfit["adapter"] == 102_912 - 2 * 768 + 768                     # every bias but the head's (~Table 1: 102K)
+    text = S.format_report(base)
+    assert "148,992" in text and "adapter" in text and "frozen" in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training touches only what the method trains
+
+@pytest.mark.parametrize("method", ["ssmlora", "lora", "bitfit", "none"])
+def test_training_changes_only_adapters_and_head(method):
+    m = build(method=method, targets="query,value,ffn_in").train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    trained = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in m.named_parameters() if S.is_trained(n, method)}
+    assert all(n.startswith("head.") or n.rsplit(".", 1)[-1] in ("W_a", "W_b", "W_c", "W_d")
+               or (method == "bitfit" and n.endswith(".bias")) for n in trained)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)   # all of them: frozen ones have no grad
+    for step in range(3):
+        loss = m(ids(4, 7, seed=step), labels=torch.tensor([0, 1, 1, 0]))[1]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed <= trained
+    assert {k for k in trained if k.startswith("head.")} <= changed
+    if method in ("lora", "ssmlora"):
+        assert {k for k in trained if k.endswith(("W_a", "W_b"))} <= changed
+
+
+def test_full_trains_everything():
+    m = build(method="full")
+    assert all(p.requires_grad for p in m.parameters())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# save / load, merge / unmerge
+
+def test_save_load_roundtrip_and_rebuild_from_file(tmp_path):
+    a = build(method="ssmlora", targets="query,value,attn_out", rank=4, adapter_seed=1)
+    randomise(a)
+    with torch.no_grad():
+        a.head.out_proj.weight.normal_()
+    path = tmp_path / "adapters.safetensors"
+    S.save_adapters(a, path)
+    assert os.listdir(tmp_path) == ["adapters.safetensors"]             # the temp file was renamed, not left
+    x = ids(3, 8)
+    b = build(method="ssmlora", targets="query,value,attn_out", rank=4, adapter_seed=7)
+    assert not torch.allclose(a(x)[0], b(x)[0])
+    S.load_adapters(b, path)
+    assert torch.equal(a(x)[0], b(x)[0])
+    c = S.add_adapters_from_file(build(), path)                       # a bare model, settings from the file
+    assert torch.equal(a(x)[0], c(x)[0]) and c.adapters == a.adapters
+    settings, base = S.read_settings(path)
+    assert (settings.method, settings.rank, settings.targets, settings.sparse) == ("ssmlora", 4, ("query", "value", "attn_out"), True)
+    assert base == dict(family="roberta", n_layer=4, d_model=32, num_labels=2, head="cls")
+
+
+@pytest.mark.parametrize("other, named", [
+    (dict(rank=8), "rank: file 4, model 8"),
+    (dict(targets="query,key"), "targets"),
+    (dict(method="lora"), "method"),
+    (dict(sparse=False), "sparse"),
+    (dict(cfg=tiny(n_layer=2)), "n_layer: file 4, model 2"),
+    (dict(cfg=tiny(num_labels=3)), "num_labels"),
+    (dict(cfg=tiny("gpt2")), "family"),
+])
+def test_load_with_other_settings_is_a_clear_error(tmp_path, other, named):
+    path = tmp_path / "a.safetensors"
+    S.save_adapters(build(method="ssmlora", rank=4), path)
+    settings = {**dict(method="ssmlora", rank=4), **other}
+    cfg = settings.pop("cfg", None)
+    with pytest.raises(model.ModelError, match=named.replace("(", r"\(")):
+        S.load_adapters(build(cfg=cfg, **settings), path)
+
+
+def test_load_errors(tmp_path):
+    path = tmp_path / "a.safetensors"
+    S.save_adapters(build(method="lora"), path)
+    with pytest.raises(model.ModelError, match="no adapters"):
+        S.load_adapters(build(), path)
+    with pytest.raises(model.ModelError, match="not an adapter file"):
+        from safetensors.torch import save_file
+        save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
+        S.load_adapters(build(method="lora"), tmp_path / "other.safetensors")
+    merged = build(method="lora")
+    S.merge_lora(merged)
+    with pytest.raises(model.ModelError, match="unmerge"):
+        S.load_adapters(merged, path)
+
+
+def test_lora_merge_equals_unmerged_and_unmerge_restores():
+    m = build(method="lora", targets=ALL)
+    randomise(m)
+    x = ids(3, 8)
+    original = {k: v.clone() for k, v in m.state_dict().items()}
+    unmerged = m(x)[0]
+    S.merge_lora(m)
+    assert not torch.equal(m.blocks[0].attn.query.weight, original["blocks.0.attn.query.weight"])
+    torch.testing.assert_close(m(x)[0], unmerged, atol=1e-5, rtol=0)
+    S.unmerge_lora(m)
+    for k, v in m.state_dict().items():
+        torch.testing.assert_close(v, original[k], atol=1e-6, rtol=0)
+    torch.testing.assert_close(m(x)[0], unmerged, atol=1e-6, rtol=0)
+    with pytest.raises(model.ModelError, match="cannot be merged"):
+        S.merge_lora(build(method="ssmlora"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# settings are checked; the forward pass is vectorised
+
+@pytest.mark.parametrize("bad, named", [
+    (dict(rank=0), "rank"), (dict(rank=-2), "rank"), (dict(rank=2.5), "rank"), (dict(alpha=0), "alpha"),
+    (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"), (dict(method="qlora"), "method"),
+    (dict(targets="query,mlp"), "valid targets: query, key, value, attn_out, ffn_in, ffn_out"),
+    (dict(targets=""), "valid targets"), (dict(state="keep"), "state"),
+])
+def test_bad_settings_are_clear_errors(bad, named):
+    with pytest.raises(ValueError, match=named):
+        S.Adapters(**bad)
+
+
+def test_adding_twice_is_an_error():
+    with pytest.raises(model.ModelError, match="already has adapters"):
+        S.add_adapters(build(method="lora"), method="ssmlora")
+
+
+class CountCalls(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["ssmlora", "lora"])
+def test_forward_does_not_loop_over_examples_or_tokens(method):
+    m = build(method=method, targets=ALL)
+    counts = []
+    for B, T in ((1, 3), (6, 17)):
+        with CountCalls() as c:
+            m(ids(B, T))
+        counts.append(c.n)
+    assert counts[0] == counts[1] > 0
