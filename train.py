@@ -1,0 +1,340 @@
+"""
+Fine-tune a RoBERTa / BERT / GPT-2 on a GLUE task with SSMLoRA or one of the paper's baselines.
+
+    python train.py --task sst2 --rank 8                       # roberta-base, SSMLoRA, the LoRA paper's recipe
+    python train.py --task rte --method lora --model ./roberta-base
+    python train.py --task mrpc --dry-run --random-init --model roberta-large    # parameter report, no download
+    python train.py --task sst2 --resume                       # continue a killed run from its last checkpoint
+    python train.py --task sst2 --eval-only out/sst2-ssmlora-r8/adapters.safetensors
+
+Writes to --out: eval.jsonl (one line per evaluation), adapters.safetensors (the best adapters + head, small),
+checkpoint.pt (everything needed to resume), results.json (at the end).
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from data import DataError, batches, compute_metrics, get_task, load_glue, load_tokenizer
+from model import PRESETS, Model, ModelError, config_from_hf, from_pretrained, preset, resolve
+from ssmlora import METHODS, STATES, Adapters, add_adapters, add_adapters_from_file, format_report, param_report, \
+    save_adapters
+
+# Learning rate and epochs per task for RoBERTa-base with LoRA, batch 16, warm-up ratio 0.06, max length 512:
+# Hu et al. 2022 (LoRA), Table 9. We use it for SSMLoRA, LoRA and BitFit alike, as the SSMLoRA paper keeps one
+# set of hyper-parameters for all LoRA-derived methods (its appendix A). Full fine-tuning uses RoBERTa's own GLUE
+# recipe instead (Liu et al. 2019: lr 2e-5, batch 16, 10 epochs, warm-up 6%).
+RECIPE = {"mnli": (5e-4, 30), "sst2": (5e-4, 60), "mrpc": (4e-4, 30), "cola": (4e-4, 80), "qnli": (4e-4, 25),
+          "qqp": (5e-4, 25), "rte": (5e-4, 80), "stsb": (4e-4, 40), "wnli": (4e-4, 30)}
+FULL_RECIPE = (2e-5, 10)
+
+
+class TrainError(Exception):
+    """A run that cannot go on (non-finite loss, a checkpoint of another run): the message says what to do."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump: the mistake is what a user needs to see
+        sys.exit(f"error: {message} (see python train.py --help)")
+
+
+def get_args(argv=None):
+    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", required=True, help="cola sst2 mrpc stsb qqp mnli qnli rte wnli")
+    p.add_argument("--model", default="roberta-base", help="hub name, local checkpoint folder, or (with "
+                   f"--random-init) a preset: {', '.join(PRESETS)}")
+    p.add_argument("--method", default="ssmlora", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--alpha", type=float, default=16.0, help="scaling s = alpha / rank")
+    p.add_argument("--dropout", type=float, default=0.1, help="adapter dropout")
+    p.add_argument("--targets", default="query,value", help="query,key,value,attn_out,ffn_in,ffn_out")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
+                   help="alternate query (even layers) and value (odd) [SSMLoRA's default]")
+    g.add_argument("--dense", dest="sparse", action="store_false", help="every target in every layer [LoRA's default]")
+    p.add_argument("--state", default="reset", help=f"SSMLoRA state lifetime: {' or '.join(STATES)} (the authors')")
+    p.add_argument("--lr", type=float, default=None, help="default: the task's recipe (see README)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=None, help="default: the task's recipe (see README)")
+    p.add_argument("--max-len", type=int, default=512, help="tokens per example, special tokens included")
+    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
+    p.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
+                   "on the task's selection metric (0: never)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local GLUE folder (data-dir/SST-2/train.tsv); offline")
+    p.add_argument("--cache-dir", default=None, help="where downloaded GLUE files are kept")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
+    p.add_argument("--out", default=None, help="output folder (default: out/<task>-<method>-r<rank>)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and every epoch)")
+    p.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
+    p.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
+    p.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--eval-only", default=None, metavar="ADAPTERS", help="evaluate a saved adapters.safetensors")
+    args = p.parse_args(argv)
+    args.task = get_task(args.task).name  # unknown task: a DataError before anything is loaded
+    lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
+    args.lr = lr if args.lr is None else args.lr
+    args.epochs = epochs if args.epochs is None else args.epochs
+    args.out = args.out or f"out/{args.task}-{args.method}-r{args.rank}"
+    for name in ("batch_size", "epochs", "max_len", "save_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------
+# building
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
+    return torch.device(name)
+
+
+def build_model(args, num_labels, meta=False):
+    """The base model with its task head, then the method's adapters; only the trained parameters need grads."""
+    adapters = None if args.eval_only else Adapters(args.method, args.rank, args.alpha, args.dropout, args.targets,
+                                                    args.sparse, args.state)  # checks the settings first
+    with torch.device("meta" if meta else "cpu"):
+        if args.random_init and Path(args.model).is_dir():
+            cfg = config_from_hf(json.loads((Path(args.model) / "config.json").read_text()), num_labels)
+            model = Model(cfg)
+        elif args.random_init:
+            model = Model(preset(args.model, head="cls", num_labels=num_labels))
+        else:
+            model = from_pretrained(args.model, num_labels=num_labels)
+    if args.eval_only:
+        return add_adapters_from_file(model, args.eval_only)
+    return add_adapters(model, adapters)
+
+
+def lr_lambda(warmup_steps, total_steps):
+    def f(step):  # linear warm-up, then linear decay to zero
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return f
+
+
+def make_optimizer(model, args):
+    # no weight decay on biases and LayerNorms (BERT's convention); adapter matrices and head weights decay
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# evaluating
+
+@torch.no_grad()
+def evaluate(model, encoded, task, args, device):
+    model.eval()
+    logits, labels = [], []
+    for batch in batches(encoded, 2 * args.batch_size):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        logits.append(out.float().cpu())
+        labels.append(batch["labels"].cpu())
+    model.train()
+    return compute_metrics(task, torch.cat(logits), torch.cat(labels))
+
+
+def peak_memory(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints: everything a resumed run needs to end exactly where an uninterrupted one would
+
+RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
+            "epochs", "max_len", "warmup", "weight_decay", "clip", "seed", "max_steps", "max_train", "random_init")
+
+
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill during torch.save leaves the previous checkpoint whole
+
+
+def save_checkpoint(path, model, opt, sched, progress, args):
+    trained = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    carried = dict(model.time_axes.h) if getattr(model, "time_axes", None) and model.adapters.state == "carry" else {}
+    atomic_save({"run": {k: getattr(args, k) for k in RUN_KEYS}, "trained": trained, "optimizer": opt.state_dict(),
+                 "scheduler": sched.state_dict(), "progress": progress, "carried_state": carried,
+                 "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+
+
+def load_checkpoint(path, model, opt, sched, args):
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainError(f"could not read {path} ({type(e).__name__}); it is corrupt: delete it to start over") from None
+    diff = [f"--{k.replace('_', '-')}: checkpoint {v!r}, now {getattr(args, k)!r}" for k, v in ck["run"].items()
+            if v != getattr(args, k)]
+    if diff:
+        raise TrainError(f"{path} belongs to a run with other settings ({'; '.join(diff)}); "
+                         f"resume with the same flags or choose another --out")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in ck["trained"].items():
+            params[n].copy_(t)
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    if ck["carried_state"]:
+        device = next(model.parameters()).device
+        model.time_axes.h.update({k: v.to(device) for k, v in ck["carried_state"].items()})
+    torch.set_rng_state(ck["rng"])
+    if ck["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    return ck["progress"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the run
+
+def run(args, on_step=None):
+    """Train (or evaluate) as args say; returns the results dict. on_step(step) is called after each step."""
+    task = get_task(args.task)
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    if args.dry_run:  # on the meta device: counts without allocating, so roberta-large takes no time
+        model = build_model(args, task.num_labels, meta=args.random_init)
+        report = param_report(model)
+        print(format_report(report))
+        return {"params": report}
+    model = build_model(args, task.num_labels)
+    print(format_report(param_report(model)))
+    source = args.tokenizer or (args.model if args.random_init else model.source)
+    tok = load_tokenizer(resolve(source), family=model.cfg.family)
+    data = load_glue(task, args.data_dir, args.cache_dir)
+    # RoBERTa numbers positions from pad_token_id + 1, so its table holds n_positions - 2 tokens
+    max_len = min(args.max_len, model.cfg.n_positions - (model.cfg.pad_token_id + 1 if model.cfg.family == "roberta" else 0))
+    train_rows = data["train"][:args.max_train] if args.max_train else data["train"]
+    encoded = {split: tok.encode(rows, max_len) for split, rows in data.items() if split != "train"}
+    model.to(device)
+    if args.eval_only:
+        metrics = {split: evaluate(model, encoded[split], task, args, device) for split in task.dev}
+        print(json.dumps(metrics))
+        return {"eval": metrics}
+    encoded["train"] = tok.encode(train_rows, max_len)
+    return fit(model, encoded, task, args, device, on_step)
+
+
+def fit(model, encoded, task, args, device, on_step=None):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt, log_path, best_path = out / "checkpoint.pt", out / "eval.jsonl", out / "adapters.safetensors"
+    steps_per_epoch = math.ceil(len(encoded["train"]) / args.batch_size)
+    total = min(args.epochs * steps_per_epoch, args.max_steps or math.inf)
+    opt = make_optimizer(model, args)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(math.ceil(args.warmup * total), total))
+    progress = dict(step=0, epoch=0, step_in_epoch=0, best=None, best_metrics=None, bad_evals=0, epoch_times=[])
+    if ckpt.exists() and not args.resume:
+        raise TrainError(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or choose "
+                         f"another --out (nothing was overwritten)")
+    if ckpt.exists():
+        progress = load_checkpoint(ckpt, model, opt, sched, args)
+        print(f"resumed from {ckpt} at step {progress['step']} (epoch {progress['epoch']})")
+    elif args.resume:
+        print(f"no checkpoint in {out}: starting from the beginning")
+    if progress["step"] == 0 and log_path.exists():
+        log_path.unlink()  # a fresh run: no lines from a run that never checkpointed
+    model.train()
+    select = task.select
+    bar = tqdm(total=total, initial=progress["step"], desc=f"{task.name} {args.method}", dynamic_ncols=True)
+    stop = progress["step"] >= total
+    while progress["epoch"] < args.epochs and not stop:
+        epoch, t0 = progress["epoch"], time.time()
+        # the epoch's order depends only on (seed, epoch): a resumed run redraws it and skips what was done
+        order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
+        for i, batch in enumerate(batches(encoded["train"], args.batch_size, shuffle=True, generator=order)):
+            if i < progress["step_in_epoch"]:
+                continue
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                _, loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
+            if not torch.isfinite(loss):
+                raise TrainError(f"non-finite loss ({loss.item()}) at step {progress['step'] + 1}; stopped. The last "
+                                 f"good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            progress["step"] += 1
+            progress["step_in_epoch"] = i + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+            if progress["step"] % args.save_every == 0:
+                save_checkpoint(ckpt, model, opt, sched, progress, args)
+            if on_step:
+                on_step(progress["step"])
+            if progress["step"] >= total:
+                stop = True
+                break
+        # an epoch ends (or the step budget does): evaluate, keep the best, maybe stop early
+        metrics = {split: evaluate(model, encoded[split], task, args, device) for split in task.dev}
+        progress["epoch_times"].append(time.time() - t0)
+        progress.update(epoch=epoch + 1, step_in_epoch=0, last_metrics=None)
+        score = metrics[task.dev[0]][select]
+        line = {"epoch": epoch + 1, "step": progress["step"], "lr": sched.get_last_lr()[0], **metrics}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        tqdm.write(json.dumps(line))
+        progress["last_metrics"] = line
+        if progress["best"] is None or score > progress["best"]:
+            progress.update(best=score, best_metrics=line, bad_evals=0)
+            save_adapters(model, best_path)
+        else:
+            progress["bad_evals"] += 1
+            if args.patience and progress["bad_evals"] >= args.patience:
+                tqdm.write(f"early stop: no better {select} for {args.patience} evaluations")
+                stop = True
+        save_checkpoint(ckpt, model, opt, sched, progress, args)
+    bar.close()
+    results = {"task": task.name, "model": args.model, "method": args.method, "rank": args.rank,
+               "params": param_report(model), "select": select, "best": progress["best_metrics"],
+               "final": progress.get("last_metrics"), "steps": progress["step"],
+               "epoch_seconds": progress["epoch_times"], "peak_memory_bytes": peak_memory(device),
+               "device": str(device), "args": vars(args)}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "results.json")
+    print(f"best {select} {progress['best']:.4f}; adapters in {best_path}; results in {out / 'results.json'}")
+    return results
+
+
+def main(argv=None):
+    try:
+        run(get_args(argv))
+    except (DataError, ModelError, TrainError, ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: continue with the same command plus --resume")
+
+
+if __name__ == "__main__":
+    main()
