@@ -12,8 +12,10 @@ every tensor: anything missing, unexpected or mis-shaped is an error that names 
 """
 import json
 import re
+import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
@@ -275,20 +277,37 @@ def resolve(name_or_dir):
            f"or vocab.json + merges.txt, or vocab.txt) from https://huggingface.co/{name_or_dir} into one folder and "
            f"pass that folder instead, e.g. --model ./checkpoints/{str(name_or_dir).split('/')[-1]}")
 
+    online = None
+
+    def reachable():  # one quick DNS look-up instead of huggingface_hub's ~20 s of retries when offline
+        nonlocal online
+        if online is None:
+            from huggingface_hub import constants
+            host = urlparse(constants.ENDPOINT).hostname
+            try:
+                online = not constants.HF_HUB_OFFLINE and bool(socket.getaddrinfo(host, None))
+            except OSError:
+                online = False
+        return online
+
     def fetch(filename, required=False):
-        try:
-            return Path(hf_hub_download(str(name_or_dir), filename))
-        except RemoteEntryNotFoundError:  # the hub answered: this repo has no such file
-            return None
-        except LocalEntryNotFoundError:   # not cached, and offline or the hub could not be reached
-            if required:
-                raise ModelError(f"could not find {name_or_dir!r} in the local cache nor download it (no "
-                                 f"network?). {how}") from None
-            return None
-        except RepositoryNotFoundError:
-            raise ModelError(f"{name_or_dir!r} is neither a local folder nor a model on the Hugging Face hub") from None
-        except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
-            raise ModelError(f"downloading {filename} of {name_or_dir!r} failed ({type(e).__name__}: {e}). {how}") from None
+        for local in (True, False):  # the cache first: a model downloaded once needs no network again
+            if not local and not reachable():
+                break
+            try:
+                return Path(hf_hub_download(str(name_or_dir), filename, local_files_only=local))
+            except LocalEntryNotFoundError:   # not in the cache (or offline): try the hub next
+                continue
+            except RemoteEntryNotFoundError:  # the hub answered: this repo has no such file
+                return None
+            except RepositoryNotFoundError:
+                raise ModelError(f"{name_or_dir!r} is neither a local folder nor a model on the Hugging Face hub") from None
+            except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
+                raise ModelError(f"downloading {filename} of {name_or_dir!r} failed ({type(e).__name__}: {e}). {how}") from None
+        if required:
+            raise ModelError(f"{name_or_dir!r} is not in the local cache and the hub cannot be reached (no "
+                             f"network?). {how}")
+        return None
 
     folder = fetch("config.json", required=True).parent
     if fetch("model.safetensors") is None and fetch("pytorch_model.bin") is None:

@@ -264,7 +264,8 @@ def fit(model, encoded, task, args, device, on_step=None):
         log_path.unlink()  # a fresh run: no lines from a run that never checkpointed
     model.train()
     select = task.select
-    bar = tqdm(total=total, initial=progress["step"], desc=f"{task.name} {args.method}", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=progress["step"], desc=f"{task.name} {args.method}", dynamic_ncols=True,
+               disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
     stop = progress["step"] >= total
     while progress["epoch"] < args.epochs and not stop:
         epoch, t0 = progress["epoch"], time.time()
