@@ -89,7 +89,7 @@ def test_time_module_matches_hand_computation():
     with torch.no_grad():
         for p in (m.W_a, m.W_b, m.W_c, m.W_d):
             p.copy_(torch.randn(p.shape))
-    x, h_in = torch.randn(2, 4, d_in), torch.rand(2, 4, r) * 2 - 0.5
+    x, h_in = torch.randn(2, 4, d_in, requires_grad=True), torch.rand(2, 4, r) * 2 - 0.5
     axes.h["value"] = (0, h_in)                         # as if position 0 of the value axis had just run
     y = m(x)
 
@@ -100,6 +100,10 @@ def test_time_module_matches_hand_computation():
     expected = x @ base.weight.T + base.bias + (alpha / r) * torch.einsum("btr,ro->bto", x_new + h_norm, m.W_b)  # (10)
 
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)                             # and the same gradients (the output is added in place)
+    wrt = (x, m.W_a, m.W_b, m.W_c, m.W_d)
+    for ours, hand in zip(torch.autograd.grad(y, wrt, g), torch.autograd.grad(expected, wrt, g)):
+        torch.testing.assert_close(ours, hand, atol=1e-4, rtol=1e-4)
     position, passed_on = axes.h["value"]
     assert position == 1 and not passed_on.requires_grad
     torch.testing.assert_close(passed_on, h_norm, atol=1e-6, rtol=1e-6)
@@ -119,7 +123,7 @@ def test_time_module_dropout_acts_on_h_norm_only():
     outs = [m(x) for _ in range(3)]
     assert not torch.allclose(outs[0], outs[1])            # dropout is active in training ...
     no_state = torch.nn.functional.linear(x, m.weight, m.bias) + (x @ m.W_a * m.scaling) @ m.W_b
-    assert torch.allclose(eval_out, no_state + (m.time_module(x @ m.W_a, torch.zeros(2, 3, 4))[1] * m.scaling) @ m.W_b,
+    assert torch.allclose(eval_out, no_state + (m.next_state(x @ m.W_a, torch.zeros(2, 3, 4)) * m.scaling) @ m.W_b,
                           atol=1e-5)                       # ... and eval is x W0 + s (x_new + h_norm) W_b
 
 
@@ -128,8 +132,8 @@ def test_fp16_state_at_init_is_not_nan():
     m = S.SSMLoRALinear(nn.Linear(8, 8), 4, 16.0, 0.0, axes, axis="query", position=0, layer=0).half()
     with torch.no_grad():
         m.W_b.normal_()
-    out, h_norm = m.time_module(torch.randn(2, 3, 4).half(), torch.zeros(2, 3, 4).half())  # h constant: 0 / eps
-    assert torch.isfinite(out).all() and h_norm.dtype == torch.float16 and float(h_norm.detach().abs().max()) == 0
+    h_norm = m.next_state(torch.randn(2, 3, 4).half(), torch.zeros(2, 3, 4).half())  # h constant: 0 / eps
+    assert torch.isfinite(m(torch.randn(2, 3, 8).half())).all() and h_norm.dtype == torch.float16 and float(h_norm.detach().abs().max()) == 0
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -369,6 +373,7 @@ def test_save_load_roundtrip_and_rebuild_from_file(tmp_path):
     S.load_adapters(b, path)
     assert torch.equal(a(x)[0], b(x)[0])
     c = S.add_adapters_from_file(build(), path)                       # a bare model, settings from the file
+    assert not any(mod.training for mod in S.adapter_modules(c))       # new modules follow the model's eval mode
     assert torch.equal(a(x)[0], c(x)[0]) and c.adapters == a.adapters
     settings, base = S.read_settings(path)
     assert (settings.method, settings.rank, settings.targets, settings.sparse) == ("ssmlora", 4, ("query", "value", "attn_out"), True)
@@ -439,9 +444,11 @@ def test_bad_settings_are_clear_errors(bad, named):
         S.Adapters(**bad)
 
 
-def test_adding_twice_is_an_error():
+def test_adding_twice_or_two_ways_is_an_error():
     with pytest.raises(model.ModelError, match="already has adapters"):
         S.add_adapters(build(method="lora"), method="ssmlora")
+    with pytest.raises(ValueError, match="not both"):
+        S.add_adapters(build(), S.Adapters(), rank=4)
 
 
 class CountCalls(TorchFunctionMode):
