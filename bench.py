@@ -1,0 +1,401 @@
+"""
+What does SSMLoRA cost compared with LoRA? Median latency and peak memory of the frozen base model ("none"), LoRA
+and SSMLoRA side by side, over batch sizes and sequence lengths, in inference and in a full training step.
+
+    python bench.py                  # roberta-base with random weights (they do not change speed)
+    python bench.py --dense          # SSMLoRA dense too: the same modules as LoRA
+    python bench.py --device cuda --dtype fp32 --lengths 16,128,512 --batch-sizes 1,16
+    python bench.py --quick          # a tiny model in seconds (what the tests run)
+
+With `transformers` installed, a reference row times its implementation of the same checkpoint (inference only).
+"""
+import argparse
+import ctypes
+import gc
+import importlib.util
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from model import PRESETS, Model, ModelError, from_pretrained, preset
+from ssmlora import Adapters, adapter_modules, add_adapters, param_report
+
+METHODS = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
+REF = "transformers"
+TARGETS = "query,value"
+# per device: a GPU gets a sweep like the paper's Table 12; two CPU cores get a few short shapes, to stay in a minute
+SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 128], [1], 5, 1),
+         "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
+QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
+TOLERANCE = 1e-4  # largest difference of fp32 logits, ours vs transformers, on the same weights
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        sys.exit(f"error: {message} (see python bench.py --help)")
+
+
+def int_list(text):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
+
+
+def get_args(argv=None):
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="roberta-base", choices=PRESETS, metavar="NAME",
+                   help=f"default roberta-base; one of {', '.join(PRESETS)}")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), help="bf16 autocast or fp32 (default: bf16 on CUDA, else fp32)")
+    p.add_argument("--lengths", type=int_list, help="sequence lengths, e.g. 16,64,128 (default: per device)")
+    p.add_argument("--batch-sizes", type=int_list, help="e.g. 1,16 (default: per device)")
+    p.add_argument("--repeats", type=int, help="timed rounds, the median is reported (default 5, --quick 2)")
+    p.add_argument("--warmup", type=int, help="untimed rounds first (default: CPU 1, CUDA 2, --quick 1)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's own; --quick: 1, as a tiny model gains "
+                   "nothing from more and one thread cannot stall waiting for a core that another process holds)")
+    p.add_argument("--rank", type=int, default=8, help="default 8")
+    p.add_argument("--alpha", type=float, default=16.0, help="default 16 (scaling s = alpha / rank)")
+    p.add_argument("--dense", action="store_true", help="SSMLoRA dense too (query and value in every layer, as LoRA); "
+                   "default: each method's own, as the paper compares them: LoRA dense, SSMLoRA sparse")
+    p.add_argument("--reference", action=argparse.BooleanOptionalAction, help="time transformers' model of the same "
+                   "weights (inference); default: on when transformers is importable")
+    p.add_argument("--quick", action="store_true", help="tiny model and shapes, few repeats: a smoke test")
+    p.add_argument("--json", default="out/bench.json", help="where the results are written (default out/bench.json)")
+    a = p.parse_args(argv)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
+    a.device = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
+    a.dtype = a.dtype or ("bf16" if a.device.type == "cuda" else "fp32")
+    lengths, batch_sizes, repeats, warmup = SWEEP["quick" if a.quick else a.device.type]
+    a.lengths, a.batch_sizes = a.lengths or lengths, a.batch_sizes or batch_sizes
+    a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
+    a.threads = a.threads or (1 if a.quick else torch.get_num_threads())
+    if min(a.repeats, a.rank, a.threads) < 1 or a.warmup < 0 or a.alpha <= 0:
+        p.error("--repeats, --rank and --threads must be at least 1, --warmup at least 0, --alpha above 0")
+    has_hf = importlib.util.find_spec("transformers") is not None
+    if a.reference and not has_hf:
+        p.error("--reference needs the transformers package (pip install transformers)")
+    a.reference = has_hf if a.reference is None else a.reference
+    return a
+
+
+# ----------------------------------------------------------------------------------------------------------
+# models: one set of frozen weights shared by the three methods, and transformers' model of the same weights
+
+def twin(base):
+    """A Model holding the base's own weight tensors (no copy) and its own copy of the head: the three methods
+    side by side cost one set of weights, and each trains only its own head."""
+    with torch.device("meta"):  # nothing allocated or initialised: every tensor is assigned below
+        m = Model(base.cfg)
+    m.load_state_dict({k: v.clone() if k.startswith("head.") else v for k, v in base.state_dict().items()}, assign=True)
+    return m
+
+
+def reference_pair(cfg):
+    """transformers' classifier for cfg with random weights, and ours loaded from the checkpoint it saves."""
+    import transformers as hf  # test-only dependency: imported only when asked for
+    hf.utils.logging.disable_progress_bar()
+    act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[cfg.activation]
+    if cfg.family == "gpt2":
+        cls, config = hf.GPT2ForSequenceClassification, hf.GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function=act, layer_norm_epsilon=cfg.ln_eps,
+            pad_token_id=cfg.pad_token_id, eos_token_id=cfg.pad_token_id, bos_token_id=cfg.pad_token_id)
+    else:
+        roberta = cfg.family == "roberta"
+        cls = hf.RobertaForSequenceClassification if roberta else hf.BertForSequenceClassification
+        config = (hf.RobertaConfig if roberta else hf.BertConfig)(
+            vocab_size=cfg.vocab_size, max_position_embeddings=cfg.n_positions, hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, intermediate_size=cfg.d_ff,
+            hidden_act=act, layer_norm_eps=cfg.ln_eps, type_vocab_size=cfg.type_vocab_size,
+            pad_token_id=cfg.pad_token_id)
+    config.num_labels = cfg.num_labels
+    torch.manual_seed(0)
+    ref = cls(config).eval()
+    with tempfile.TemporaryDirectory() as tmp:  # through a real checkpoint folder: the path users take
+        ref.save_pretrained(tmp)
+        return ref, from_pretrained(tmp, num_labels=cfg.num_labels)
+
+
+def make_batch(cfg, B, T, device):
+    g = torch.Generator().manual_seed(B * 100_003 + T)
+    ids = torch.randint(3, cfg.vocab_size - 1, (B, T), generator=g)  # no special ids, no padding (GPT-2's is the last)
+    labels = torch.randint(0, cfg.num_labels, (B,), generator=g)
+    return ids.to(device), torch.ones_like(ids).to(device), labels.to(device)
+
+
+def build(cfg, args):
+    """{method: model}, transformers' model or None, and the largest logit difference between them."""
+    ref, check = None, None
+    if args.reference:
+        ref, base = (m.to(args.device) for m in reference_pair(cfg))
+        ids, mask, _ = make_batch(cfg, 2, min(args.lengths), args.device)
+        with torch.no_grad():  # fp32, eval: the same weights must give the same logits, or the row means nothing
+            check = (base(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max().item()
+        if not check <= TOLERANCE:
+            print(f"warning: our logits differ from transformers' by {check:.2e} (> {TOLERANCE}) on the same "
+                  f"weights; the reference row is left out", file=sys.stderr)
+            ref = None
+    else:
+        torch.manual_seed(0)
+        base = Model(cfg).to(args.device)
+    models = {}
+    for method in METHODS:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
+        sparse = False if method == "ssmlora" and args.dense else None
+        adapters = Adapters(method, args.rank, args.alpha, targets=TARGETS, sparse=sparse)
+        models[method] = add_adapters(twin(base), adapters)
+    return models, ref, check
+
+
+# ----------------------------------------------------------------------------------------------------------
+# timing and memory
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(f, device):
+    sync(device)  # CUDA runs asynchronously: wait for queued work on both sides, or we time kernel launches
+    t0 = time.perf_counter()
+    f()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def proc_kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def added_peak(f, device):
+    """Bytes that one call of f adds, at its peak, to what was in use just before it. CUDA: the allocator's own
+    statistics. CPU: the rise of the process's resident set. ru_maxrss is a lifetime high-water mark and cannot be
+    reset, so we use Linux's VmHWM, which writing 5 to /proc/self/clear_refs resets; malloc_trim first hands freed
+    heap pages back to the kernel, so that a call re-using them cannot hide its rise. None elsewhere."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        f()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        before = proc_kib("VmRSS")
+    except (OSError, AttributeError, StopIteration):  # not Linux with glibc
+        return None
+    f()
+    return (proc_kib("VmHWM") - before) * 1024
+
+
+def resident(model, opt=None):
+    """Bytes of the weights, buffers and optimizer state a model keeps between calls (shared storage counted once)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    tensors += [t for s in (opt.state.values() if opt else ()) for t in s.values() if torch.is_tensor(t)]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def step_fn(model, mode, batch, opt, amp):
+    ids, mask, labels = batch
+    if mode == "inference":
+        def f():
+            with torch.no_grad(), amp():
+                model(input_ids=ids, attention_mask=mask)
+        return f
+
+    def f():  # a full training step as train.py takes it, less clipping and the scheduler
+        with amp():
+            _, loss = model(ids, mask, labels=labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return f
+
+
+def measure(fns, device, rounds, warmup):
+    """Median seconds per function, the functions called in interleaved rounds so that noise hits all alike."""
+    names, times = list(fns), {n: [] for n in fns}
+    for r in range(rounds):
+        k = r % len(names)  # rotate the order: no method always runs first, or always right after the same one
+        for n in names[k:] + names[:k]:
+            t = timed(fns[n], device)
+            if r >= warmup:
+                times[n].append(t)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def sweep(cfg, models, ref, args):
+    opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in models.items()}
+    amp = lambda: torch.autocast(args.device.type, torch.bfloat16, enabled=args.dtype == "bf16")  # noqa: E731
+    rows = []
+    for mode in ("inference", "train"):
+        for m in models.values():
+            m.train(mode == "train")  # dropout on in the training step, as in training
+        for B in args.batch_sizes:
+            for T in args.lengths:
+                batch = make_batch(cfg, B, T, args.device)
+                fns = {n: step_fn(m, mode, batch, opts[n], amp) for n, m in models.items()}
+                if ref is not None and mode == "inference":
+                    fns[REF] = step_fn(ref, mode, batch, None, amp)
+                ms = {n: 1e3 * s for n, s in measure(fns, args.device, args.warmup + args.repeats, args.warmup).items()}
+                print(f"  {mode:9} batch {B:3} length {T:4}: " + "  ".join(f"{n} {v:.1f} ms" for n, v in ms.items()),
+                      file=sys.stderr, flush=True)
+                mb = {}
+                for n, f in fns.items():  # the model's own state, plus what one call adds on top of it
+                    added = added_peak(f, args.device)
+                    state = resident({**models, REF: ref}[n], opts.get(n) if mode == "train" else None)
+                    mb[n] = None if added is None else (state + added) / 2**20
+                ratios = {"ssmlora/lora": ms["ssmlora"] / ms["lora"], "lora/none": ms["lora"] / ms["none"]}
+                if REF in ms:
+                    ratios["none/transformers"] = ms["none"] / ms[REF]
+                rows.append(dict(mode=mode, batch=B, length=T, ms=ms, peak_mb=mb, time_ratios=ratios,
+                                 memory_ratios={"ssmlora/lora": mb["ssmlora"] / mb["lora"]} if mb["lora"] else {}))
+                del batch, fns
+                if args.device.type == "cuda":  # hand this shape's blocks back before the next one
+                    gc.collect()
+                    torch.cuda.empty_cache()
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# report
+
+def geomean(xs):
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def targets(rows, ref_note):
+    out = []
+    for mode in ("inference", "train"):
+        rs = [r for r in rows if r["mode"] == mode]
+        g = geomean([r["time_ratios"]["ssmlora/lora"] for r in rs])
+        w = max(rs, key=lambda r: r["time_ratios"]["ssmlora/lora"])
+        out.append(dict(target=f"SSMLoRA time within 5% of LoRA ({mode})", met=g <= 1.05, value=g,
+                        detail=f"geometric mean of ssmlora/lora over the shapes; worst "
+                               f"{w['time_ratios']['ssmlora/lora']:.3f}x at batch {w['batch']} length {w['length']}"))
+    mem = [r["memory_ratios"]["ssmlora/lora"] for r in rows if r["memory_ratios"]]
+    out.append(dict(target="SSMLoRA peak memory <= LoRA's", met=max(mem) <= 1 if mem else None,
+                    value=max(mem) if mem else None,
+                    detail="largest ssmlora/lora over shapes and modes" if mem else "memory not measured here"))
+    ref = [r["time_ratios"]["none/transformers"] for r in rows if "none/transformers" in r["time_ratios"]]
+    out.append(dict(target="our forward no slower than transformers", met=geomean(ref) <= 1 if ref else None,
+                    value=geomean(ref) if ref else None,
+                    detail="geometric mean of none/transformers, inference" if ref else ref_note))
+    return out
+
+
+def table(rows, mode, names):
+    """Fixed-width text: median ms per method, time ratios, peak MB per method, the SSMLoRA / LoRA memory ratio."""
+    rs = [r for r in rows if r["mode"] == mode]
+    ratios = list(rs[0]["time_ratios"])
+    groups = [("", ["batch", "len"]), ("median ms", names), ("time ratio", ratios), ("peak MB", list(METHODS)),
+              ("MB ratio", ["ssmlora/lora"])]
+    heads = [c for _, cs in groups for c in cs]
+    widths = [max(6, len(c)) for c in heads]
+    top, i = [], 0
+    for title, cs in groups:  # each group's title centred over its columns
+        span = sum(widths[i:i + len(cs)]) + 2 * (len(cs) - 1)
+        top.append(f"{title:-^{span}}" if title else " " * span)
+        i += len(cs)
+    lines = ["  ".join(top), "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
+    for r in rs:
+        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.2f}" for n in names],
+                 *[f"{r['time_ratios'][k]:.3f}x" for k in ratios],
+                 *["n/a" if r["peak_mb"][n] is None else f"{r['peak_mb'][n]:.1f}" for n in METHODS],
+                 f"{r['memory_ratios']['ssmlora/lora']:.3f}x" if r["memory_ratios"] else "n/a"]
+        lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def describe(model):
+    a = model.adapters  # the targets are query,value: sparse puts the query on even layers, the value on odd ones
+    where = "query on even layers, value on odd (paper §3.4)" if a.sparse else f"{','.join(a.targets)} in every layer"
+    return (f"{'sparse' if a.sparse else 'dense'}: {where}; {len(adapter_modules(model))} modules in "
+            f"{model.cfg.n_layer} layers, {param_report(model)['adapter']:,} adapter params")
+
+
+def report(result, models, args):
+    s, check = result["settings"], result["reference"]["max_abs_logit_diff"]
+    print(f"\nSSMLoRA vs LoRA on {s['model']}, random weights, {s['device']} ({s['threads']} thread"
+          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, rank {s['rank']}, alpha {s['alpha']:g}, targets {TARGETS}")
+    for n in ("lora", "ssmlora"):
+        print(f"  {n:8} {describe(models[n])}")
+    print("  (each method's own default, as the paper compares them; --dense compares dense with dense)"
+          if not args.dense else "  (--dense: SSMLoRA dense too; the paper compares sparse SSMLoRA with dense LoRA)")
+    print(f"  median of {s['repeats']} timed rounds after {s['warmup']} warm-up, the methods interleaved in each")
+    if result["reference"]["used"]:
+        print(f"  {REF}: its own implementation of the same checkpoint (fp32 logits agree to {check:.1e})")
+    if args.device.type == "cpu" and not args.quick:
+        print("  CPU default: a short sweep, to finish in about a minute; a GPU gets lengths 16-512 at batch 1 and 16")
+    names = [*METHODS, *([REF] if result["reference"]["used"] else [])]
+    print("\ninference: forward, no grad, eval mode\n" + table(result["results"], "inference", names))
+    print("\ntraining step: forward, backward, AdamW step, zero_grad (none: frozen body, head only)\n"
+          + table(result["results"], "train", METHODS))
+    print(f"\n{result['memory_note']}\n\ntargets, this run:")
+    for t in result["targets"]:
+        value = "" if t["value"] is None else f"{t['value']:.3f}x "
+        print(f"  {({True: 'met', False: 'NOT MET', None: 'n/a'})[t['met']]:7}  {t['target']}: {value}({t['detail']})")
+
+
+def run(args):
+    cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}))
+    cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
+    limit = cfg.n_positions - (cfg.pad_token_id + 1 if cfg.family == "roberta" else 0)  # RoBERTa skips 2 rows
+    if max(args.lengths) > limit:
+        raise ValueError(f"--lengths: {max(args.lengths)} is longer than this model's {limit} positions")
+    model_name = f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
+    print(f"building {model_name} on {args.device}...", file=sys.stderr)
+    models, ref, check = build(cfg, args)
+    rows = sweep(cfg, models, ref, args)
+    how = ("CUDA allocator statistics (max_memory_allocated after reset_peak_memory_stats)"
+           if args.device.type == "cuda" else "on CPU, the rise of the process's resident set during the call (Linux "
+           "VmHWM, reset before each call through /proc/self/clear_refs after malloc_trim), to page granularity")
+    memory_note = ("peak MB = the weights, buffers and optimizer state the model keeps, plus what one call adds at its "
+                   f"peak: {how}" if rows[0]["peak_mb"]["none"] is not None else "peak memory: not measured here "
+                   "(needs CUDA, or Linux with glibc)")
+    ref_note = ("transformers' logits disagreed with ours" if args.reference else "--no-reference"
+                if importlib.util.find_spec("transformers") else "transformers is not installed")
+    settings = dict(model=model_name, preset=args.preset, quick=args.quick, device=str(args.device), dtype=args.dtype,
+                    threads=torch.get_num_threads(), torch=torch.__version__, rank=args.rank, alpha=args.alpha,
+                    targets=TARGETS, lora_sparse=models["lora"].adapters.sparse,
+                    ssmlora_sparse=models["ssmlora"].adapters.sparse, lengths=args.lengths,
+                    batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup)
+    result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
+                  reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE),
+                  memory_note=memory_note, results=rows, targets=targets(rows, ref_note))
+    report(result, models, args)
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten to {path}")
+    return result
+
+
+def main(argv=None):
+    args = get_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    except (ModelError, ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
+        sys.exit(f"error: {e}")
+    finally:  # main may be called in-process (the tests): give the caller its setting back
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    main()
