@@ -34,6 +34,7 @@ TARGETS = "query,value"
 SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 128], [1], 5, 1),
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
 QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
+NOISY = 0.25  # a spread of the timed rounds above this, relative to the median, makes a row's ratios suspect
 TOLERANCE = 1e-4  # largest difference of fp32 logits, ours vs transformers, on the same weights
 
 
@@ -227,7 +228,8 @@ def step_fn(model, mode, batch, opt, amp):
 
 
 def measure(fns, device, rounds, warmup):
-    """Median seconds per function, the functions called in interleaved rounds so that noise hits all alike."""
+    """Median seconds per function and its spread ((max - min) / median of the timed rounds), the functions called
+    in interleaved rounds so that machine noise hits all alike."""
     names, times = list(fns), {n: [] for n in fns}
     for r in range(rounds):
         k = r % len(names)  # rotate the order: no method always runs first, or always right after the same one
@@ -235,7 +237,8 @@ def measure(fns, device, rounds, warmup):
             t = timed(fns[n], device)
             if r >= warmup:
                 times[n].append(t)
-    return {n: statistics.median(v) for n, v in times.items()}
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return med, {n: (max(v) - min(v)) / med[n] for n, v in times.items()}
 
 
 def sweep(cfg, models, ref, args):
@@ -251,7 +254,8 @@ def sweep(cfg, models, ref, args):
                 fns = {n: step_fn(m, mode, batch, opts[n], amp) for n, m in models.items()}
                 if ref is not None and mode == "inference":
                     fns[REF] = step_fn(ref, mode, batch, None, amp)
-                ms = {n: 1e3 * s for n, s in measure(fns, args.device, args.warmup + args.repeats, args.warmup).items()}
+                sec, spread = measure(fns, args.device, args.warmup + args.repeats, args.warmup)
+                ms = {n: 1e3 * s for n, s in sec.items()}
                 print(f"  {mode:9} batch {B:3} length {T:4}: " + "  ".join(f"{n} {v:.1f} ms" for n, v in ms.items()),
                       file=sys.stderr, flush=True)
                 mb = {}
@@ -262,7 +266,8 @@ def sweep(cfg, models, ref, args):
                 ratios = {"ssmlora/lora": ms["ssmlora"] / ms["lora"], "lora/none": ms["lora"] / ms["none"]}
                 if REF in ms:
                     ratios["none/transformers"] = ms["none"] / ms[REF]
-                rows.append(dict(mode=mode, batch=B, length=T, ms=ms, peak_mb=mb, time_ratios=ratios,
+                rows.append(dict(mode=mode, batch=B, length=T, ms=ms, spread=max(spread.values()), peak_mb=mb,
+                                 time_ratios=ratios,
                                  memory_ratios={"ssmlora/lora": mb["ssmlora"] / mb["lora"]} if mb["lora"] else {}))
                 del batch, fns
                 if args.device.type == "cuda":  # hand this shape's blocks back before the next one
@@ -302,8 +307,8 @@ def table(rows, mode, names):
     """Fixed-width text: median ms per method, time ratios, peak MB per method, the SSMLoRA / LoRA memory ratio."""
     rs = [r for r in rows if r["mode"] == mode]
     ratios = list(rs[0]["time_ratios"])
-    groups = [("", ["batch", "len"]), ("median ms", names), ("time ratio", ratios), ("peak MB", list(METHODS)),
-              ("MB ratio", ["ssmlora/lora"])]
+    groups = [("", ["batch", "len"]), ("median ms", [*names, "spread"]), ("time ratio", ratios),
+              ("peak MB", list(METHODS)), ("MB ratio", ["ssmlora/lora"])]
     heads = [c for _, cs in groups for c in cs]
     widths = [max(6, len(c)) for c in heads]
     top, i = [], 0
@@ -313,7 +318,7 @@ def table(rows, mode, names):
         i += len(cs)
     lines = ["  ".join(top), "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     for r in rs:
-        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.2f}" for n in names],
+        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.2f}" for n in names], f"{r['spread']:.0%}",
                  *[f"{r['time_ratios'][k]:.3f}x" for k in ratios],
                  *["n/a" if r["peak_mb"][n] is None else f"{r['peak_mb'][n]:.1f}" for n in METHODS],
                  f"{r['memory_ratios']['ssmlora/lora']:.3f}x" if r["memory_ratios"] else "n/a"]
@@ -345,7 +350,13 @@ def report(result, models, args):
     print("\ninference: forward, no grad, eval mode\n" + table(result["results"], "inference", names))
     print("\ntraining step: forward, backward, AdamW step, zero_grad (none: frozen body, head only)\n"
           + table(result["results"], "train", METHODS))
-    print(f"\n{result['memory_note']}\n\ntargets, this run:")
+    print("\nspread: the largest (max - min) / median of one method's timed rounds in the row")
+    noisy = [r for r in result["results"] if r["spread"] > NOISY]
+    if noisy:
+        hint = " (on a shared CPU, try --threads 1)" if s["threads"] > 1 else ""
+        print(f"warning: {len(noisy)} of {len(result['results'])} rows spread by more than {NOISY:.0%}: the machine "
+              f"was busy, so distrust their ratios and run again{hint}")
+    print(f"{result['memory_note']}\n\ntargets, this run:")
     for t in result["targets"]:
         value = "" if t["value"] is None else f"{t['value']:.3f}x "
         print(f"  {({True: 'met', False: 'NOT MET', None: 'n/a'})[t['met']]:7}  {t['target']}: {value}({t['detail']})")

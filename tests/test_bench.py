@@ -42,7 +42,7 @@ def positive(x):
 def test_quick_prints_the_table_with_ratios(quick):
     out = quick[0]
     for text in ("inference: forward, no grad, eval mode", "training step: forward, backward, AdamW step",
-                 "median ms", "peak MB", "ssmlora/lora", "lora/none", "targets, this run:",
+                 "median ms", "spread", "peak MB", "ssmlora/lora", "lora/none", "targets, this run:",
                  "lora     dense", "ssmlora  sparse", "--dense compares dense with dense"):
         assert text in out, text
     # one table line per shape and mode, starting with batch and length
@@ -61,6 +61,7 @@ def test_quick_json_has_every_method_and_shape_and_consistent_ratios(quick):
     for r in data["results"]:
         assert set(bench.METHODS) <= set(r["ms"])
         assert all(positive(v) for v in r["ms"].values())
+        assert math.isfinite(r["spread"]) and r["spread"] >= 0
         ms, ratio = r["ms"], r["time_ratios"]
         assert math.isclose(ratio["ssmlora/lora"], ms["ssmlora"] / ms["lora"], rel_tol=1e-12)
         assert math.isclose(ratio["lora/none"], ms["lora"] / ms["none"], rel_tol=1e-12)
