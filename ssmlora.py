@@ -16,7 +16,6 @@ One call adapts a model:  add_adapters(model, Adapters(method="ssmlora", rank=8)
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -151,8 +150,8 @@ class SSMLoRALinear(LoRALinear):
         # eq. (10), not (9) (design decision 2). Dropout on h_norm, where the authors put it; their leaky ReLU after
         # it is left out: h_norm lies in [0, 1], dropout only zeroes or scales it up, so leaky ReLU is the identity
         # there (design decision 7). The scale s goes on the rank-r factor: cheaper than on the d_out-wide output.
-        y = F.linear(x, self.weight, self.bias)
-        return add_low_rank(y, (x_new + self.drop(h_norm)) * self.scaling, self.W_b)  # eq. (10): + s (x_new + h_norm) W_b
+        y = F.linear(x, self.weight, self.bias)  # x W0 (+ bias)
+        return add_low_rank(y, (x_new + self.drop(h_norm)) * self.scaling, self.W_b)  # eq. (10)
 
     def merge(self):
         raise ModelError("SSMLoRA cannot be merged into W0: its h_norm term depends on the input through a "
@@ -329,15 +328,15 @@ def save_adapters(model, path):
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if is_trained(n, adapters.method)}
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
                 **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".adapters-", suffix=".tmp")
-    os.close(fd)
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")  # same filesystem
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half a file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def read_settings(path):
@@ -349,8 +348,11 @@ def read_settings(path):
         raise ModelError(f"could not read adapter file {path} ({type(e).__name__}: {e})") from None
     if meta.get("format") != FORMAT:
         raise ModelError(f"{path} is not an adapter file written by save_adapters (no {FORMAT!r} metadata)")
-    adapters = Adapters(**{f.name: json.loads(meta[f.name]) for f in fields(Adapters)})
-    return adapters, {k: json.loads(meta[f"base.{k}"]) for k in BASE_KEYS}
+    try:
+        adapters = Adapters(**{f.name: json.loads(meta[f.name]) for f in fields(Adapters)})
+        return adapters, {k: json.loads(meta[f"base.{k}"]) for k in BASE_KEYS}
+    except (KeyError, ValueError) as e:
+        raise ModelError(f"adapter file {path} has incomplete or invalid settings in its metadata ({e})") from None
 
 
 def load_adapters(model, path):
