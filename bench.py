@@ -15,6 +15,7 @@ import gc
 import importlib.util
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -310,7 +311,7 @@ def table(rows, mode, names):
     groups = [("", ["batch", "len"]), ("median ms", [*names, "spread"]), ("time ratio", ratios),
               ("peak MB", list(METHODS)), ("MB ratio", ["ssmlora/lora"])]
     heads = [c for _, cs in groups for c in cs]
-    widths = [max(6, len(c)) for c in heads]
+    widths = [max(7, len(c)) for c in heads]
     top, i = [], 0
     for title, cs in groups:  # each group's title centred over its columns
         span = sum(widths[i:i + len(cs)]) + 2 * (len(cs) - 1)
@@ -344,6 +345,9 @@ def report(result, models, args):
     print(f"  median of {s['repeats']} timed rounds after {s['warmup']} warm-up, the methods interleaved in each")
     if result["reference"]["used"]:
         print(f"  {REF}: its own implementation of the same checkpoint (fp32 logits agree to {check:.1e})")
+    if args.device.type == "cpu" and (s["load_at_start"] or 0) > (os.cpu_count() or 1) - 0.5:
+        print(f"  busy machine: load average {s['load_at_start']:.1f} on {os.cpu_count()} cores at the start, "
+              "expect noise")
     if args.device.type == "cpu" and not args.quick:
         print("  CPU default: a short sweep, to finish in about a minute; a GPU gets lengths 16-512 at batch 1 and 16")
     names = [*METHODS, *([REF] if result["reference"]["used"] else [])]
@@ -368,6 +372,7 @@ def run(args):
     limit = cfg.n_positions - (cfg.pad_token_id + 1 if cfg.family == "roberta" else 0)  # RoBERTa skips 2 rows
     if max(args.lengths) > limit:
         raise ValueError(f"--lengths: {max(args.lengths)} is longer than this model's {limit} positions")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes on the cores skew timings
     model_name = f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
     print(f"building {model_name} on {args.device}...", file=sys.stderr)
     models, ref, check = build(cfg, args)
@@ -384,7 +389,7 @@ def run(args):
                     threads=torch.get_num_threads(), torch=torch.__version__, rank=args.rank, alpha=args.alpha,
                     targets=TARGETS, lora_sparse=models["lora"].adapters.sparse,
                     ssmlora_sparse=models["ssmlora"].adapters.sparse, lengths=args.lengths,
-                    batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup)
+                    batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup, load_at_start=load)
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
                   reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE),
                   memory_note=memory_note, results=rows, targets=targets(rows, ref_note))
