@@ -202,9 +202,7 @@ class Model(nn.Module):
         self.apply(_init_weights)
 
     def attention_mask_for_sdpa(self, attention_mask, T):
-        """Boolean mask (True = may attend) shaped for SDPA, or None when nothing is padded."""
-        if attention_mask is None or bool(attention_mask.all()):
-            return None
+        """Boolean mask (True = may attend) shaped for SDPA; encode() passes None when nothing is padded."""
         keys = attention_mask.bool()[:, None, None, :]                        # (B, 1, 1, T): hide padded keys
         if self.cfg.causal:
             keys = keys & torch.ones(T, T, dtype=torch.bool, device=keys.device).tril()
@@ -217,10 +215,15 @@ class Model(nn.Module):
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ModelError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
                              f"shape {tuple(input_ids.shape)}")
-        if bool(((input_ids < 0) | (input_ids >= self.cfg.vocab_size)).any()):
+        if input_ids.numel() == 0:
+            raise ModelError("input_ids is empty: nothing to encode")
+        # one device-to-host read for both checks: on a GPU every such read stalls the queue of kernels
+        real = attention_mask.min().long() if attention_mask is not None else input_ids.new_ones((), dtype=torch.long)
+        lo, hi, all_real = torch.stack([input_ids.min().long(), input_ids.max().long(), real]).tolist()
+        if lo < 0 or hi >= self.cfg.vocab_size:
             raise ModelError(f"token ids must lie in [0, {self.cfg.vocab_size}) for this vocabulary, got "
-                             f"min {int(input_ids.min())} max {int(input_ids.max())}: wrong tokenizer?")
-        mask = self.attention_mask_for_sdpa(attention_mask, input_ids.shape[1])
+                             f"min {lo} max {hi}: wrong tokenizer?")
+        mask = None if all_real else self.attention_mask_for_sdpa(attention_mask, input_ids.shape[1])
         x = self.embed(input_ids, token_type_ids)
         for block in self.blocks:
             x = block(x, mask)
