@@ -159,8 +159,8 @@ class SSMLoRALinear(LoRALinear):
 
 
 def add_low_rank(y, a, W_b):
-    """y + a W_b, accumulated into y's memory by one GEMM: no (batch, seq, d_out) temporary. On CPU that
-    temporary made a roberta-base forward with LoRA ~18% slower than without; in place it costs ~1%."""
+    """y + a W_b, accumulated into y's memory by one GEMM (beta = 1): no (batch, seq, d_out) temporary and no
+    extra pass over it. Small (~1% of a roberta-base forward on CPU) but free."""
     y.view(-1, y.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]).to(y.dtype), W_b.to(y.dtype))
     return y
 

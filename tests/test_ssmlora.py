@@ -325,8 +325,13 @@ def test_published_and_reference_counts():
     assert (base["adapter"], base["head"], base["total"]) == (148_992, 592_130, 124_647_170 + 148_992)
     assert S.param_report(meta_model("roberta-base", method="lora", rank=8))["adapter"] == 294_912
     assert S.param_report(meta_model("gpt2", method="none"))["trainable"] == 768 * 2       # score head, no bias
+    # Tables 1 and 9, roberta-base r = 8: LoRA in all six linears of every layer 1.3M; SSMLoRA sparse on q / v and
+    # dense on the output projection and the FFN 1.0M ("less than 80%" of LoRA). So attn_out does not alternate.
+    assert S.param_report(meta_model("roberta-base", method="lora", targets=ALL))["adapter"] == 1_327_104
+    ssm_all = meta_model("roberta-base", method="ssmlora", targets="query,value,attn_out,ffn_in,ffn_out")
+    assert S.param_report(ssm_all)["adapter"] == 1_038_336
     bitfit = S.param_report(meta_model("roberta-base", method="bitfit"))
-    assert bitfit["adapter"] == 102_912 - 2 * 768 + 768                     # every bias but the head's (~Table 1: 102K)
+    assert bitfit["adapter"] == 12 * (4 * 768 + 3072 + 768 + 2 * 768) + 768   # = 102,144, Table 1: BitFit 102K
     text = S.format_report(base)
     assert "148,992" in text and "adapter" in text and "frozen" in text
 
