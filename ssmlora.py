@@ -179,7 +179,8 @@ class TimeAxes:
     the same way (they never adapt it). attn_out / ffn modules share one key per kind (their "od", "mlp", "mu", "md"),
     so the state runs across layers and the head of the axis reads the tail's state from the previous pass.
     A key never written reads zeros of AUTHORS_H0_ROWS rows and the current length; a stored state whose shape
-    differs is patched by fit_carried_state() as they do.
+    differs is patched by fit_carried_state() as they do. Only the state's lifetime, keys and patching are theirs:
+    the scaling (alpha / r, design decision 6) and the dropout (decision 7) are the same in both modes.
     """
 
     def __init__(self, state="reset"):
