@@ -36,6 +36,7 @@ SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
 QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
 NOISY = 0.25  # a spread of the timed rounds above this, relative to the median, makes a row's ratios suspect
+CPU_MEMORY_RESOLUTION_MB = 0.1  # see targets(): the CPU peak comes from the resident set, not an allocator
 TOLERANCE = 1e-4  # largest difference of fp32 logits, ours vs transformers, on the same weights
 
 
@@ -284,7 +285,7 @@ def geomean(xs):
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-def targets(rows, ref_note):
+def targets(rows, ref_note, device):
     out = []
     for mode in ("inference", "train"):
         rs = [r for r in rows if r["mode"] == mode]
@@ -293,10 +294,16 @@ def targets(rows, ref_note):
         out.append(dict(target=f"SSMLoRA time within 5% of LoRA ({mode})", met=g <= 1.05, value=g,
                         detail=f"geometric mean of ssmlora/lora over the shapes; worst "
                                f"{w['time_ratios']['ssmlora/lora']:.3f}x at batch {w['batch']} length {w['length']}"))
-    mem = [r["memory_ratios"]["ssmlora/lora"] for r in rows if r["memory_ratios"]]
-    out.append(dict(target="SSMLoRA peak memory <= LoRA's", met=max(mem) <= 1 if mem else None,
-                    value=max(mem) if mem else None,
-                    detail="largest ssmlora/lora over shapes and modes" if mem else "memory not measured here"))
+    mem = [r for r in rows if r["memory_ratios"]]
+    # CUDA's allocator counts bytes exactly; the CPU figure rests on the resident set, which moves by pages and by
+    # what malloc keeps, so on CPU a difference under CPU_MEMORY_RESOLUTION_MB is no difference
+    slack = 0.0 if device == "cuda" else CPU_MEMORY_RESOLUTION_MB
+    excess = max((r["peak_mb"]["ssmlora"] - r["peak_mb"]["lora"] for r in mem), default=None)
+    out.append(dict(target="SSMLoRA peak memory <= LoRA's", met=excess <= slack if mem else None,
+                    value=max(r["memory_ratios"]["ssmlora/lora"] for r in mem) if mem else None,
+                    detail=(f"largest ssmlora/lora over shapes and modes; largest excess {excess:+.3f} MB"
+                            + (f", within the CPU figure's resolution of {slack} MB" if slack else "")) if mem
+                    else "memory not measured here"))
     ref = [r["time_ratios"]["none/transformers"] for r in rows if "none/transformers" in r["time_ratios"]]
     out.append(dict(target="our forward no slower than transformers", met=geomean(ref) <= 1 if ref else None,
                     value=geomean(ref) if ref else None,
@@ -392,7 +399,7 @@ def run(args):
                     batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup, load_at_start=load)
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
                   reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE),
-                  memory_note=memory_note, results=rows, targets=targets(rows, ref_note))
+                  memory_note=memory_note, results=rows, targets=targets(rows, ref_note, args.device.type))
     report(result, models, args)
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
