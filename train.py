@@ -88,6 +88,9 @@ def get_args(argv=None):
     args.lr = lr if args.lr is None else args.lr
     args.epochs = epochs if args.epochs is None else args.epochs
     args.out = args.out or f"out/{args.task}-{args.method}-r{args.rank}"
+    if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
+        raise ValueError(f"--random-init with the preset {args.model!r} has no tokenizer to read the data with: pass "
+                         f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
     for name in ("batch_size", "epochs", "max_len", "save_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
