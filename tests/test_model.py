@@ -290,3 +290,21 @@ def test_hub_name_is_downloaded_once_from_a_loopback_hub(tmp_path, monkeypatch):
     ids = torch.randint(0, 119, (2, 7))
     with torch.no_grad():
         assert torch.equal(first(ids)[0], second(ids)[0])
+
+
+def test_sharded_safetensors_checkpoint(tmp_path):
+    """Large hub models split their weights over model-0000N-of-0000M.safetensors with an index file."""
+    from safetensors.torch import load_file, save_file
+    ref = make("bert", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    os.remove(tmp_path / "model.safetensors")
+    names = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        save_file({k: state[k] for k in keys}, tmp_path / file)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}))
+    ours = M.from_pretrained(tmp_path).eval()
+    ids, mask, types = inputs("bert")
+    with torch.no_grad():
+        assert (ours(ids, mask, types)[0] - ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits).abs().max() < 1e-5
