@@ -270,6 +270,7 @@ def fit(model, encoded, task, args, device, on_step=None):
     bar = tqdm(total=total, initial=progress["step"], desc=f"{task.name} {args.method}", dynamic_ncols=True,
                disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
     stop = progress["step"] >= total
+    trained = [p for p in model.parameters() if p.requires_grad]
     while progress["epoch"] < args.epochs and not stop:
         epoch, t0 = progress["epoch"], time.time()
         # the epoch's order depends only on (seed, epoch): a resumed run redraws it and skips what was done
@@ -280,18 +281,19 @@ def fit(model, encoded, task, args, device, on_step=None):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 _, loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
-            if not torch.isfinite(loss):
-                raise TrainError(f"non-finite loss ({loss.item()}) at step {progress['step'] + 1}; stopped. The last "
+            value = loss.item()  # the step's one device-to-host read, for the check and the progress bar
+            if not math.isfinite(value):
+                raise TrainError(f"non-finite loss ({value}) at step {progress['step'] + 1}; stopped. The last "
                                  f"good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], args.clip)
+            torch.nn.utils.clip_grad_norm_(trained, args.clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             progress["step"] += 1
             progress["step_in_epoch"] = i + 1
+            bar.set_postfix(loss=f"{value:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)  # drawn by update
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
             if progress["step"] % args.save_every == 0:
                 save_checkpoint(ckpt, model, opt, sched, progress, args)
             if on_step:
@@ -302,7 +304,7 @@ def fit(model, encoded, task, args, device, on_step=None):
         # an epoch ends (or the step budget does): evaluate, keep the best, maybe stop early
         metrics = {split: evaluate(model, encoded[split], task, args, device) for split in task.dev}
         progress["epoch_times"].append(time.time() - t0)
-        progress.update(epoch=epoch + 1, step_in_epoch=0, last_metrics=None)
+        progress.update(epoch=epoch + 1, step_in_epoch=0)
         score = metrics[task.dev[0]][select]
         line = {"epoch": epoch + 1, "step": progress["step"], "lr": sched.get_last_lr()[0], **metrics}
         with open(log_path, "a") as f:
