@@ -14,7 +14,6 @@ import ctypes
 import gc
 import importlib.util
 import json
-import math
 import os
 import statistics
 import sys
@@ -25,24 +24,20 @@ from pathlib import Path
 
 import torch
 
-from model import PRESETS, Model, ModelError, from_pretrained, preset
+from hub import config_to_hf
+from model import PRESETS, Model, from_pretrained, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
+from util import OneLineParser, UserError, atomic_write
 
-METHODS = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
+COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
 REF = "transformers"
-TARGETS = "query,value"
+ADAPTED = "query,value"  # the projections both methods adapt
 # per device: a GPU gets a sweep like the paper's Table 12; two CPU cores get a few short shapes, to stay in a minute
 SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 128], [1], 5, 1),
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
 QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
 NOISY = 0.25  # a spread of the timed rounds above this, relative to the median, makes a row's ratios suspect
-CPU_MEMORY_RESOLUTION_MB = 0.1  # see targets(): the CPU peak comes from the resident set, not an allocator
 TOLERANCE = 1e-4  # largest difference of fp32 logits, ours vs transformers, on the same weights
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump
-        sys.exit(f"error: {message} (see python bench.py --help)")
 
 
 def int_list(text):
@@ -56,7 +51,7 @@ def int_list(text):
 
 
 def get_args(argv=None):
-    p = OneLineParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="roberta-base", choices=PRESETS, metavar="NAME",
                    help=f"default roberta-base; one of {', '.join(PRESETS)}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
@@ -109,23 +104,10 @@ def reference_pair(cfg):
     """transformers' classifier for cfg with random weights, and ours loaded from the checkpoint it saves."""
     import transformers as hf  # test-only dependency: imported only when asked for
     hf.utils.logging.disable_progress_bar()
-    act = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[cfg.activation]
-    if cfg.family == "gpt2":
-        cls, config = hf.GPT2ForSequenceClassification, hf.GPT2Config(
-            vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.d_model, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function=act, layer_norm_epsilon=cfg.ln_eps,
-            pad_token_id=cfg.pad_token_id, eos_token_id=cfg.pad_token_id, bos_token_id=cfg.pad_token_id)
-    else:
-        roberta = cfg.family == "roberta"
-        cls = hf.RobertaForSequenceClassification if roberta else hf.BertForSequenceClassification
-        config = (hf.RobertaConfig if roberta else hf.BertConfig)(
-            vocab_size=cfg.vocab_size, max_position_embeddings=cfg.n_positions, hidden_size=cfg.d_model,
-            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, intermediate_size=cfg.d_ff,
-            hidden_act=act, layer_norm_eps=cfg.ln_eps, type_vocab_size=cfg.type_vocab_size,
-            pad_token_id=cfg.pad_token_id)
-    config.num_labels = cfg.num_labels
+    cls = {"gpt2": hf.GPT2ForSequenceClassification, "roberta": hf.RobertaForSequenceClassification,
+           "bert": hf.BertForSequenceClassification}[cfg.family]
     torch.manual_seed(0)
-    ref = cls(config).eval()
+    ref = cls(config_to_hf(cfg)).eval()
     with tempfile.TemporaryDirectory() as tmp:  # through a real checkpoint folder: the path users take
         ref.save_pretrained(tmp)
         return ref, from_pretrained(tmp, num_labels=cfg.num_labels)
@@ -135,7 +117,7 @@ def make_batch(cfg, B, T, device):
     g = torch.Generator().manual_seed(B * 100_003 + T)
     ids = torch.randint(3, cfg.vocab_size - 1, (B, T), generator=g)  # no special ids, no padding (GPT-2's is the last)
     labels = torch.randint(0, cfg.num_labels, (B,), generator=g)
-    return ids.to(device), torch.ones_like(ids).to(device), labels.to(device)
+    return ids.to(device), None, labels.to(device)  # no padding: no mask, as data.batches passes it
 
 
 def build(cfg, args):
@@ -154,9 +136,9 @@ def build(cfg, args):
         torch.manual_seed(0)
         base = Model(cfg).to(args.device)
     models = {}
-    for method in METHODS:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
+    for method in COMPARED:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
         sparse = False if method == "ssmlora" and args.dense else None
-        adapters = Adapters(method, args.rank, args.alpha, targets=TARGETS, sparse=sparse)
+        adapters = Adapters(method, args.rank, args.alpha, targets=ADAPTED, sparse=sparse)
         models[method] = add_adapters(twin(base), adapters)
     return models, ref, check
 
@@ -281,54 +263,19 @@ def sweep(cfg, models, ref, args):
 # ----------------------------------------------------------------------------------------------------------
 # report
 
-def geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
-def targets(rows, ref_note, device):
-    out = []
-    for mode in ("inference", "train"):
-        rs = [r for r in rows if r["mode"] == mode]
-        g = geomean([r["time_ratios"]["ssmlora/lora"] for r in rs])
-        w = max(rs, key=lambda r: r["time_ratios"]["ssmlora/lora"])
-        out.append(dict(target=f"SSMLoRA time within 5% of LoRA ({mode})", met=g <= 1.05, value=g,
-                        detail=f"geometric mean of ssmlora/lora over the shapes; worst "
-                               f"{w['time_ratios']['ssmlora/lora']:.3f}x at batch {w['batch']} length {w['length']}"))
-    mem = [r for r in rows if r["memory_ratios"]]
-    # CUDA's allocator counts bytes exactly; the CPU figure rests on the resident set, which moves by pages and by
-    # what malloc keeps, so on CPU a difference under CPU_MEMORY_RESOLUTION_MB is no difference
-    slack = 0.0 if device == "cuda" else CPU_MEMORY_RESOLUTION_MB
-    excess = max((r["peak_mb"]["ssmlora"] - r["peak_mb"]["lora"] for r in mem), default=None)
-    out.append(dict(target="SSMLoRA peak memory <= LoRA's", met=excess <= slack if mem else None,
-                    value=max(r["memory_ratios"]["ssmlora/lora"] for r in mem) if mem else None,
-                    detail=(f"largest ssmlora/lora over shapes and modes; largest excess {excess:+.3f} MB"
-                            + (f", within the CPU figure's resolution of {slack} MB" if slack else "")) if mem
-                    else "memory not measured here"))
-    ref = [r["time_ratios"]["none/transformers"] for r in rows if "none/transformers" in r["time_ratios"]]
-    out.append(dict(target="our forward no slower than transformers", met=geomean(ref) <= 1 if ref else None,
-                    value=geomean(ref) if ref else None,
-                    detail="geometric mean of none/transformers, inference" if ref else ref_note))
-    return out
-
-
 def table(rows, mode, names):
-    """Fixed-width text: median ms per method, time ratios, peak MB per method, the SSMLoRA / LoRA memory ratio."""
+    """Fixed-width text, one line per shape: median ms per method, the time ratios, then SSMLoRA's and LoRA's
+    peak MB and their ratio."""
     rs = [r for r in rows if r["mode"] == mode]
     ratios = list(rs[0]["time_ratios"])
-    groups = [("", ["batch", "len"]), ("median ms", [*names, "spread"]), ("time ratio", ratios),
-              ("peak MB", list(METHODS)), ("MB ratio", ["ssmlora/lora"])]
-    heads = [c for _, cs in groups for c in cs]
-    widths = [max(7, len(c)) for c in heads]
-    top, i = [], 0
-    for title, cs in groups:  # each group's title centred over its columns
-        span = sum(widths[i:i + len(cs)]) + 2 * (len(cs) - 1)
-        top.append(f"{title:-^{span}}" if title else " " * span)
-        i += len(cs)
-    lines = ["  ".join(top), "  ".join(h.rjust(w) for h, w in zip(heads, widths))]
+    heads = ["batch", "len", *[f"{n} ms" for n in names], *ratios, "lora MB", "ssmlora MB", "MB ratio"]
+    widths = [max(6, len(h)) for h in heads]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     for r in rs:
-        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.2f}" for n in names], f"{r['spread']:.0%}",
+        mb = r["peak_mb"]
+        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.2f}" for n in names],
                  *[f"{r['time_ratios'][k]:.3f}x" for k in ratios],
-                 *["n/a" if r["peak_mb"][n] is None else f"{r['peak_mb'][n]:.1f}" for n in METHODS],
+                 *["n/a" if mb[n] is None else f"{mb[n]:.1f}" for n in ("lora", "ssmlora")],
                  f"{r['memory_ratios']['ssmlora/lora']:.3f}x" if r["memory_ratios"] else "n/a"]
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     return "\n".join(lines)
@@ -344,7 +291,7 @@ def describe(model):
 def report(result, models, args):
     s, check = result["settings"], result["reference"]["max_abs_logit_diff"]
     print(f"\nSSMLoRA vs LoRA on {s['model']}, random weights, {s['device']} ({s['threads']} thread"
-          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, rank {s['rank']}, alpha {s['alpha']:g}, targets {TARGETS}")
+          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, rank {s['rank']}, alpha {s['alpha']:g}, targets {ADAPTED}")
     for n in ("lora", "ssmlora"):
         print(f"  {n:8} {describe(models[n])}")
     print("  (each method's own default, as the paper compares them; --dense compares dense with dense)"
@@ -357,28 +304,23 @@ def report(result, models, args):
               "expect noise")
     if args.device.type == "cpu" and not args.quick:
         print("  CPU default: a short sweep, to finish in about a minute; a GPU gets lengths 16-512 at batch 1 and 16")
-    names = [*METHODS, *([REF] if result["reference"]["used"] else [])]
+    names = [*COMPARED, *([REF] if result["reference"]["used"] else [])]
     print("\ninference: forward, no grad, eval mode\n" + table(result["results"], "inference", names))
     print("\ntraining step: forward, backward, AdamW step, zero_grad (none: frozen body, head only)\n"
-          + table(result["results"], "train", METHODS))
-    print("\nspread: the largest (max - min) / median of one method's timed rounds in the row")
+          + table(result["results"], "train", COMPARED))
     noisy = [r for r in result["results"] if r["spread"] > NOISY]
     if noisy:
         hint = " (on a shared CPU, try --threads 1)" if s["threads"] > 1 else ""
         print(f"warning: {len(noisy)} of {len(result['results'])} rows spread by more than {NOISY:.0%}: the machine "
               f"was busy, so distrust their ratios and run again{hint}")
-    print(f"{result['memory_note']}\n\ntargets, this run:")
-    for t in result["targets"]:
-        value = "" if t["value"] is None else f"{t['value']:.3f}x "
-        print(f"  {({True: 'met', False: 'NOT MET', None: 'n/a'})[t['met']]:7}  {t['target']}: {value}({t['detail']})")
+    print(result["memory_note"])
 
 
 def run(args):
     cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}))
     cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
-    limit = cfg.n_positions - (cfg.pad_token_id + 1 if cfg.family == "roberta" else 0)  # RoBERTa skips 2 rows
-    if max(args.lengths) > limit:
-        raise ValueError(f"--lengths: {max(args.lengths)} is longer than this model's {limit} positions")
+    if max(args.lengths) > cfg.max_tokens:
+        raise UserError(f"--lengths: {max(args.lengths)} is longer than this model's {cfg.max_tokens} positions")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes on the cores skew timings
     model_name = f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
     print(f"building {model_name} on {args.device}...", file=sys.stderr)
@@ -394,17 +336,16 @@ def run(args):
                 if importlib.util.find_spec("transformers") else "transformers is not installed")
     settings = dict(model=model_name, preset=args.preset, quick=args.quick, device=str(args.device), dtype=args.dtype,
                     threads=torch.get_num_threads(), torch=torch.__version__, rank=args.rank, alpha=args.alpha,
-                    targets=TARGETS, lora_sparse=models["lora"].adapters.sparse,
+                    targets=ADAPTED, lora_sparse=models["lora"].adapters.sparse,
                     ssmlora_sparse=models["ssmlora"].adapters.sparse, lengths=args.lengths,
                     batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup, load_at_start=load)
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
-                  reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE),
-                  memory_note=memory_note, results=rows, targets=targets(rows, ref_note, args.device.type))
+                  reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE,
+                                 note=None if ref is not None else ref_note),
+                  memory_note=memory_note, results=rows)
     report(result, models, args)
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    print(f"\nwritten to {path}")
+    atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
+    print(f"\nwritten to {args.json}")
     return result
 
 
@@ -414,7 +355,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     try:
         return run(args)
-    except (ModelError, ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
+    except (UserError, ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
         sys.exit(f"error: {e}")
     finally:  # main may be called in-process (the tests): give the caller its setting back
         torch.set_num_threads(threads)

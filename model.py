@@ -7,22 +7,19 @@ One hand-written transformer for the three families SSMLoRA is evaluated on:
 Every attention block has *separate* query, key, value and output projections (nn.Linear), so an adapter
 can wrap `blocks[i].attn.query` or `.value` directly. GPT-2's fused Conv1D `c_attn` is split at load time.
 
-from_pretrained() reads original Hugging Face checkpoints (a local folder or a hub name) and accounts for
-every tensor: anything missing, unexpected or mis-shaped is an error that names it.
+from_pretrained() loads original Hugging Face checkpoints; hub.py fetches them and reads their files.
 """
-import json
 import re
-import socket
 from dataclasses import dataclass, replace
-from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from util import UserError
 
-class ModelError(Exception):
+
+class ModelError(UserError):
     """Bad checkpoint, bad config or bad input: the message says what was wrong and how to fix it."""
 
 
@@ -52,6 +49,10 @@ class Config:
     @property
     def pre_ln(self):
         return self.family == "gpt2"
+
+    @property
+    def max_tokens(self):  # RoBERTa numbers positions from pad_token_id + 1: its first rows are never used
+        return self.n_positions - (self.pad_token_id + 1 if self.family == "roberta" else 0)
 
 
 _ROBERTA = dict(family="roberta", vocab_size=50265, n_positions=514, type_vocab_size=1, pad_token_id=1,
@@ -95,19 +96,14 @@ class Embeddings(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def position_ids(self, input_ids):
-        T = input_ids.shape[1]
         if self.cfg.family == "roberta":
             # RoBERTa (fairseq) numbers real tokens from pad_token_id + 1 and gives padding pad_token_id
             real = input_ids.ne(self.cfg.pad_token_id).long()
-            return torch.cumsum(real, dim=1) * real + self.cfg.pad_token_id, T + self.cfg.pad_token_id + 1
-        return torch.arange(T, device=input_ids.device).unsqueeze(0), T
+            return torch.cumsum(real, dim=1) * real + self.cfg.pad_token_id
+        return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
     def forward(self, input_ids, token_type_ids=None):
-        pos, needed = self.position_ids(input_ids)
-        if needed > self.cfg.n_positions:
-            raise ModelError(f"sequence of {input_ids.shape[1]} tokens is longer than this model's position "
-                             f"table allows ({self.cfg.n_positions} rows); truncate it (e.g. --max-len)")
-        x = self.tok(input_ids) + self.pos(pos)
+        x = self.tok(input_ids) + self.pos(self.position_ids(input_ids))
         if self.typ is not None:
             x = x + self.typ(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
         if self.ln is not None:
@@ -180,7 +176,7 @@ class Head(nn.Module):
             return self.out_proj(self.drop(torch.tanh(self.dense(self.drop(x[:, 0])))))
         if self.family == "bert":
             return self.classifier(self.drop(torch.tanh(self.pooler(x[:, 0]))))
-        if attention_mask is None:
+        if attention_mask is None:  # nothing padded: the last position
             last = torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
         else:  # index of the last attended position, for right or left padding alike
             last = (attention_mask.long() * torch.arange(x.shape[1], device=x.device)).argmax(-1)
@@ -201,29 +197,15 @@ class Model(nn.Module):
         self.head = Head(cfg) if cfg.head == "cls" else None  # the "lm" head is tied to embed.tok
         self.apply(_init_weights)
 
-    def attention_mask_for_sdpa(self, attention_mask, T):
-        """Boolean mask (True = may attend) shaped for SDPA; encode() passes None when nothing is padded."""
-        keys = attention_mask.bool()[:, None, None, :]                        # (B, 1, 1, T): hide padded keys
-        if self.cfg.causal:
-            keys = keys & torch.ones(T, T, dtype=torch.bool, device=keys.device).tril()
-        return keys
-
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Last hidden states (B, T, d_model), after GPT-2's final LayerNorm."""
-        if input_ids.dim() != 2:
-            raise ModelError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
-            raise ModelError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids "
-                             f"shape {tuple(input_ids.shape)}")
-        if input_ids.numel() == 0:
-            raise ModelError("input_ids is empty: nothing to encode")
-        # one device-to-host read for both checks: on a GPU every such read stalls the queue of kernels
-        real = attention_mask.min().long() if attention_mask is not None else input_ids.new_ones((), dtype=torch.long)
-        lo, hi, all_real = torch.stack([input_ids.min().long(), input_ids.max().long(), real]).tolist()
-        if lo < 0 or hi >= self.cfg.vocab_size:
-            raise ModelError(f"token ids must lie in [0, {self.cfg.vocab_size}) for this vocabulary, got "
-                             f"min {lo} max {hi}: wrong tokenizer?")
-        mask = None if all_real else self.attention_mask_for_sdpa(attention_mask, input_ids.shape[1])
+        """Last hidden states (B, T, d_model), after GPT-2's final LayerNorm. Pass attention_mask=None when
+        nothing is padded (data.batches does): SDPA then runs its fused causal / flash kernels."""
+        mask = None
+        if attention_mask is not None:  # (B, 1, 1, T), True = may attend: padded keys are hidden
+            mask = attention_mask.bool()[:, None, None, :]
+            if self.cfg.causal:
+                T = input_ids.shape[1]
+                mask = mask & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
         x = self.embed(input_ids, token_type_ids)
         for block in self.blocks:
             x = block(x, mask)
@@ -259,121 +241,7 @@ def _init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# loading original Hugging Face checkpoints
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "special_tokens_map.json")
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-
-
-def resolve(name_or_dir):
-    """A local checkpoint folder as is, or a hub name downloaded once into huggingface_hub's cache."""
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists() or str(name_or_dir).startswith((".", "/", "~")) or str(name_or_dir).count("/") > 1:
-        raise ModelError(f"{name_or_dir!r} is not a checkpoint folder (no such directory)")
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
-    how = (f"Download config.json, model.safetensors (or pytorch_model.bin) and the tokenizer files (tokenizer.json, "
-           f"or vocab.json + merges.txt, or vocab.txt) from https://huggingface.co/{name_or_dir} into one folder and "
-           f"pass that folder instead, e.g. --model ./checkpoints/{str(name_or_dir).split('/')[-1]}")
-
-    online = None
-
-    def reachable():  # one quick DNS look-up instead of huggingface_hub's ~20 s of retries when offline
-        nonlocal online
-        if online is None:
-            from huggingface_hub import constants
-            host = urlparse(constants.ENDPOINT).hostname
-            try:
-                online = not constants.HF_HUB_OFFLINE and bool(socket.getaddrinfo(host, None))
-            except OSError:
-                online = False
-        return online
-
-    def fetch(filename, required=False):
-        for local in (True, False):  # the cache first: a model downloaded once needs no network again
-            if not local and not reachable():
-                break
-            try:
-                return Path(hf_hub_download(str(name_or_dir), filename, local_files_only=local))
-            except LocalEntryNotFoundError:   # not in the cache (or offline): try the hub next
-                continue
-            except RemoteEntryNotFoundError:  # the hub answered: this repo has no such file
-                return None
-            except RepositoryNotFoundError:
-                raise ModelError(f"{name_or_dir!r} is neither a local folder nor a model on the Hugging Face hub") from None
-            except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
-                raise ModelError(f"downloading {filename} of {name_or_dir!r} failed ({type(e).__name__}: {e}). {how}") from None
-        if required:
-            raise ModelError(f"{name_or_dir!r} is not in the local cache and the hub cannot be reached (no "
-                             f"network?). {how}")
-        return None
-
-    folder = fetch("config.json", required=True).parent
-    if fetch("model.safetensors") is None and fetch("pytorch_model.bin") is None:
-        raise ModelError(f"no weights for {name_or_dir!r}: neither model.safetensors nor pytorch_model.bin is in "
-                         f"the cache or could be downloaded. {how}")
-    for name in TOKENIZER_FILES:  # optional: whichever of these the model has
-        fetch(name)
-    return folder
-
-
-def config_from_hf(hf, num_labels=None, has_head=False, head_labels=None):
-    """Our Config from a Hugging Face config.json dict."""
-    family = hf.get("model_type")
-    if family not in ("bert", "roberta", "gpt2"):
-        raise ModelError(f"unsupported architecture in config.json: model_type={family!r} "
-                         f"(architectures={hf.get('architectures')}); this code supports bert, roberta, gpt2")
-    gpt = family == "gpt2"
-    act = hf.get("activation_function" if gpt else "hidden_act", "gelu_new" if gpt else "gelu")
-    if act not in _ACTIVATIONS:
-        raise ModelError(f"unsupported activation {act!r} in config.json; supported: {', '.join(_ACTIVATIONS)}")
-    if hf.get("position_embedding_type", "absolute") != "absolute" or hf.get("scale_attn_by_inverse_layer_idx"):
-        raise ModelError("unsupported attention variant in config.json (only absolute positions, plain scaling)")
-    if num_labels is None:
-        num_labels = head_labels if has_head else None
-    head = "cls" if num_labels is not None else ("lm" if gpt else "none")
-    hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
-    d = hf["n_embd"] if gpt else hf["hidden_size"]
-    pad = hf.get("pad_token_id")
-    return Config(
-        family=family, vocab_size=hf["vocab_size"], n_positions=hf["n_positions" if gpt else "max_position_embeddings"],
-        n_layer=hf["n_layer" if gpt else "num_hidden_layers"], n_head=hf["n_head" if gpt else "num_attention_heads"],
-        d_model=d, d_ff=(hf.get("n_inner") or 4 * d) if gpt else hf["intermediate_size"],
-        type_vocab_size=0 if gpt else hf.get("type_vocab_size", 2),
-        pad_token_id=pad if pad is not None else (hf.get("eos_token_id", 50256) if gpt else 0),
-        ln_eps=hf.get("layer_norm_epsilon" if gpt else "layer_norm_eps", 1e-5 if gpt else 1e-12),
-        activation=_ACTIVATIONS[act], dropout=hidden_drop,
-        attn_dropout=hf.get("attn_pdrop" if gpt else "attention_probs_dropout_prob", 0.1),
-        head_dropout=0.0 if gpt else (hf.get("classifier_dropout") or hidden_drop),
-        head=head, num_labels=num_labels or 2)
-
-
-def read_weights(folder):
-    """The checkpoint's tensors as a dict: model.safetensors (sharded too) or pytorch_model.bin."""
-    folder = Path(folder)
-    index = folder / "model.safetensors.index.json"
-    files = ([folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-             if index.exists() else [folder / f for f in WEIGHT_FILES if (folder / f).exists()][:1])
-    if not files:
-        raise ModelError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)} "
-                         f"(found: {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
-    state = {}
-    for f in files:
-        try:
-            if f.suffix == ".safetensors":
-                from safetensors.torch import load_file
-                state.update(load_file(f))
-            else:  # weights_only: never unpickle arbitrary objects from a downloaded file
-                state.update(torch.load(f, map_location="cpu", weights_only=True))
-        except Exception as e:
-            raise ModelError(f"could not read weights file {f} ({type(e).__name__}: {e}); it is corrupt or "
-                             f"truncated: delete it and download it again") from None
-    return state
-
+# loading original Hugging Face checkpoints (hub.py finds the files and reads them)
 
 # Hugging Face name -> our name. Applied with re.fullmatch after the family prefix is stripped.
 _ENCODER_NAMES = [
@@ -444,46 +312,43 @@ def convert_state_dict(state, family):
 
 def from_pretrained(name_or_dir, num_labels=None, **overrides):
     """
-    Load an original Hugging Face BERT / RoBERTa / GPT-2 checkpoint. num_labels=None keeps the checkpoint's own
-    head (a classifier if it has one, GPT-2's LM head, or none); a number asks for a classification head
-    (1 = regression), loaded from the checkpoint if it has one of that size, otherwise freshly initialised.
-    overrides: Config fields to change (e.g. dropout=0.0).
+    Load an original Hugging Face BERT / RoBERTa / GPT-2 checkpoint: a local folder or a hub name. num_labels=None
+    keeps the checkpoint's own head (a classifier if it has one, GPT-2's LM head, or none); a number asks for a
+    classification head (1 = regression), loaded if the checkpoint has one, otherwise new (model.new_head lists
+    its tensors). overrides: Config fields to change (e.g. dropout=0.0).
     """
-    folder = resolve(name_or_dir)
-    if not (folder / "config.json").exists():
-        raise ModelError(f"no config.json in {folder}: is this a Hugging Face checkpoint folder?")
-    try:
-        hf = json.loads((folder / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{folder / 'config.json'} is not valid JSON ({e})") from None
-    family = config_from_hf(hf).family  # rejects unsupported architectures before reading any weights
-    state = convert_state_dict(read_weights(folder), family)
-    classifier = [k for k in state if re.fullmatch(r"head\.(out_proj|classifier|score)\.weight", k)]
-    head_labels = state[classifier[0]].shape[0] if classifier else None
-    cfg = replace(config_from_hf(hf, num_labels, bool(classifier), head_labels), **overrides)
+    import hub  # downloads, file formats and their errors
+    folder = hub.resolve(name_or_dir)
+    hf = hub.read_config(folder)
+    state = convert_state_dict(hub.read_weights(folder), hf["model_type"])
+    cfg = replace(hub.config_from_hf(hf, num_labels, head_labels(state)), **overrides)
     if cfg.head != "cls":  # e.g. BERT's pooler, which only the classification head uses
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    if cfg.head == "cls" and classifier and head_labels != cfg.num_labels:
-        raise ModelError(f"the checkpoint's classification head has {head_labels} labels but num_labels="
-                         f"{cfg.num_labels} was asked for; load it with num_labels={head_labels}, or start from "
-                         f"a checkpoint without a task head")
     model = Model(cfg)
-    ours = model.state_dict()
-    # without a classifier in the checkpoint the head is new (BERT's pooler still loads if it is there)
-    new = [k for k in ours if k.startswith("head.") and k not in state] if not classifier else []
-    missing = [k for k in ours if k not in state and k not in new]
-    if missing:
-        raise ModelError(f"tensors missing from the checkpoint in {folder}: {', '.join(missing[:10])}"
-                         f"{' ...' if len(missing) > 10 else ''}")
-    for k, t in state.items():
-        if k not in ours:
-            raise ModelError(f"checkpoint tensor {k} has no place in a {cfg.family} model with head {cfg.head!r}")
-        if t.shape != ours[k].shape:
-            raise ModelError(f"checkpoint tensor {k} has shape {tuple(t.shape)}, the model expects "
-                             f"{tuple(ours[k].shape)}: config.json and the weights disagree")
-    model.load_state_dict({**ours, **state})  # strict: every tensor of ours is either loaded or new
-    if new:
-        print(f"{name_or_dir}: the checkpoint has no classification head; initialised a new one for "
-              f"{cfg.num_labels} label{'s' if cfg.num_labels > 1 else ''} ({', '.join(new)})")
-    model.source = str(folder)  # where the tokenizer files are
+    new = hub.check_state(model.state_dict(), state, folder)  # every tensor loaded, or a head that is new
+    model.load_state_dict({**model.state_dict(), **state})  # strict: every tensor of ours is either loaded or new
+    model.new_head, model.source = new, str(folder)  # source: where the tokenizer files are
     return model.eval()  # like transformers: call .train() to fine-tune
+
+
+def head_labels(state):
+    """Number of labels of the checkpoint's classification head, or None if it has none."""
+    return next((t.shape[0] for k, t in state.items() if re.fullmatch(r"head\.(out_proj|classifier|score)\.weight", k)),
+                None)
+
+
+def check_inputs(cfg, input_ids, attention_mask=None):
+    """What the forward pass takes for granted, checked once before it (on CPU tensors it costs nothing): a
+    (batch, seq) batch of known token ids that fits the position table."""
+    if input_ids.dim() != 2 or input_ids.numel() == 0:
+        raise ModelError(f"input_ids must be a non-empty (batch, seq_len) tensor, got shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ModelError(f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    if input_ids.shape[1] > cfg.max_tokens:
+        raise ModelError(f"sequence of {input_ids.shape[1]} tokens is longer than this model's position table "
+                         f"allows ({cfg.max_tokens}); truncate it (--max-len)")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= cfg.vocab_size:
+        raise ModelError(f"token ids must lie in [0, {cfg.vocab_size}) for this vocabulary, got min {lo} max {hi}: "
+                         f"wrong tokenizer?")

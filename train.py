@@ -13,7 +13,6 @@ checkpoint.pt (everything needed to resume), results.json (at the end).
 import argparse
 import json
 import math
-import os
 import resource
 import sys
 import time
@@ -22,10 +21,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from data import DataError, batches, compute_metrics, get_task, load_glue, load_tokenizer
-from model import PRESETS, Model, ModelError, config_from_hf, from_pretrained, preset, resolve
-from ssmlora import METHODS, STATES, Adapters, add_adapters, add_adapters_from_file, format_report, param_report, \
-    save_adapters
+from adapter_file import add_adapters_from_file, save_adapters
+from data import batches, load_tokenizer
+from glue import get_task, load_glue
+from hub import config_from_hf, read_config, resolve
+from metrics import compute_metrics
+from model import PRESETS, Model, check_inputs, from_pretrained, preset
+from ssmlora import METHODS, STATES, Adapters, add_adapters, format_report, param_report
+from util import OneLineParser, UserError, atomic_write, pick_device
 
 # Learning rate and epochs per task for RoBERTa-base with LoRA, batch 16, warm-up ratio 0.06, max length 512:
 # Hu et al. 2022 (LoRA), Table 9. We use it for SSMLoRA, LoRA and BitFit alike, as the SSMLoRA paper keeps one
@@ -36,17 +39,13 @@ RECIPE = {"mnli": (5e-4, 30), "sst2": (5e-4, 60), "mrpc": (4e-4, 30), "cola": (4
 FULL_RECIPE = (2e-5, 10)
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """A run that cannot go on (non-finite loss, a checkpoint of another run): the message says what to do."""
 
 
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump: the mistake is what a user needs to see
-        sys.exit(f"error: {message} (see python train.py --help)")
-
-
 def get_args(argv=None):
-    p = OneLineParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", required=True, help="cola sst2 mrpc stsb qqp mnli qnli rte wnli")
     p.add_argument("--model", default="roberta-base", help="hub name, local checkpoint folder, or (with "
                    f"--random-init) a preset: {', '.join(PRESETS)}")
@@ -100,31 +99,29 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------------------
 # building
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
-    return torch.device(name)
-
-
 def build_model(args, num_labels, meta=False):
     """The base model with its task head, then the method's adapters; only the trained parameters need grads."""
     adapters = None if args.eval_only else Adapters(args.method, args.rank, args.alpha, args.dropout, args.targets,
                                                     args.sparse, args.state)  # checks the settings first
     with torch.device("meta" if meta else "cpu"):
         if args.random_init and Path(args.model).is_dir():
-            cfg = config_from_hf(json.loads((Path(args.model) / "config.json").read_text()), num_labels)
-            model = Model(cfg)
+            model = Model(config_from_hf(read_config(args.model), num_labels))
         elif args.random_init:
             model = Model(preset(args.model, head="cls", num_labels=num_labels))
         else:
             model = from_pretrained(args.model, num_labels=num_labels)
     if args.eval_only:
         return add_adapters_from_file(model, args.eval_only)
+    if getattr(model, "new_head", None):
+        print(f"{args.model}: the checkpoint has no classification head; initialised a new one for {num_labels} "
+              f"label{'s' if num_labels > 1 else ''} ({', '.join(model.new_head)})")
     return add_adapters(model, adapters)
+
+
+def to_device(batch, cfg, device):
+    """The batch checked (on the CPU, before the forward pass, so the forward never reads the device) and moved."""
+    check_inputs(cfg, batch["input_ids"], batch["attention_mask"])
+    return {k: v if v is None else v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def lr_lambda(warmup_steps, total_steps):
@@ -153,7 +150,7 @@ def evaluate(model, encoded, task, args, device):
     model.eval()
     logits, labels = [], []
     for batch in batches(encoded, 2 * args.batch_size):
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = to_device(batch, model.cfg, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         logits.append(out.float().cpu())
@@ -175,19 +172,13 @@ RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "s
             "epochs", "max_len", "warmup", "weight_decay", "clip", "seed", "max_steps", "max_train", "random_init")
 
 
-def atomic_save(obj, path):
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill during torch.save leaves the previous checkpoint whole
-
-
 def save_checkpoint(path, model, opt, sched, progress, args):
     trained = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
     carried = dict(model.time_axes.h) if getattr(model, "time_axes", None) and model.adapters.state == "carry" else {}
-    atomic_save({"run": {k: getattr(args, k) for k in RUN_KEYS}, "trained": trained, "optimizer": opt.state_dict(),
-                 "scheduler": sched.state_dict(), "progress": progress, "carried_state": carried,
-                 "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, path)
+    obj = {"run": {k: getattr(args, k) for k in RUN_KEYS}, "trained": trained, "optimizer": opt.state_dict(),
+           "scheduler": sched.state_dict(), "progress": progress, "carried_state": carried, "rng": torch.get_rng_state(),
+           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a kill during the save leaves the previous one whole
 
 
 def load_checkpoint(path, model, opt, sched, args):
@@ -233,8 +224,7 @@ def run(args, on_step=None):
     source = args.tokenizer or (args.model if args.random_init else model.source)
     tok = load_tokenizer(resolve(source), family=model.cfg.family)
     data = load_glue(task, args.data_dir, args.cache_dir)
-    # RoBERTa numbers positions from pad_token_id + 1, so its table holds n_positions - 2 tokens
-    max_len = min(args.max_len, model.cfg.n_positions - (model.cfg.pad_token_id + 1 if model.cfg.family == "roberta" else 0))
+    max_len = min(args.max_len, model.cfg.max_tokens)
     train_rows = data["train"][:args.max_train] if args.max_train else data["train"]
     encoded = {split: tok.encode(rows, max_len) for split, rows in data.items() if split != "train"}
     model.to(device)
@@ -278,7 +268,7 @@ def fit(model, encoded, task, args, device, on_step=None):
         for i, batch in enumerate(batches(encoded["train"], args.batch_size, shuffle=True, generator=order)):
             if i < progress["step_in_epoch"]:
                 continue
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = to_device(batch, model.cfg, device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 _, loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
             value = loss.item()  # the step's one device-to-host read, for the check and the progress bar
@@ -326,9 +316,7 @@ def fit(model, encoded, task, args, device, on_step=None):
                "final": progress.get("last_metrics"), "steps": progress["step"],
                "epoch_seconds": progress["epoch_times"], "peak_memory_bytes": peak_memory(device),
                "device": str(device), "args": vars(args)}
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     print(f"best {select} {progress['best']:.4f}; adapters in {best_path}; results in {out / 'results.json'}")
     return results
 
@@ -336,7 +324,7 @@ def fit(model, encoded, task, args, device, on_step=None):
 def main(argv=None):
     try:
         run(get_args(argv))
-    except (DataError, ModelError, TrainError, ValueError, OSError) as e:
+    except (UserError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit("interrupted: continue with the same command plus --resume")

@@ -1,14 +1,8 @@
-"""data.py: task table, parsing of the official GLUE layout, download + cache, tokenization parity with
-transformers, dynamic padding, metrics. Offline: downloads go to a loopback HTTP server started here."""
-import http.server
-import io
+"""data.py: tokenization parity with transformers (BERT, RoBERTa, GPT-2; tokenizer.json and vocabulary files),
+tokenizer errors, dynamic padding and seeded shuffling."""
 import json
 import os
 import shutil
-import socket
-import threading
-import warnings
-import zipfile
 
 import numpy as np
 import pytest
@@ -16,233 +10,6 @@ import torch
 
 import data
 from data import DataError, Example
-from glue_fixtures import LABEL_VALUES, glue_zip, msr_files, write_glue_task
-
-# Quote characters that a CSV reader would take as quoting: an unclosed one would swallow the following lines.
-QUOTED = ['He said "hello', '"Quoted" at the start', "it's a 'test'", 'a """ b']
-
-
-# ----------------------------------------------------------------------------- task table
-
-def test_task_table():
-    assert list(data.TASKS) == ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
-    for name in ["SST-2", "sst-2", "STS-B", "sts_b", "MNLI", "CoLA"]:
-        assert data.get_task(name).name == name.lower().replace("-", "").replace("_", "")
-    with pytest.raises(DataError, match="Valid names: cola, sst2"):
-        data.get_task("squad")
-    t = data.TASKS
-    assert (t["cola"].metrics, t["cola"].select) == (("mcc",), "mcc")
-    assert (t["stsb"].metrics, t["stsb"].select, t["stsb"].num_labels) == (("pearson", "spearman"), "pearson", 1)
-    assert t["mrpc"].metrics == t["qqp"].metrics == ("f1", "accuracy")
-    assert t["mnli"].splits == ("train", "dev_matched", "dev_mismatched") and t["mnli"].num_labels == 3
-    assert {t[n].metrics for n in ["sst2", "mnli", "qnli", "rte", "wnli"]} == {("accuracy",)}
-    for name, task in t.items():       # the fixtures' independent table agrees on the label values
-        assert task.labels == LABEL_VALUES[name]
-        assert task.select in task.metrics
-
-
-# ----------------------------------------------------------------------------- parsing
-
-def rows_for(task, n, offset=0):
-    """n rows of the task with quote characters in the texts; labels cycle through the classes."""
-    pair = task not in ("cola", "sst2")
-    k = data.TASKS[task].num_labels
-    rows = []
-    for i in range(offset, offset + n):
-        label = round(i * 0.37 % 5, 3) if task == "stsb" else i % k
-        rows.append((f"{QUOTED[i % 4]} {i}", f"second {QUOTED[(i + 1) % 4]} {i}" if pair else None, label))
-    return rows
-
-
-@pytest.mark.parametrize("task", list(data.TASKS))
-def test_parse_official_layout(tmp_path, task):
-    train, dev = rows_for(task, 7), rows_for(task, 5, offset=100)
-    write_glue_task(tmp_path, task, train, dev)
-    splits = data.load_glue(task, data_dir=str(tmp_path))
-    assert tuple(splits) == data.TASKS[task].splits
-    for split in data.TASKS[task].splits:
-        expected = train if split == "train" else dev
-        if task == "sst2":          # SST-2's sentences end with a space in the official files; kept as they are
-            expected = [(a + " ", b, label) for a, b, label in expected]
-        assert splits[split] == [Example(a, b, float(lab) if task == "stsb" else lab) for a, b, lab in expected]
-    if task == "stsb":
-        assert isinstance(splits["train"][1].label, float)
-
-
-def test_parse_label_values(tmp_path):
-    # The values as written in the files map to class ids in the table's order.
-    write_glue_task(tmp_path, "mnli", [("p", "h", "contradiction"), ("p", "h", "entailment"), ("p", "h", "neutral")],
-                    [("p", "h", "neutral")], dev_mismatched_rows=[("p", "h", "contradiction")])
-    write_glue_task(tmp_path, "qnli", [("q?", "s", "not_entailment"), ("q?", "s", "entailment")], [("q", "s", 0)])
-    mnli = data.load_glue("MNLI", data_dir=str(tmp_path))
-    assert [e.label for e in mnli["train"]] == [2, 0, 1]
-    assert (mnli["dev_matched"][0].label, mnli["dev_mismatched"][0].label) == (1, 2)
-    assert [e.label for e in data.load_glue("qnli", data_dir=str(tmp_path / "QNLI"))["train"]] == [1, 0]
-
-
-def test_qqp_broken_rows_skipped_and_counted(tmp_path, capsys):
-    folder = write_glue_task(tmp_path, "qqp", rows_for("qqp", 4), rows_for("qqp", 2))
-    with open(os.path.join(folder, "train.tsv"), "a", encoding="utf-8") as f:
-        # a question with a newline inside splits one record over two lines, each with missing fields
-        f.write("4\t9\t10\tWhy is the sky\n blue?\t0\n")
-    splits = data.load_glue("qqp", data_dir=str(tmp_path))
-    assert len(splits["train"]) == 4 and len(splits["dev"]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "skipped 2 rows" in out[0] and "lines [6, 7]" in out[0]
-
-
-@pytest.mark.parametrize("task, line, message", [
-    ("rte", "9\tonly two", "line 4: 2 tab-separated fields where the official RTE file has 4"),   # header + 2 rows
-    ("sst2", "good film \t2", "line 4: label '2' in column 'label', expected 0 or 1"),
-    ("stsb", "\t".join(["9"] * 9 + ["high"]), "line 4: label 'high' in column 'score', expected a number"),
-    ("cola", "gj04\t1\t\tone\textra", "line 3: 5 tab-separated fields"),                        # CoLA: no header
-])
-def test_malformed_row_names_file_and_line(tmp_path, task, line, message):
-    folder = write_glue_task(tmp_path, task, rows_for(task, 2), [])
-    with open(os.path.join(folder, "train.tsv"), "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-    with pytest.raises(DataError) as e:
-        data.load_glue(task, data_dir=str(tmp_path))
-    assert f"{os.path.join(folder, 'train.tsv')}, {message}" in str(e.value)
-
-
-def test_bad_header_and_missing_files(tmp_path):
-    with pytest.raises(DataError, match=r"lacks RTE/train.tsv, RTE/dev.tsv"):
-        data.load_glue("rte", data_dir=str(tmp_path))
-    folder = write_glue_task(tmp_path, "rte", rows_for("rte", 2), rows_for("rte", 1))
-    with open(os.path.join(folder, "dev.tsv"), "w") as f:
-        f.write("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
-    with pytest.raises(DataError, match="lacks the columns"):
-        data.load_glue("rte", data_dir=str(tmp_path))
-
-
-# ----------------------------------------------------------------------------- download + cache
-
-class Server:
-    """A loopback HTTP server for the duration of a test. files: {name: bytes}; mode "truncate" announces the
-    full length but sends half and hangs up."""
-
-    def __init__(self, files, mode="ok"):
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                body = server.files.get(self.path.lstrip("/"))
-                if body is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if server.mode == "truncate" else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.files, self.mode, self.requests = files, mode, []
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        if not self.thread.is_alive():
-            return
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
-
-
-@pytest.fixture
-def serve():
-    started = []
-
-    def start(files, mode="ok"):
-        started.append(Server(files, mode))
-        return started[-1]
-    yield start
-    for s in started:
-        s.stop()
-
-
-def test_download_cache_and_reuse(tmp_path, serve):
-    cache = tmp_path / "cache"
-    zipped = glue_zip("stsb", rows_for("stsb", 6), rows_for("stsb", 3))
-    server = serve({"STS-B.zip": zipped, "QQP-clean.zip": b"not this one"})
-    splits = data.load_glue("sts-b", cache_dir=str(cache), base_url=server.url)
-    assert server.requests == ["/STS-B.zip"]          # STS-B's own archive, not QQP's (the classic script's swap)
-    assert len(splits["train"]) == 6 and len(splits["dev"]) == 3
-    assert sorted(os.listdir(cache)) == ["STS-B"]     # no temporary files left next to it
-    server.stop()
-    again = data.load_glue("stsb", cache_dir=str(cache), base_url=server.url)   # network gone: the cache serves
-    assert again == splits
-
-
-def stored_zip(files):
-    """An uncompressed zip: flipping a byte of a member's text leaves a readable archive with a wrong CRC."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        for name, body in files.items():
-            z.writestr(name, body)
-    return buf.getvalue()
-
-
-@pytest.mark.parametrize("mode", ["truncated", "not_a_zip", "bad_crc", "wrong_content"])
-def test_broken_download_leaves_nothing(tmp_path, serve, mode, monkeypatch):
-    cache = tmp_path / "cache"
-    good = glue_zip("rte", rows_for("rte", 4), rows_for("rte", 2))
-    body = {"truncated": good, "not_a_zip": b"<html>rate limited</html>",
-            "bad_crc": stored_zip({"RTE/train.tsv": "index\tsentence1\tsentence2\tlabel\n"}).replace(b"index", b"INDEX"),
-            "wrong_content": stored_zip({"README": "hi"})}[mode]
-    bad = serve({"RTE.zip": body}, mode="truncate" if mode == "truncated" else "ok")
-    with pytest.raises(DataError, match="Could not get GLUE task RTE") as e:
-        data.load_glue("rte", cache_dir=str(cache), base_url=bad.url)
-    assert "data_dir" in str(e.value) and "RTE/train.tsv" in str(e.value)
-    assert os.listdir(cache) == []
-    # a later call with a good server succeeds; the environment variables work as the arguments do
-    monkeypatch.setenv("SSMLORA_GLUE_CACHE", str(cache))
-    monkeypatch.setenv("SSMLORA_GLUE_URL", serve({"RTE.zip": good}).url)
-    assert len(data.load_glue("rte")["train"]) == 4
-    assert os.listdir(cache) == ["RTE"]
-
-
-def test_mrpc_assembled_from_msr_files(tmp_path, serve):
-    rows = [(str(100 + i), str(200 + i), f'MSR "a" {i}', f"MSR b {i}", i % 2) for i in range(6)]
-    dev_pairs = [("101", "201"), ("104", "204")]
-    test_rows = [("900", "901", "x", "y", 1)]
-    server = serve(msr_files(rows, dev_pairs, test_rows))
-    splits = data.load_glue("mrpc", cache_dir=str(tmp_path), base_url=server.url)
-    assert sorted(server.requests) == ["/mrpc_dev_ids.tsv", "/msr_paraphrase_test.txt", "/msr_paraphrase_train.txt"]
-    assert splits["dev"] == [Example('MSR "a" 1', "MSR b 1", 1), Example('MSR "a" 4', "MSR b 4", 0)]
-    assert [e.text_a for e in splits["train"]] == [f'MSR "a" {i}' for i in (0, 2, 3, 5)]
-    assert sorted(os.listdir(tmp_path / "MRPC")) == ["dev.tsv", "test.tsv", "train.tsv"]
-    with open(tmp_path / "MRPC" / "test.tsv", encoding="utf-8") as f:
-        assert f.read() == "index\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t900\t901\tx\ty\n"
-
-
-def test_local_files_by_file_url(tmp_path):
-    # the offline route for files fetched elsewhere, MRPC's sources included: base_url = file:// folder
-    (tmp_path / "files").mkdir()
-    (tmp_path / "files" / "WNLI.zip").write_bytes(glue_zip("wnli", rows_for("wnli", 3), rows_for("wnli", 2)))
-    for name, body in msr_files([("1", "2", "a", "b", 1), ("3", "4", "c", "d", 0)], [("3", "4")]).items():
-        (tmp_path / "files" / name).write_bytes(body)
-    url = (tmp_path / "files").as_uri()
-    assert len(data.load_glue("wnli", cache_dir=str(tmp_path / "cache"), base_url=url)["dev"]) == 2
-    assert data.load_glue("mrpc", cache_dir=str(tmp_path / "cache"), base_url=url)["dev"] == [Example("c", "d", 0)]
-
-
-def test_offline_without_cache_is_a_clear_error(tmp_path):
-    with socket.socket() as s:          # a port that nothing listens on: the connection is refused at once
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(DataError) as e:
-        data.load_glue("mnli", cache_dir=str(tmp_path), base_url=f"http://127.0.0.1:{port}")
-    message = str(e.value)
-    for part in ["MNLI/train.tsv", "MNLI/dev_matched.tsv", "data_dir", "file:///",
-                 "https://dl.fbaipublicfiles.com/glue/data/MNLI.zip"]:
-        assert part in message
-    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -267,7 +34,8 @@ def check_parity(ours, hf, family):
             ref = hf(*args, truncation=True, max_length=max_len, padding=True, return_tensors="pt",
                      return_token_type_ids=True)
             assert torch.equal(batch["input_ids"], ref["input_ids"]), (family, max_len, texts)
-            assert torch.equal(batch["attention_mask"], ref["attention_mask"])
+            mask = batch["attention_mask"]           # None: nothing in the batch is padded
+            assert torch.equal(torch.ones_like(ref["attention_mask"]) if mask is None else mask, ref["attention_mask"])
             if family == "bert":
                 assert torch.equal(batch["token_type_ids"], ref["token_type_ids"])
             else:               # one token type in RoBERTa, none in GPT-2
@@ -357,7 +125,7 @@ def test_tokenizer_errors(tmp_path):
     with pytest.raises(DataError, match=r"no \[CLS\]"):
         data.load_tokenizer(str(tmp_path))
     bert = data.load_tokenizer(minilm_folder())
-    with pytest.raises(DataError, match="max_len=4 leaves no room for text: this tokenizer adds 3 special tokens"):
+    with pytest.raises(DataError, match="--max-len 4 leaves no room for text: this tokenizer adds 3 special tokens"):
         bert.encode([Example("a b c", None, 0), Example("a b c", "d e f", 0)], 4)     # [CLS] a [SEP] b [SEP]
     assert bert.encode([Example("a b c", "d e f", 0)], 5)[0]["input_ids"] == [101, 1037, 102, 1040, 102]
 
@@ -378,7 +146,8 @@ def test_dynamic_padding():
     assert b1["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
     assert b1["token_type_ids"].tolist() == [[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]]
     assert b2["input_ids"].shape == (2, 4) and b3["input_ids"].tolist() == [[115]]
-    assert all(b[k].dtype == torch.long for b in (b1, b2, b3) for k in b)
+    assert b3["attention_mask"] is None                   # nothing padded: no mask, so SDPA takes its fast path
+    assert all(b[k].dtype == torch.long for b in (b1, b2, b3) for k in b if b[k] is not None)
     assert len(list(data.batches(enc, 2, drop_last=True))) == 2
     reg = fake_encoded([2, 3], np.array([0.5, 4.25], dtype=np.float32))
     labels = next(data.batches(reg, 2))["labels"]
@@ -399,59 +168,3 @@ def test_encode_end_to_end_labels(tmp_path):
     assert len(enc) == 2 and enc.labels.dtype == np.float32 and enc[-1]["label"] == 3.0
     cls = tok.encode([Example("a", None, 1)], 64)
     assert cls.labels.dtype == np.int64 and list(cls)[0]["input_ids"] == [101, 1037, 102]
-
-
-# ----------------------------------------------------------------------------- metrics
-
-def no_warnings(fn, *args):
-    with warnings.catch_warnings(), np.errstate(all="raise"):
-        warnings.simplefilter("error")
-        return fn(*args)
-
-
-def test_accuracy_and_f1_by_hand():
-    p, y = np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 0, 1, 1, 0])
-    # correct at positions 0, 2, 4, 5 -> 4/6; tp = 2 (0, 4), fp = 1 (1), fn = 1 (3) -> F1 = 2·2 / (2·2 + 1 + 1) = 2/3
-    assert no_warnings(data.accuracy, p, y) == pytest.approx(4 / 6)
-    assert no_warnings(data.f1, p, y) == pytest.approx(2 / 3)
-    assert no_warnings(data.f1, np.zeros(4), np.zeros(4)) == 0.0      # no positives at all: 0, not 0/0
-
-
-def test_matthews_by_hand():
-    p, y = np.array([1, 1, 1, 0, 0, 0, 1, 0]), np.array([1, 1, 0, 0, 0, 1, 1, 1])
-    # tp = 3 (0, 1, 6), tn = 2 (3, 4), fp = 1 (2), fn = 2 (5, 7)
-    # MCC = (3·2 − 1·2) / sqrt((3+1)(3+2)(2+1)(2+2)) = 4 / sqrt(240) = 0.2581989
-    assert no_warnings(data.matthews, p, y) == pytest.approx(4 / np.sqrt(240))
-    assert no_warnings(data.matthews, y, y) == pytest.approx(1.0)
-    assert no_warnings(data.matthews, 1 - y, y) == pytest.approx(-1.0)
-    assert no_warnings(data.matthews, np.ones(8, int), y) == 0.0      # constant predictions: 0, no warning
-    assert no_warnings(data.matthews, np.zeros(8, int), np.zeros(8, int)) == 0.0
-
-
-def test_pearson_and_spearman_by_hand():
-    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 1.0, 4.0, 3.0])
-    # centred: x' = (-1.5, -0.5, 0.5, 1.5), y' = (-0.5, -1.5, 1.5, 0.5)
-    # sum x'y' = 0.75 + 0.75 + 0.75 + 0.75 = 3; sum x'^2 = sum y'^2 = 5 -> r = 3/5 = 0.6
-    assert no_warnings(data.pearson, x, y) == pytest.approx(0.6)
-    # ranks equal the values here, so Spearman = Pearson = 0.6
-    assert no_warnings(data.spearman, x, y) == pytest.approx(0.6)
-    # ties: a = (10, 20, 20, 30) ranks (1, 2.5, 2.5, 4); b = (1, 3, 2, 4) ranks (1, 3, 2, 4)
-    # centred a: (-1.5, 0, 0, 1.5), b: (-1.5, 0.5, -0.5, 1.5): sum = 4.5, |a|^2 = 4.5, |b|^2 = 5 -> 4.5/sqrt(22.5)
-    assert no_warnings(data.spearman, np.array([10, 20, 20, 30]), np.array([1, 3, 2, 4])) == pytest.approx(
-        4.5 / np.sqrt(22.5))
-    assert no_warnings(data._ranks, np.array([3.0, 1.0, 3.0, 3.0, 0.5])).tolist() == [4, 2, 4, 4, 1]
-    # constant predictions, including 0.1 whose float mean is not exactly 0.1: 0, no warning
-    assert no_warnings(data.pearson, np.full(3, 0.1), np.array([1.0, 2.0, 3.0])) == 0.0
-    assert no_warnings(data.spearman, np.full(3, 0.1), np.array([1.0, 2.0, 3.0])) == 0.0
-
-
-def test_compute_metrics():
-    y = np.array([1, 0, 1, 1])
-    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])     # argmax: 1, 0, 1, 0
-    # tp = 2, fn = 1: F1 = 4/5; accuracy 3/4
-    assert data.compute_metrics("mrpc", logits, y) == pytest.approx({"f1": 0.8, "accuracy": 0.75})
-    assert set(data.compute_metrics("cola", [1, 0, 1, 1], y)) == {"mcc"}
-    scores = data.compute_metrics("stsb", torch.tensor([[1.0], [2.0], [3.0], [4.0]]), np.array([2.0, 1.0, 4.0, 3.0]))
-    assert scores == pytest.approx({"pearson": 0.6, "spearman": 0.6})
-    with pytest.raises(DataError, match="equally many"):
-        data.compute_metrics("sst2", [1, 0], [1, 0, 1])

@@ -76,7 +76,7 @@ def test_gpt2_hub_layout(tmp_path):
         assert (ours(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max() < 1e-5
 
 
-def test_roberta_masked_lm_checkpoint_gets_a_new_head(tmp_path, capsys):
+def test_roberta_masked_lm_checkpoint_gets_a_new_head(tmp_path):
     """`roberta-base` on the hub is a masked-LM checkpoint: lm_head.* and a pooler, no classifier."""
     ref = make("roberta-mlm", tmp_path)
     d = ref.config.hidden_size
@@ -86,7 +86,8 @@ def test_roberta_masked_lm_checkpoint_gets_a_new_head(tmp_path, capsys):
     base = M.from_pretrained(tmp_path).eval()
     assert base.cfg.head == "none" and base.head is None
     ours = M.from_pretrained(tmp_path, num_labels=3).eval()
-    assert "no classification head" in capsys.readouterr().out
+    assert sorted(ours.new_head) == ["head.dense.bias", "head.dense.weight", "head.out_proj.bias",
+                                     "head.out_proj.weight"] and base.new_head == []
     assert ours.head.out_proj.weight.shape == (3, d)
     ids, mask, _ = inputs("roberta-mlm")
     with torch.no_grad():
@@ -161,12 +162,15 @@ def test_errors_name_the_problem(tmp_path):
     m = M.from_pretrained(tmp_path / "ok").eval()
 
     with pytest.raises(M.ModelError, match="longer than this model's position table"):
-        m(torch.full((1, 39), 5))                 # RoBERTa: 39 tokens need positions up to 40 (pad + 39)
+        M.check_inputs(m.cfg, torch.full((1, 39), 5))  # RoBERTa: 39 tokens need positions up to 40 (pad + 39)
+    M.check_inputs(m.cfg, torch.full((1, 38), 5))
     m(torch.full((1, 38), 5))
     with pytest.raises(M.ModelError, match=r"token ids must lie in \[0, 120\)"):
-        m(torch.tensor([[0, 5, 120]]))
+        M.check_inputs(m.cfg, torch.tensor([[0, 5, 120]]))
     with pytest.raises(M.ModelError, match="input_ids must be"):
-        m(torch.tensor([1, 2, 3]))
+        M.check_inputs(m.cfg, torch.tensor([1, 2, 3]))
+    with pytest.raises(M.ModelError, match="attention_mask shape"):
+        M.check_inputs(m.cfg, torch.ones(2, 3, dtype=torch.long), torch.ones(2, 4))
 
     empty = tmp_path / "empty"
     shutil.copytree(tmp_path / "ok", empty)
@@ -212,7 +216,7 @@ def test_every_tensor_is_accounted_for(tmp_path):
         with pytest.raises(M.ModelError, match=message):
             M.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(original)
-    with pytest.raises(M.ModelError, match="head has 2 labels but num_labels=3"):
+    with pytest.raises(M.ModelError, match="classification head has 2 labels, not the 3 asked for"):
         M.from_pretrained(tmp_path, num_labels=3)
 
 
@@ -234,62 +238,6 @@ def test_hub_name_loads_from_the_cache_offline(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     m = M.from_pretrained("someone/tiny-roberta")
     assert m.cfg.num_labels == 2 and m.source.endswith(commit)
-
-
-def test_hub_name_is_downloaded_once_from_a_loopback_hub(tmp_path, monkeypatch):
-    """The real download path: huggingface_hub against a minimal hub on 127.0.0.1, then offline from its cache."""
-    import hashlib
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    from huggingface_hub import constants
-    files = tmp_path / "served"
-    make("gpt2-cls", files)
-    commit, gets = "89abcdef0123456789abcdef0123456789abcdef", []
-
-    class Hub(BaseHTTPRequestHandler):
-        def do_HEAD(self, body=False):
-            name = self.path.split("/resolve/main/")[-1]
-            if not (files / name).is_file():
-                self.send_response(404)
-                self.send_header("X-Error-Code", "EntryNotFound")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            data = (files / name).read_bytes()
-            self.send_response(200)
-            self.send_header("X-Repo-Commit", commit)
-            self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if body:
-                gets.append(name)
-                self.wfile.write(data)
-
-        def do_GET(self):
-            self.do_HEAD(body=True)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    endpoint = f"http://127.0.0.1:{server.server_port}"
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    try:
-        first = M.from_pretrained("someone/tiny-gpt2")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert sorted(gets) == ["config.json", "model.safetensors"]  # no .bin, no tokenizer files on this "hub"
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)    # server gone: the second load is from the cache
-    second = M.from_pretrained("someone/tiny-gpt2")
-    ids = torch.randint(0, 119, (2, 7))
-    with torch.no_grad():
-        assert torch.equal(first(ids)[0], second(ids)[0])
 
 
 def test_sharded_safetensors_checkpoint(tmp_path):

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
+import adapter_file as F
+import authors
 import model
 import ssmlora as S
 
@@ -84,7 +86,7 @@ def test_time_module_matches_hand_computation():
     torch.manual_seed(0)
     d_in, d_out, r, alpha = 6, 5, 3, 4.0
     base = nn.Linear(d_in, d_out)
-    axes = S.TimeAxes("reset")
+    axes = S.TimeAxes()
     m = S.SSMLoRALinear(base, r, alpha, 0.0, axes, axis="value", position=1, layer=3)
     with torch.no_grad():
         for p in (m.W_a, m.W_b, m.W_c, m.W_d):
@@ -112,7 +114,7 @@ def test_time_module_matches_hand_computation():
 
 def test_time_module_dropout_acts_on_h_norm_only():
     torch.manual_seed(0)
-    axes = S.TimeAxes("reset")
+    axes = S.TimeAxes()
     m = S.SSMLoRALinear(nn.Linear(6, 5), 4, 8.0, 0.5, axes, axis="query", position=0, layer=0)
     with torch.no_grad():
         m.W_b.normal_()
@@ -132,7 +134,7 @@ def test_time_module_dropout_acts_on_h_norm_only():
 
 
 def test_fp16_state_at_init_is_not_nan():
-    axes = S.TimeAxes("reset")
+    axes = S.TimeAxes()
     m = S.SSMLoRALinear(nn.Linear(8, 8), 4, 16.0, 0.0, axes, axis="query", position=0, layer=0).half()
     with torch.no_grad():
         m.W_b.normal_()
@@ -161,7 +163,7 @@ def test_state_flows_along_each_axis_and_only_there():
             assert torch.equal(h, torch.zeros(2, 7, 8))     # h_0
         else:                                               # exactly what position t-1 of the same axis wrote
             prev = next(w for (a, p, _), w in writes.items() if a == axis and p == t - 1)
-            assert h is prev
+            assert torch.equal(h, prev)
     for h in writes.values():                               # normalised: per token min 0, max 1
         assert float(h.amin(-1).max()) == 0 and torch.allclose(h.amax(-1), torch.ones(2, 7), atol=1e-5)
 
@@ -265,12 +267,12 @@ def test_carry_reproduces_the_authors_keys():
 
 def test_fit_carried_state_patches_shapes_like_the_authors():
     h = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)
-    grown = S.fit_carried_state(h, 4, 5)                        # rows padded with 0.5, positions with zeros
+    grown = authors.fit_carried_state(h, 4, 5)                        # rows padded with 0.5, positions with zeros
     assert torch.equal(grown[:2, :3], h) and torch.equal(grown[2:, :3], torch.full((2, 3, 2), 0.5))
     assert torch.equal(grown[:, 3:], torch.zeros(4, 2, 2))
     torch.manual_seed(0)
     big = torch.arange(6 * 10, dtype=torch.float).view(6, 10, 1)
-    shrunk = S.fit_carried_state(big, 3, 4)                     # random rows; random positions, kept in order
+    shrunk = authors.fit_carried_state(big, 3, 4)                     # random rows; random positions, kept in order
     assert shrunk.shape == (3, 4, 1)
     rows = shrunk[:, 0, 0] // 10
     assert len(set(rows.tolist())) == 3
@@ -375,18 +377,21 @@ def test_save_load_roundtrip_and_rebuild_from_file(tmp_path):
     with torch.no_grad():
         a.head.out_proj.weight.normal_()
     path = tmp_path / "run" / "adapters.safetensors"                  # the folder is created
-    S.save_adapters(a, path)
-    S.save_adapters(a, path)                                            # overwriting is fine too
+    F.save_adapters(a, path)
+    F.save_adapters(a, path)                                            # overwriting is fine too
     assert os.listdir(tmp_path / "run") == ["adapters.safetensors"]     # the temp file was renamed, not left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask              # like every other output: the umask
     x = ids(3, 8)
     b = build(method="ssmlora", targets="query,value,attn_out", rank=4, adapter_seed=7)
     assert not torch.allclose(a(x)[0], b(x)[0])
-    S.load_adapters(b, path)
+    F.load_adapters(b, path)
     assert torch.equal(a(x)[0], b(x)[0])
-    c = S.add_adapters_from_file(build(), path)                       # a bare model, settings from the file
+    c = F.add_adapters_from_file(build(), path)                       # a bare model, settings from the file
     assert not any(mod.training for mod in S.adapter_modules(c))       # new modules follow the model's eval mode
     assert torch.equal(a(x)[0], c(x)[0]) and c.adapters == a.adapters
-    settings, base = S.read_settings(path)
+    settings, base = F.read_settings(path)
     assert (settings.method, settings.rank, settings.sparse) == ("ssmlora", 4, True)
     assert settings.targets == ("query", "value", "attn_out")
     assert base == dict(family="roberta", n_layer=4, d_model=32, num_labels=2, head="cls")
@@ -403,26 +408,26 @@ def test_save_load_roundtrip_and_rebuild_from_file(tmp_path):
 ])
 def test_load_with_other_settings_is_a_clear_error(tmp_path, other, named):
     path = tmp_path / "a.safetensors"
-    S.save_adapters(build(method="ssmlora", rank=4), path)
+    F.save_adapters(build(method="ssmlora", rank=4), path)
     settings = {**dict(method="ssmlora", rank=4), **other}
     cfg = settings.pop("cfg", None)
-    with pytest.raises(model.ModelError, match=named.replace("(", r"\(")):
-        S.load_adapters(build(cfg=cfg, **settings), path)
+    with pytest.raises(F.AdapterFileError, match=named.replace("(", r"\(")):
+        F.load_adapters(build(cfg=cfg, **settings), path)
 
 
 def test_load_errors(tmp_path):
     path = tmp_path / "a.safetensors"
-    S.save_adapters(build(method="lora"), path)
-    with pytest.raises(model.ModelError, match="no adapters"):
-        S.load_adapters(build(), path)
-    with pytest.raises(model.ModelError, match="not an adapter file"):
+    F.save_adapters(build(method="lora"), path)
+    with pytest.raises(F.AdapterFileError, match="no adapters"):
+        F.load_adapters(build(), path)
+    with pytest.raises(F.AdapterFileError, match="not an adapter file"):
         from safetensors.torch import save_file
         save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
-        S.load_adapters(build(method="lora"), tmp_path / "other.safetensors")
+        F.load_adapters(build(method="lora"), tmp_path / "other.safetensors")
     merged = build(method="lora")
     S.merge_lora(merged)
-    with pytest.raises(model.ModelError, match="unmerge"):
-        S.load_adapters(merged, path)
+    with pytest.raises(F.AdapterFileError, match="unmerge"):
+        F.load_adapters(merged, path)
 
 
 def test_lora_merge_equals_unmerged_and_unmerge_restores():

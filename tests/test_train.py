@@ -141,15 +141,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bert, glu
     assert ck["progress"]["step"] == 4 and all(torch.isfinite(t).all() for t in ck["trained"].values())
 
 
-@pytest.mark.parametrize("name, adapter, head", [
-    ("roberta-base", 12 * (768 * 8 * 2 + 2 * 8 * 8), 768 * 768 + 768 + 768 * 2 + 2),
-    ("roberta-large", 24 * (1024 * 8 * 2 + 2 * 8 * 8), 1024 * 1024 + 1024 + 1024 * 2 + 2),   # paper Table 6: 396K
-    ("gpt2", 12 * (768 * 8 * 2 + 2 * 8 * 8), 768 * 2),
-])
-def test_dry_run_parameter_reports_without_network(name, adapter, head, capsys):
-    r = train.run(train.get_args(["--task", "sst2", "--model", name, "--random-init", "--dry-run"]))
-    assert r["params"]["adapter"] == adapter and r["params"]["head"] == head
-    assert f"{adapter:,}" in capsys.readouterr().out
+def test_dry_run_parameter_report_without_network(capsys):
+    # the counts themselves are checked against the paper's tables in test_ssmlora.py; this is the command's path
+    r = train.run(train.get_args(["--task", "sst2", "--model", "roberta-large", "--random-init", "--dry-run"]))
+    assert r["params"]["adapter"] == 396_288 and r["params"]["head"] == 1024 * 1024 + 1024 + 1024 * 2 + 2  # Table 6
+    assert "396,288" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flags, message", [

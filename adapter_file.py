@@ -1,0 +1,96 @@
+"""
+adapters.safetensors: what a method trained (adapter matrices and task head; BitFit's biases; everything for full
+fine-tuning), with the adapter settings and the base model's identity in the file's metadata, so the file alone
+rebuilds the adapters (add_adapters_from_file).
+"""
+import json
+from dataclasses import asdict, fields
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ssmlora import Adapters, adapter_modules, add_adapters, is_trained, reset_state
+from util import UserError, atomic_write
+
+
+class AdapterFileError(UserError):
+    """An adapter file that cannot be read, or that does not fit the model it is loaded into."""
+
+
+BASE_KEYS = ("family", "n_layer", "d_model", "num_labels", "head")  # the base model's identity
+FORMAT = "ssmlora-adapters/1"
+
+
+def save_adapters(model, path):
+    """Write the trained parameters (adapters + head; for bitfit the biases, for full everything) to a
+    .safetensors file, with the settings and the base's identity in its metadata. Atomic."""
+    adapters = _require_adapters(model)
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if is_trained(n, adapters.method)}
+    metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
+                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_settings(path):
+    """(Adapters, base identity dict) from a file written by save_adapters."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:
+        raise AdapterFileError(f"could not read adapter file {path} ({type(e).__name__}: {e})") from None
+    if meta.get("format") != FORMAT:
+        raise AdapterFileError(f"{path} is not an adapter file written by save_adapters (no {FORMAT!r} metadata)")
+    try:
+        adapters = Adapters(**{f.name: json.loads(meta[f.name]) for f in fields(Adapters)})
+        return adapters, {k: json.loads(meta[f"base.{k}"]) for k in BASE_KEYS}
+    except (KeyError, ValueError) as e:
+        raise AdapterFileError(f"adapter file {path} has incomplete or invalid settings in its metadata ({e})") from None
+
+
+def load_adapters(model, path):
+    """Load a file from save_adapters into a model that has adapters with the same settings (dropout may differ:
+    it does not change what is computed in eval). Any other difference is a AdapterFileError naming it."""
+    adapters = _require_adapters(model)
+    saved, base = read_settings(path)
+    _check_base(model, base, path)
+    diff = [f"{f.name}: file {getattr(saved, f.name)!r}, model {getattr(adapters, f.name)!r}"
+            for f in fields(Adapters) if f.name != "dropout" and getattr(saved, f.name) != getattr(adapters, f.name)]
+    if diff:
+        raise AdapterFileError(f"adapter file {path} was saved with other settings than this model has: {'; '.join(diff)}. "
+                         f"Build the model with the file's settings (add_adapters_from_file does that)")
+    if any(getattr(m, "merged", False) for m in adapter_modules(model)):
+        raise AdapterFileError("LoRA is merged into the weights; call unmerge_lora(model) before loading adapters")
+    tensors = load_file(path)
+    params = {n: p for n, p in model.named_parameters() if is_trained(n, adapters.method)}
+    if set(tensors) != set(params):
+        missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+        raise AdapterFileError(f"adapter file {path} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")
+    for n, t in tensors.items():
+        if t.shape != params[n].shape:
+            raise AdapterFileError(f"adapter file {path}: {n} has shape {tuple(t.shape)}, the model {tuple(params[n].shape)}")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)
+    reset_state(model)
+    return model
+
+
+def add_adapters_from_file(model, path):
+    """Add to a bare model the adapters described in the file, then load them (e.g. for --eval-only)."""
+    adapters, base = read_settings(path)
+    _check_base(model, base, path)
+    return load_adapters(add_adapters(model, adapters), path)
+
+
+def _require_adapters(model):
+    if getattr(model, "adapters", None) is None:
+        raise AdapterFileError("this model has no adapters: call add_adapters(model, ...) first "
+                         "(or add_adapters_from_file(model, path) to rebuild them from a saved file)")
+    return model.adapters
+
+
+def _check_base(model, base, path):
+    diff = [f"{k}: file {v!r}, model {getattr(model.cfg, k)!r}" for k, v in base.items() if getattr(model.cfg, k) != v]
+    if diff:
+        raise AdapterFileError(f"adapter file {path} belongs to another base model: {'; '.join(diff)}")

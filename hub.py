@@ -1,0 +1,184 @@
+"""
+Getting Hugging Face checkpoints for model.from_pretrained: a local folder or a hub name (downloaded once into
+huggingface_hub's cache), its config.json mapped to our Config and back, and its weight files read, with an error
+that says what to do for every way this can go wrong.
+"""
+import json
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from model import Config, ModelError, head_labels
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
+                   "special_tokens_map.json")
+FAMILIES = ("bert", "roberta", "gpt2")
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finding the folder
+
+def resolve(name_or_dir):
+    """A local checkpoint folder as is, or a hub name downloaded once into huggingface_hub's cache."""
+    path = Path(name_or_dir).expanduser()
+    if path.is_dir():
+        return path
+    name = str(name_or_dir)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"{name} is not a checkpoint folder (no such directory)")
+    how = (f"Download config.json, model.safetensors (or pytorch_model.bin) and the tokenizer files (tokenizer.json, "
+           f"or vocab.json + merges.txt, or vocab.txt) from https://huggingface.co/{name} into one folder and "
+           f"pass that folder instead, e.g. --model ./checkpoints/{name.split('/')[-1]}")
+    online = hub_reachable()
+    folder = _fetch(name, "config.json", online, how)
+    if folder is None:
+        raise ModelError(f"{name!r} is not in the local cache and the hub cannot be reached (no network?). {how}")
+    if not any(_fetch(name, f, online, how) for f in WEIGHT_FILES):  # the first that exists
+        raise ModelError(f"no weights for {name!r}: neither model.safetensors nor pytorch_model.bin is in the cache "
+                         f"or could be downloaded. {how}")
+    for f in TOKENIZER_FILES:  # optional: whichever of these the model has
+        _fetch(name, f, online, how)
+    return folder.parent
+
+
+def hub_reachable():
+    """One quick DNS look-up, instead of huggingface_hub's ~20 s of retries when there is no network."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        return bool(socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, None))
+    except OSError:
+        return False
+
+
+def _fetch(name, filename, online, how):
+    """Path of `filename` of hub model `name`: from the cache, else downloaded if online; None if it has none."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
+    for local in (True, False) if online else (True,):  # the cache first: a model downloaded once needs no network
+        try:
+            return Path(hf_hub_download(name, filename, local_files_only=local))
+        except LocalEntryNotFoundError:   # not in the cache: try the hub next
+            continue
+        except RemoteEntryNotFoundError:  # the hub answered: this repo has no such file
+            return None
+        except RepositoryNotFoundError:
+            raise ModelError(f"{name!r} is neither a local folder nor a model on the Hugging Face hub") from None
+        except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
+            raise ModelError(f"downloading {filename} of {name!r} failed ({type(e).__name__}: {e}). {how}") from None
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# config.json <-> Config
+
+def read_config(folder):
+    """config.json as a dict; an architecture we do not implement is an error before any weights are read."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise ModelError(f"no config.json in {folder}: is this a Hugging Face checkpoint folder?")
+    try:
+        hf = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{path} is not valid JSON ({e})") from None
+    if hf.get("model_type") not in FAMILIES:
+        raise ModelError(f"unsupported architecture in config.json: model_type={hf.get('model_type')!r} "
+                         f"(architectures={hf.get('architectures')}); this code supports {', '.join(FAMILIES)}")
+    return hf
+
+
+def config_from_hf(hf, num_labels=None, head_labels=None):
+    """Our Config from a config.json dict. num_labels: the classification head wanted (None: the checkpoint's
+    own, head_labels, if it has one; else GPT-2's LM head, or no head)."""
+    family = hf.get("model_type")
+    gpt = family == "gpt2"
+    act = hf.get("activation_function" if gpt else "hidden_act", "gelu_new" if gpt else "gelu")
+    if act not in ACTIVATIONS:
+        raise ModelError(f"unsupported activation {act!r} in config.json; supported: {', '.join(ACTIVATIONS)}")
+    if hf.get("position_embedding_type", "absolute") != "absolute" or hf.get("scale_attn_by_inverse_layer_idx"):
+        raise ModelError("unsupported attention variant in config.json (only absolute positions, plain scaling)")
+    num_labels = head_labels if num_labels is None else num_labels
+    hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
+    d = hf["n_embd"] if gpt else hf["hidden_size"]
+    pad = hf.get("pad_token_id")
+    return Config(
+        family=family, vocab_size=hf["vocab_size"], n_positions=hf["n_positions" if gpt else "max_position_embeddings"],
+        n_layer=hf["n_layer" if gpt else "num_hidden_layers"], n_head=hf["n_head" if gpt else "num_attention_heads"],
+        d_model=d, d_ff=(hf.get("n_inner") or 4 * d) if gpt else hf["intermediate_size"],
+        type_vocab_size=0 if gpt else hf.get("type_vocab_size", 2),
+        pad_token_id=pad if pad is not None else (hf.get("eos_token_id", 50256) if gpt else 0),
+        ln_eps=hf.get("layer_norm_epsilon" if gpt else "layer_norm_eps", 1e-5 if gpt else 1e-12),
+        activation=ACTIVATIONS[act], dropout=hidden_drop,
+        attn_dropout=hf.get("attn_pdrop" if gpt else "attention_probs_dropout_prob", 0.1),
+        head_dropout=0.0 if gpt else (hf.get("classifier_dropout") or hidden_drop),
+        head="cls" if num_labels is not None else ("lm" if gpt else "none"), num_labels=num_labels or 2)
+
+
+def config_to_hf(cfg):
+    """transformers' config object for our Config (classification head): the inverse of config_from_hf."""
+    import transformers as hf  # test-only dependency: imported only when asked for
+    act = {v: k for k, v in reversed(ACTIVATIONS.items())}[cfg.activation]  # gelu_tanh -> gelu_new
+    if cfg.family == "gpt2":
+        out = hf.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.d_model,
+                            n_layer=cfg.n_layer, n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function=act,
+                            layer_norm_epsilon=cfg.ln_eps, pad_token_id=cfg.pad_token_id,
+                            eos_token_id=cfg.pad_token_id, bos_token_id=cfg.pad_token_id)
+    else:
+        out = (hf.RobertaConfig if cfg.family == "roberta" else hf.BertConfig)(
+            vocab_size=cfg.vocab_size, max_position_embeddings=cfg.n_positions, hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, intermediate_size=cfg.d_ff,
+            hidden_act=act, layer_norm_eps=cfg.ln_eps, type_vocab_size=cfg.type_vocab_size,
+            pad_token_id=cfg.pad_token_id)
+    out.num_labels = cfg.num_labels
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# weight files
+
+def read_weights(folder):
+    """The checkpoint's tensors as a dict: model.safetensors (sharded too) or pytorch_model.bin."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    files = ([folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+             if index.exists() else [folder / f for f in WEIGHT_FILES if (folder / f).exists()][:1])
+    if not files:
+        raise ModelError(f"no weights in {folder}: expected one of {', '.join(WEIGHT_FILES)} "
+                         f"(found: {', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'})")
+    state = {}
+    for f in files:
+        try:
+            if f.suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state.update(load_file(f))
+            else:  # weights_only: never unpickle arbitrary objects from a downloaded file
+                state.update(torch.load(f, map_location="cpu", weights_only=True))
+        except Exception as e:
+            raise ModelError(f"could not read weights file {f} ({type(e).__name__}: {e}); it is corrupt or "
+                             f"truncated: delete it and download it again") from None
+    return state
+
+
+def check_state(ours, state, folder):
+    """Every tensor accounted for: each of ours is in the checkpoint, or part of a task head the checkpoint does
+    not have (returned: it stays newly initialised); each of the checkpoint's fits one of ours, shape included."""
+    new = [k for k in ours if k.startswith("head.") and k not in state] if head_labels(state) is None else []
+    missing = [k for k in ours if k not in state and k not in new]
+    if missing:
+        raise ModelError(f"tensors missing from the checkpoint in {folder}: {', '.join(missing[:10])}"
+                         f"{' ...' if len(missing) > 10 else ''}")
+    for k, t in state.items():
+        if k not in ours:
+            raise ModelError(f"checkpoint tensor {k} has no place in this model")
+        if t.shape != ours[k].shape:
+            if k.startswith("head.") and t.shape[0] != ours[k].shape[0]:
+                raise ModelError(f"the checkpoint's classification head has {t.shape[0]} labels, not the "
+                                 f"{ours[k].shape[0]} asked for: start from a checkpoint without a task head")
+            raise ModelError(f"checkpoint tensor {k} has shape {tuple(t.shape)}, the model expects "
+                             f"{tuple(ours[k].shape)}: config.json and the weights disagree")
+    return new

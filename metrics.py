@@ -1,0 +1,77 @@
+"""Metrics, in numpy: accuracy, binary F1, Matthews correlation, Pearson and Spearman correlation."""
+import math
+
+import numpy as np
+import torch
+
+
+def accuracy(preds, labels):
+    return float(np.mean(np.asarray(preds) == np.asarray(labels)))
+
+
+def f1(preds, labels):
+    """Binary F1 of the positive class 1; 0.0 when there is no true positive (precision or recall is 0)."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    tp = np.sum((preds == 1) & (labels == 1))
+    wrong = np.sum(preds != labels)                # false positives + false negatives
+    return float(2 * tp / (2 * tp + wrong)) if tp else 0.0
+
+
+def matthews(preds, labels):
+    """Matthews correlation in its multi-class form (Gorodkin 2004); for two classes it is
+    (tp·tn − fp·fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)). 0.0 when either side is constant."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    _, inverse = np.unique(np.concatenate([labels, preds]), return_inverse=True)
+    k, n = inverse.max() + 1, len(labels)
+    t = np.bincount(inverse[:n], minlength=k).astype(np.float64)       # true count per class
+    p = np.bincount(inverse[n:], minlength=k).astype(np.float64)       # predicted count per class
+    c = float(np.sum(preds == labels))
+    denom = (n * n - p @ p) * (n * n - t @ t)
+    return float((c * n - t @ p) / math.sqrt(denom)) if denom > 0 else 0.0
+
+
+def pearson(preds, labels):
+    """Pearson correlation; 0.0 when either side is constant. Constancy is checked on the values: the float mean
+    of equal values can miss them by an ulp, which would turn a constant into noise correlated at ±1."""
+    x, y = np.asarray(preds, np.float64), np.asarray(labels, np.float64)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    x, y = x - x.mean(), y - y.mean()
+    return float(np.clip(x @ y / math.sqrt((x @ x) * (y @ y)), -1.0, 1.0))
+
+
+def _ranks(x):
+    """Ranks 1..n, ties sharing the mean of the ranks they span."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts_run = np.r_[True, xs[1:] != xs[:-1]]             # True where a run of equal values begins
+    first = np.flatnonzero(starts_run)                       # sorted position of each run's first and last value
+    last = np.r_[first[1:], len(x)] - 1
+    ranks = np.empty(len(x))
+    ranks[order] = ((first + last) / 2 + 1)[np.cumsum(starts_run) - 1]
+    return ranks
+
+
+def spearman(preds, labels):
+    return pearson(_ranks(np.asarray(preds)), _ranks(np.asarray(labels)))
+
+
+METRICS = {"accuracy": accuracy, "f1": f1, "mcc": matthews, "pearson": pearson, "spearman": spearman}
+
+
+def _numpy(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def compute_metrics(task, preds, labels):
+    """{metric: value} for a task's metrics (task.metrics, task.is_regression). preds: class ids or
+    [n, num_labels] logits; scores for regression."""
+    preds, labels = _numpy(preds), _numpy(labels)
+    if task.is_regression:
+        preds = preds.reshape(-1) if preds.ndim == 2 and preds.shape[1] == 1 else preds
+    elif preds.ndim == 2:
+        preds = preds.argmax(axis=1)
+    if preds.shape != labels.shape or preds.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"compute_metrics({task.name}): need equally many predictions and labels (at least one), "
+                        f"got shapes {preds.shape} and {labels.shape}")
+    return {name: METRICS[name](preds, labels) for name in task.metrics}

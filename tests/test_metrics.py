@@ -1,0 +1,63 @@
+"""metrics.py against values computed by hand, degenerate inputs included (no warnings)."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import metrics
+from glue import get_task
+
+
+def no_warnings(fn, *args):
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        return fn(*args)
+
+
+def test_accuracy_and_f1_by_hand():
+    p, y = np.array([1, 1, 0, 0, 1, 0]), np.array([1, 0, 0, 1, 1, 0])
+    # correct at positions 0, 2, 4, 5 -> 4/6; tp = 2 (0, 4), fp = 1 (1), fn = 1 (3) -> F1 = 2·2 / (2·2 + 1 + 1) = 2/3
+    assert no_warnings(metrics.accuracy, p, y) == pytest.approx(4 / 6)
+    assert no_warnings(metrics.f1, p, y) == pytest.approx(2 / 3)
+    assert no_warnings(metrics.f1, np.zeros(4), np.zeros(4)) == 0.0      # no positives at all: 0, not 0/0
+
+
+def test_matthews_by_hand():
+    p, y = np.array([1, 1, 1, 0, 0, 0, 1, 0]), np.array([1, 1, 0, 0, 0, 1, 1, 1])
+    # tp = 3 (0, 1, 6), tn = 2 (3, 4), fp = 1 (2), fn = 2 (5, 7)
+    # MCC = (3·2 − 1·2) / sqrt((3+1)(3+2)(2+1)(2+2)) = 4 / sqrt(240) = 0.2581989
+    assert no_warnings(metrics.matthews, p, y) == pytest.approx(4 / np.sqrt(240))
+    assert no_warnings(metrics.matthews, y, y) == pytest.approx(1.0)
+    assert no_warnings(metrics.matthews, 1 - y, y) == pytest.approx(-1.0)
+    assert no_warnings(metrics.matthews, np.ones(8, int), y) == 0.0      # constant predictions: 0, no warning
+    assert no_warnings(metrics.matthews, np.zeros(8, int), np.zeros(8, int)) == 0.0
+
+
+def test_pearson_and_spearman_by_hand():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 1.0, 4.0, 3.0])
+    # centred: x' = (-1.5, -0.5, 0.5, 1.5), y' = (-0.5, -1.5, 1.5, 0.5)
+    # sum x'y' = 0.75 + 0.75 + 0.75 + 0.75 = 3; sum x'^2 = sum y'^2 = 5 -> r = 3/5 = 0.6
+    assert no_warnings(metrics.pearson, x, y) == pytest.approx(0.6)
+    # ranks equal the values here, so Spearman = Pearson = 0.6
+    assert no_warnings(metrics.spearman, x, y) == pytest.approx(0.6)
+    # ties: a = (10, 20, 20, 30) ranks (1, 2.5, 2.5, 4); b = (1, 3, 2, 4) ranks (1, 3, 2, 4)
+    # centred a: (-1.5, 0, 0, 1.5), b: (-1.5, 0.5, -0.5, 1.5): sum = 4.5, |a|^2 = 4.5, |b|^2 = 5 -> 4.5/sqrt(22.5)
+    assert no_warnings(metrics.spearman, np.array([10, 20, 20, 30]), np.array([1, 3, 2, 4])) == pytest.approx(
+        4.5 / np.sqrt(22.5))
+    assert no_warnings(metrics._ranks, np.array([3.0, 1.0, 3.0, 3.0, 0.5])).tolist() == [4, 2, 4, 4, 1]
+    # constant predictions, including 0.1 whose float mean is not exactly 0.1: 0, no warning
+    assert no_warnings(metrics.pearson, np.full(3, 0.1), np.array([1.0, 2.0, 3.0])) == 0.0
+    assert no_warnings(metrics.spearman, np.full(3, 0.1), np.array([1.0, 2.0, 3.0])) == 0.0
+
+
+def test_compute_metrics():
+    y = np.array([1, 0, 1, 1])
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])     # argmax: 1, 0, 1, 0
+    # tp = 2, fn = 1: F1 = 4/5; accuracy 3/4
+    assert metrics.compute_metrics(get_task("mrpc"), logits, y) == pytest.approx({"f1": 0.8, "accuracy": 0.75})
+    assert set(metrics.compute_metrics(get_task("cola"), [1, 0, 1, 1], y)) == {"mcc"}
+    scores = metrics.compute_metrics(get_task("stsb"), torch.tensor([[1.0], [2.0], [3.0], [4.0]]), np.array([2.0, 1.0, 4.0, 3.0]))
+    assert scores == pytest.approx({"pearson": 0.6, "spearman": 0.6})
+    with pytest.raises(ValueError, match="equally many"):
+        metrics.compute_metrics(get_task("sst2"), [1, 0], [1, 0, 1])
