@@ -22,13 +22,14 @@ BASE_KEYS = ("family", "n_layer", "d_model", "num_labels", "head")  # the base m
 FORMAT = "ssmlora-adapters/1"
 
 
-def save_adapters(model, path):
+def save_adapters(model, path, run=None):
     """Write the trained parameters (adapters + head; for bitfit the biases, for full everything) to a
-    .safetensors file, with the settings and the base's identity in its metadata. Atomic."""
+    .safetensors file, with the settings and the base's identity in its metadata. Atomic. run: what else a user
+    of the file needs (train.py stores the task, the base checkpoint and the tokenizer), read back by read_run."""
     adapters = _require_adapters(model)
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if is_trained(n, adapters.method)}
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
-                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}}
+                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}, "run": json.dumps(run or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -48,9 +49,16 @@ def read_settings(path):
         raise AdapterFileError(f"adapter file {path} has incomplete or invalid settings in its metadata ({e})") from None
 
 
+def read_run(path):
+    """The `run` dict save_adapters stored ({} for files written without one)."""
+    read_settings(path)  # a readable adapter file, or a clear error
+    with safe_open(path, framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("run", "{}"))
+
+
 def load_adapters(model, path):
     """Load a file from save_adapters into a model that has adapters with the same settings (dropout may differ:
-    it does not change what is computed in eval). Any other difference is a AdapterFileError naming it."""
+    it does not change what is computed in eval). Any other difference is an AdapterFileError naming it."""
     adapters = _require_adapters(model)
     saved, base = read_settings(path)
     _check_base(model, base, path)

@@ -264,19 +264,21 @@ def sweep(cfg, models, ref, args):
 # report
 
 def table(rows, mode, names):
-    """Fixed-width text, one line per shape: median ms per method, the time ratios, then SSMLoRA's and LoRA's
-    peak MB and their ratio."""
+    """Fixed-width text, one line per shape: median ms per method ("hf": transformers), the time ratios, then
+    LoRA's and SSMLoRA's peak MB and their ratio."""
+    short = {"ssmlora": "ssm", REF: "hf"}
     rs = [r for r in rows if r["mode"] == mode]
     ratios = list(rs[0]["time_ratios"])
-    heads = ["batch", "len", *[f"{n} ms" for n in names], *ratios, "lora MB", "ssmlora MB", "MB ratio"]
-    widths = [max(6, len(h)) for h in heads]
+    heads = ["batch", "len", *[f"{short.get(n, n)} ms" for n in names],
+             *["/".join(short.get(n, n) for n in k.split("/")) for k in ratios], "lora MB", "ssm MB", "MB ratio"]
+    widths = [max(5, len(h)) for h in heads]
     lines = ["  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     for r in rs:
         mb = r["peak_mb"]
-        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.2f}" for n in names],
-                 *[f"{r['time_ratios'][k]:.3f}x" for k in ratios],
+        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.1f}" for n in names],
+                 *[f"{r['time_ratios'][k]:.3f}" for k in ratios],
                  *["n/a" if mb[n] is None else f"{mb[n]:.1f}" for n in ("lora", "ssmlora")],
-                 f"{r['memory_ratios']['ssmlora/lora']:.3f}x" if r["memory_ratios"] else "n/a"]
+                 f"{r['memory_ratios']['ssmlora/lora']:.3f}" if r["memory_ratios"] else "n/a"]
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     return "\n".join(lines)
 

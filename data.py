@@ -156,7 +156,7 @@ def load_tokenizer(folder, family=None):
     has = lambda name: os.path.isfile(os.path.join(folder, name))
     bpe = has("vocab.json") and has("merges.txt")
     if not (has("tokenizer.json") or bpe or has("vocab.txt")):
-        raise DataError(f"No tokenizer in {folder!r}: expected tokenizer.json, or vocab.json + merges.txt "
+        raise DataError(f"No tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt "
                         "(RoBERTa, GPT-2), or vocab.txt (BERT), as in a Hugging Face checkpoint folder.")
     try:
         if has("tokenizer.json"):
@@ -166,11 +166,11 @@ def load_tokenizer(folder, family=None):
         elif family in (None, "bert"):
             tok, family = _wordpiece(folder), "bert"
         else:
-            raise DataError(f"{folder!r} holds BERT's vocab.txt, not a {family} tokenizer")
+            raise DataError(f"{folder} holds BERT's vocab.txt, not a {family} tokenizer")
     except DataError:
         raise
     except Exception as e:                        # tokenizers raises plain Exception for unreadable files
-        raise DataError(f"Cannot load the tokenizer files in {folder!r} ({e})") from None
+        raise DataError(f"Cannot load the tokenizer files in {folder} ({e})") from None
     family = family or next((f for f, pad in PAD_TOKENS.items() if tok.token_to_id(pad) is not None), None)
     if family is None or tok.token_to_id(PAD_TOKENS[family]) is None:
         raise DataError(f"Cannot tell the padding token of the tokenizer in {folder}: its config.json should name "

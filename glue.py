@@ -229,6 +229,9 @@ def _read_split(task, path):
             raise DataError(f"{path}, line {lineno}: {len(fields)} tab-separated fields where the official "
                             f"{task.folder} file has {len(header)} ({', '.join(header)}). Fix or delete that line.")
         examples.append(Example(fields[a], None if b is None else fields[b], _label(task, fields[label], path, lineno)))
+    if not examples:
+        raise DataError(f"{path}: no examples in this file (only a header, or empty): use the official "
+                        f"{task.folder} file, unchanged")
     if broken:
         print(f"data: skipped {len(broken)} rows with missing fields in {path} (lines {broken[:5]}"
               f"{', ...' if len(broken) > 5 else ''}), a known defect of the official {task.folder} file")

@@ -249,17 +249,21 @@ def reset_state(model):
         model.time_axes.clear()
 
 
+BODY = {"bitfit": "biases", "full": "body"}  # what a method trains outside the head; LoRA and SSMLoRA: "adapter"
+
+
 def param_report(model):
-    """Parameter counts: adapter (trained outside the head: adapter matrices, BitFit's biases, full's body),
+    """Parameter counts: what the method trains outside the head ("adapter"; BitFit "biases"; full "body"),
     head, trainable, frozen, total. Works on a model built on the meta device (no weights needed)."""
-    adapters = getattr(model, "adapters", None)
-    r = dict(method=adapters.method if adapters else "(no adapters)", adapter=0, head=0, trainable=0, frozen=0)
+    method = model.adapters.method if getattr(model, "adapters", None) else "none"
+    body = BODY.get(method, "adapter")
+    r = {"method": method, body: 0, "head": 0, "trainable": 0, "frozen": 0}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             r["frozen"] += p.numel()
             continue
         r["trainable"] += p.numel()
-        r["head" if name.startswith("head.") else "adapter"] += p.numel()
+        r["head" if name.startswith("head.") else body] += p.numel()
     r["total"] = r["trainable"] + r["frozen"]
     return r
 
@@ -267,6 +271,7 @@ def param_report(model):
 def format_report(r):
     def pct(n):
         return f"{n:>13,}  ({100 * n / max(r['total'], 1):.3f}%)"
-    return "\n".join([f"method     {r['method']}", f"adapter    {pct(r['adapter'])}", f"head       {pct(r['head'])}",
+    body = BODY.get(r["method"], "adapter")
+    return "\n".join([f"method     {r['method']}", f"{body:<10} {pct(r[body])}", f"head       {pct(r['head'])}",
                       f"trainable  {pct(r['trainable'])}", f"frozen     {pct(r['frozen'])}",
                       f"total      {r['total']:>13,}"])

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from adapter_file import add_adapters_from_file, save_adapters
+from adapter_file import add_adapters_from_file, read_run, save_adapters
 from data import batches, load_tokenizer
 from glue import get_task, load_glue
 from hub import config_from_hf, read_config, resolve
@@ -43,57 +43,106 @@ class TrainError(UserError):
     """A run that cannot go on (non-finite loss, a checkpoint of another run): the message says what to do."""
 
 
+ADAPTER_FLAGS = {"rank": 8, "alpha": 16.0, "dropout": 0.1, "targets": "query,value", "state": "reset"}
+
+
 def get_args(argv=None):
-    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0],
-                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", required=True, help="cola sst2 mrpc stsb qqp mnli qnli rte wnli")
-    p.add_argument("--model", default="roberta-base", help="hub name, local checkpoint folder, or (with "
-                   f"--random-init) a preset: {', '.join(PRESETS)}")
-    p.add_argument("--method", default="ssmlora", help=f"one of {', '.join(METHODS)}")
-    p.add_argument("--rank", type=int, default=8)
-    p.add_argument("--alpha", type=float, default=16.0, help="scaling s = alpha / rank")
-    p.add_argument("--dropout", type=float, default=0.1, help="adapter dropout")
-    p.add_argument("--targets", default="query,value", help="query,key,value,attn_out,ffn_in,ffn_out")
-    g = p.add_mutually_exclusive_group()
+    p = OneLineParser(prog="train.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", help="cola sst2 mrpc stsb qqp mnli qnli rte wnli (with --eval-only: the file's own)")
+    p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
+                   f"{', '.join(PRESETS)} (default: roberta-base; with --eval-only: the file's own)")
+    p.add_argument("--method", default="ssmlora", choices=METHODS[:4], help="default: ssmlora")
+    a = p.add_argument_group("adapters (--method ssmlora or lora only)")
+    a.add_argument("--rank", type=int, help="r, the rank of W_a and W_b (default: 8)")
+    a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16)")
+    a.add_argument("--dropout", type=float, help="adapter dropout: on h_norm for SSMLoRA, on x for LoRA (default: 0.1)")
+    a.add_argument("--targets", help="comma-separated: query,key,value,attn_out,ffn_in,ffn_out (default: query,value)")
+    g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
-                   help="alternate query (even layers) and value (odd) [SSMLoRA's default]")
-    g.add_argument("--dense", dest="sparse", action="store_false", help="every target in every layer [LoRA's default]")
-    p.add_argument("--state", default="reset", help=f"SSMLoRA state lifetime: {' or '.join(STATES)} (the authors')")
-    p.add_argument("--lr", type=float, default=None, help="default: the task's recipe (see README)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=None, help="default: the task's recipe (see README)")
-    p.add_argument("--max-len", type=int, default=512, help="tokens per example, special tokens included")
-    p.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping")
-    p.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
-                   "on the task's selection metric (0: never)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="local GLUE folder (data-dir/SST-2/train.tsv); offline")
-    p.add_argument("--cache-dir", default=None, help="where downloaded GLUE files are kept")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the checkpoint's)")
-    p.add_argument("--out", default=None, help="output folder (default: out/<task>-<method>-r<rank>)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and every epoch)")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
-    p.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
-    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    p.add_argument("--eval-only", default=None, metavar="ADAPTERS", help="evaluate a saved adapters.safetensors")
+                   help="alternate the attention targets over the layers: query in even layers, value in odd "
+                   "(SSMLoRA's default)")
+    g.add_argument("--dense", dest="sparse", action="store_false",
+                   help="every target in every layer (LoRA's default)")
+    a.add_argument("--state", help=f"SSMLoRA state lifetime: {' or '.join(STATES)} (the authors' code; "
+                   "default: reset)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="learning rate (default: the task's recipe, see README)")
+    o.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step (default: 16)")
+    o.add_argument("--epochs", type=int, help="at most this many epochs (default: the task's recipe)")
+    o.add_argument("--max-len", type=int, default=512, help="tokens per example, special tokens included "
+                   "(default: 512, or fewer if the model's position table is shorter)")
+    o.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up, in [0, 1) "
+                   "(default: 0.06)")
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: 0.01)")
+    o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
+    o.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
+                   "on the task's selection metric; 0: never (default: 5)")
+    o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order (default: 0)")
+    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    o.add_argument("--max-train", type=int, help="use only the first N training examples")
+    f = p.add_argument_group("files and machine")
+    f.add_argument("--data-dir", help="local GLUE folder (data-dir/SST-2/train.tsv); offline")
+    f.add_argument("--cache-dir", help="where downloaded GLUE files are kept (default: ~/.cache/ssmlora/glue)")
+    f.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
+    f.add_argument("--out", help="output folder (default: out/<task>-<method>[-r<rank>])")
+    f.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    f.add_argument("--threads", type=int, help="CPU threads (default: torch's own). On a machine that other work "
+                   "is using, fewer threads than cores avoids waiting for a busy core")
+    f.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps, and every epoch "
+                   "(default: 500)")
+    f.add_argument("--log-every", type=int, default=100, help="when output is not a terminal, a progress line every "
+                   "N steps or every minute, whichever comes first (default: 100)")
+    r = p.add_argument_group("modes")
+    r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
+    r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
+    r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors on the dev set")
     args = p.parse_args(argv)
-    args.task = get_task(args.task).name  # unknown task: a DataError before anything is loaded
+    if args.eval_only:
+        from_file(args)
+    if args.task is None:
+        p.error("the following arguments are required: --task")
+    args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
+    args.model = args.model or "roberta-base"
+    adapted = args.method in ("ssmlora", "lora")
+    given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
+        args.sparse is not None)
+    if given and not adapted and not args.eval_only:
+        p.error(f"{', '.join(given)} apply to --method ssmlora or lora only, not {args.method}")
+    for k, v in ADAPTER_FLAGS.items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
     args.lr = lr if args.lr is None else args.lr
     args.epochs = epochs if args.epochs is None else args.epochs
-    args.out = args.out or f"out/{args.task}-{args.method}-r{args.rank}"
+    args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
     if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
-        raise ValueError(f"--random-init with the preset {args.model!r} has no tokenizer to read the data with: pass "
-                         f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
-    for name in ("batch_size", "epochs", "max_len", "save_every"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+        p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
+                f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
+    checks = [("batch-size", args.batch_size >= 1), ("epochs", args.epochs >= 1), ("max-len", args.max_len >= 1),
+              ("save-every", args.save_every >= 1), ("log-every", args.log_every >= 1),
+              ("max-steps", args.max_steps is None or args.max_steps >= 1),
+              ("max-train", args.max_train is None or args.max_train >= 1),
+              ("threads", args.threads is None or args.threads >= 1)]
+    for flag, ok in checks:
+        if not ok:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag.replace('-', '_'))}")
+    if not 0 <= args.warmup < 1:
+        p.error(f"--warmup is a fraction of the steps, in [0, 1), got {args.warmup}")
+    if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0:
+        p.error("--patience and --weight-decay must be at least 0, --lr and --clip above 0")
     return args
+
+
+def from_file(args):
+    """--eval-only: the task, base model and tokenizer the adapters were trained with, unless given again."""
+    run = read_run(args.eval_only)
+    if args.task and run.get("task") and get_task(args.task).name != run["task"]:
+        raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
+                        f"{run['task']} (leave --task out)")
+    for k in ("task", "model", "tokenizer"):
+        if getattr(args, k) is None:
+            setattr(args, k, run.get(k))
+    args.random_init = args.random_init or run.get("random_init", False)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,7 +293,8 @@ def fit(model, encoded, task, args, device, on_step=None):
     total = min(args.epochs * steps_per_epoch, args.max_steps or math.inf)
     opt = make_optimizer(model, args)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(math.ceil(args.warmup * total), total))
-    progress = dict(step=0, epoch=0, step_in_epoch=0, best=None, best_metrics=None, bad_evals=0, epoch_times=[])
+    progress = dict(step=0, epoch=0, step_in_epoch=0, best=None, best_metrics=None, bad_evals=0, epoch_times=[],
+                    epoch_loss=0.0)  # the sum of this epoch's step losses, carried over a resume
     if ckpt.exists() and not args.resume:
         raise TrainError(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or choose "
                          f"another --out (nothing was overwritten)")
@@ -257,12 +307,15 @@ def fit(model, encoded, task, args, device, on_step=None):
         log_path.unlink()  # a fresh run: no lines from a run that never checkpointed
     model.train()
     select = task.select
-    bar = tqdm(total=total, initial=progress["step"], desc=f"{task.name} {args.method}", dynamic_ncols=True,
-               disable=None)  # None: no bar when stderr is not a terminal (logs, CI)
+    bar = tqdm(total=total, initial=progress["step"], dynamic_ncols=True,
+               disable=None)  # None: no bar when stderr is not a terminal (logs, batch jobs): log lines instead
+    log = ProgressLog(args.log_every, total, args.batch_size, enabled=bar.disable)
     stop = progress["step"] >= total
     trained = [p for p in model.parameters() if p.requires_grad]
+    run_info = {"task": task.name, "model": args.model, "tokenizer": args.tokenizer, "random_init": args.random_init}
     while progress["epoch"] < args.epochs and not stop:
         epoch, t0 = progress["epoch"], time.time()
+        bar.set_description(f"{task.name} {args.method} epoch {epoch + 1}/{args.epochs}")
         # the epoch's order depends only on (seed, epoch): a resumed run redraws it and skips what was done
         order = torch.Generator().manual_seed(args.seed * 100_003 + epoch)
         for i, batch in enumerate(batches(encoded["train"], args.batch_size, shuffle=True, generator=order)):
@@ -282,8 +335,10 @@ def fit(model, encoded, task, args, device, on_step=None):
             opt.zero_grad(set_to_none=True)
             progress["step"] += 1
             progress["step_in_epoch"] = i + 1
+            progress["epoch_loss"] += value
             bar.set_postfix(loss=f"{value:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)  # drawn by update
             bar.update(1)
+            log.step(progress["step"], epoch + 1, value, sched.get_last_lr()[0])
             if progress["step"] % args.save_every == 0:
                 save_checkpoint(ckpt, model, opt, sched, progress, args)
             if on_step:
@@ -292,18 +347,20 @@ def fit(model, encoded, task, args, device, on_step=None):
                 stop = True
                 break
         # an epoch ends (or the step budget does): evaluate, keep the best, maybe stop early
-        metrics = {split: evaluate(model, encoded[split], task, args, device) for split in task.dev}
         progress["epoch_times"].append(time.time() - t0)
-        progress.update(epoch=epoch + 1, step_in_epoch=0)
+        metrics = {split: evaluate(model, encoded[split], task, args, device) for split in task.dev}
+        train_loss = progress["epoch_loss"] / progress["step_in_epoch"]
+        progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss=0.0)
         score = metrics[task.dev[0]][select]
-        line = {"epoch": epoch + 1, "step": progress["step"], "lr": sched.get_last_lr()[0], **metrics}
+        line = {"epoch": epoch + 1, "step": progress["step"], "lr": sched.get_last_lr()[0], "train_loss": train_loss,
+                "epoch_seconds": round(progress["epoch_times"][-1], 2), **metrics}
         with open(log_path, "a") as f:
             f.write(json.dumps(line) + "\n")
         tqdm.write(json.dumps(line))
         progress["last_metrics"] = line
         if progress["best"] is None or score > progress["best"]:
             progress.update(best=score, best_metrics=line, bad_evals=0)
-            save_adapters(model, best_path)
+            save_adapters(model, best_path, run_info)
         else:
             progress["bad_evals"] += 1
             if args.patience and progress["bad_evals"] >= args.patience:
@@ -311,7 +368,8 @@ def fit(model, encoded, task, args, device, on_step=None):
                 stop = True
         save_checkpoint(ckpt, model, opt, sched, progress, args)
     bar.close()
-    results = {"task": task.name, "model": args.model, "method": args.method, "rank": args.rank,
+    results = {"task": task.name, "model": args.model, "method": args.method,
+               "rank": args.rank if args.method in ("ssmlora", "lora") else None,
                "params": param_report(model), "select": select, "best": progress["best_metrics"],
                "final": progress.get("last_metrics"), "steps": progress["step"],
                "epoch_seconds": progress["epoch_times"], "peak_memory_bytes": peak_memory(device),
@@ -321,9 +379,33 @@ def fit(model, encoded, task, args, device, on_step=None):
     return results
 
 
+class ProgressLog:
+    """When stderr is not a terminal (a log file, a batch job) there is no bar: print a line every `every` steps or
+    every minute, whichever comes first, with the mean loss since the last line and the examples per second."""
+
+    def __init__(self, every, total, batch_size, enabled, seconds=60.0):
+        self.every, self.total, self.batch_size, self.enabled, self.seconds = every, total, batch_size, enabled, seconds
+        self.t, self.losses = time.time(), []
+
+    def step(self, step, epoch, loss, lr):
+        if not self.enabled:
+            return
+        self.losses.append(loss)
+        now = time.time()
+        if step % self.every and now - self.t < self.seconds and step != self.total:
+            return
+        rate = len(self.losses) * self.batch_size / max(now - self.t, 1e-9)
+        print(f"step {step}/{self.total} epoch {epoch} loss {sum(self.losses) / len(self.losses):.4f} lr {lr:.2e} "
+              f"{rate:.1f} examples/s", flush=True)
+        self.t, self.losses = now, []
+
+
 def main(argv=None):
     try:
-        run(get_args(argv))
+        args = get_args(argv)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run(args)
     except (UserError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -37,7 +37,7 @@ def quick(tmp_path_factory):  # one default --quick run serves several tests: it
 def test_quick_prints_the_table_with_ratios(quick):
     out = quick[0]
     for text in ("inference: forward, no grad, eval mode", "training step: forward, backward, AdamW step",
-                 "lora ms", "ssmlora MB", "ssmlora/lora", "lora/none",
+                 "lora ms", "ssm MB", "ssm/lora", "lora/none",
                  "lora     dense", "ssmlora  sparse", "--dense compares dense with dense"):
         assert text in out, text
     # one table line per shape and mode, starting with batch and length
@@ -67,7 +67,7 @@ def test_quick_json_has_every_method_and_shape_and_consistent_ratios(quick):
 def test_reference_row_when_transformers_is_importable(quick):
     out, _, data, _ = quick
     assert data["reference"]["used"] and data["reference"]["max_abs_logit_diff"] <= 1e-4
-    assert "logits agree to" in out and "none/transformers" in out
+    assert "logits agree to" in out and "none/hf" in out
     for r in data["results"]:  # inference only: transformers' model is not trained here
         assert ("transformers" in r["ms"]) == (r["mode"] == "inference")
 

@@ -333,7 +333,7 @@ def test_published_and_reference_counts():
     ssm_all = meta_model("roberta-base", method="ssmlora", targets="query,value,attn_out,ffn_in,ffn_out")
     assert S.param_report(ssm_all)["adapter"] == 1_038_336
     bitfit = S.param_report(meta_model("roberta-base", method="bitfit"))
-    assert bitfit["adapter"] == 12 * (4 * 768 + 3072 + 768 + 2 * 768) + 768   # = 102,144, Table 1: BitFit 102K
+    assert bitfit["biases"] == 12 * (4 * 768 + 3072 + 768 + 2 * 768) + 768   # = 102,144, Table 1: BitFit 102K
     text = S.format_report(base)
     assert "148,992" in text and "adapter" in text and "frozen" in text
 

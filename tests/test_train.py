@@ -104,8 +104,14 @@ def test_killed_run_resumes_exactly(tiny_bert, glue, tmp_path):
         train.run(train.get_args(argv("sst2", tiny_bert, glue, tmp_path / "b", *flags, "--resume", "--lr", "1e-3")))
     resumed = train.run(train.get_args(argv("sst2", tiny_bert, glue, tmp_path / "b", *flags, "--resume")))
 
+    for r in (whole, resumed):
+        for line in (r["final"], r["best"]):
+            line.pop("epoch_seconds", None)
     assert resumed["final"] == whole["final"] and resumed["best"] == whole["best"] and resumed["steps"] == 30
-    assert (tmp_path / "a" / "eval.jsonl").read_text() == (tmp_path / "b" / "eval.jsonl").read_text()
+    logs = [[json.loads(line) for line in (tmp_path / x / "eval.jsonl").read_text().splitlines()] for x in "ab"]
+    for line in logs[0] + logs[1]:
+        del line["epoch_seconds"]  # wall-clock time: the one thing a resumed run cannot repeat
+    assert logs[0] == logs[1]
     a, b = load_file(tmp_path / "a" / "adapters.safetensors"), load_file(tmp_path / "b" / "adapters.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ca, cb = (torch.load(tmp_path / x / "checkpoint.pt", weights_only=True) for x in "ab")
@@ -150,7 +156,7 @@ def test_dry_run_parameter_report_without_network(capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--task", "sst3"], "Unknown GLUE task 'sst3'"),
-    (["--task", "sst2", "--method", "qlora", "--dry-run", "--random-init"], "unknown method 'qlora'"),
+    (["--task", "sst2", "--method", "qlora", "--dry-run", "--random-init"], "invalid choice: 'qlora'"),
     (["--task", "sst2", "--rank", "0", "--dry-run", "--random-init"], "rank must be an integer >= 1"),
     (["--task", "sst2", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--task", "sst2", "--rank", "eight"], "argument --rank: invalid int value"),
@@ -169,3 +175,93 @@ def test_missing_data_folder_from_the_command_line(tiny_bert, tmp_path):
     assert p.returncode != 0 and "Traceback" not in p.stderr
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "no-such-glue" in last
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what a user meets: logs without a terminal, using the trained adapters, empty files, flags
+
+ROOT = Path(__file__).parent.parent
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_logs_progress_without_a_terminal_and_eval_lines_carry_loss_and_time(tiny_bert, glue, tmp_path):
+    p = cli(*argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--max-train", "64", "--log-every", "3",
+                  "--threads", "1"))
+    assert p.returncode == 0, p.stderr
+    steps = [line for line in p.stdout.splitlines() if line.startswith("step ")]
+    # 4 steps an epoch, 8 in all: a line at steps 3 and 6 and at the last step, each with its numbers
+    assert [s.split()[1] for s in steps] == ["3/8", "6/8", "8/8"]
+    assert all(" epoch " in s and " loss " in s and " lr " in s and s.endswith("examples/s") for s in steps)
+    evals = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert [e["epoch"] for e in evals] == [1, 2]
+    assert all(e["train_loss"] > 0 and e["epoch_seconds"] > 0 for e in evals)
+
+
+def test_eval_only_and_predict_need_only_the_adapter_file(tiny_bert, glue, tmp_path):
+    import predict
+    r = train.run(train.get_args(argv("sst2", tiny_bert, glue, tmp_path / "run", "--epochs", "2", "--lr", "5e-3")))
+    adapters = tmp_path / "run" / "adapters.safetensors"
+    # --eval-only: the task, base model and tokenizer come from the file
+    again = train.run(train.get_args(["--eval-only", str(adapters), "--data-dir", str(glue)]))
+    assert again["eval"]["dev"] == r["best"]["dev"]
+    with pytest.raises(train.UserError, match="trained on sst2, not rte"):
+        train.get_args(["--eval-only", str(adapters), "--task", "rte"])
+    # predict(): the same predictions as the evaluation, so the same accuracy on the dev texts
+    dev = [line.split("\t") for line in (glue / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    p = predict.load(adapters)
+    out = predict.predict(p, [text for text, _ in dev])
+    assert sum(o["label"] == label for o, (_, label) in zip(out, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
+    assert all(0.5 <= o["probability"] <= 1 for o in out)
+    shown = subprocess.run([sys.executable, "predict.py", str(adapters), dev[0][0], dev[1][0]], capture_output=True,
+                           text=True, cwd=ROOT, timeout=120)
+    assert [json.loads(line) for line in shown.stdout.splitlines()] == pytest.approx(out[:2], rel=1e-5)
+
+
+@pytest.mark.parametrize("which", ["train", "dev"])
+def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, which):
+    folder = Path(write_glue_task(tmp_path / "glue", "sst2", [("good", None, 1)] * 4, [("bad", None, 0)] * 2))
+    (folder / f"{which}.tsv").write_text("sentence\tlabel\n")
+    p = cli(*argv("sst2", tiny_bert, tmp_path / "glue", tmp_path / "out"))
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith(f"error: {folder / f'{which}.tsv'}: no examples")
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max-train", "0"], "--max-train must be at least 1, got 0"),
+    (["--max-train", "-5"], "--max-train must be at least 1, got -5"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"),
+    (["--warmup", "5"], "--warmup is a fraction of the steps, in [0, 1), got 5.0"),
+    (["--patience", "-1"], "--patience and --weight-decay must be at least 0"),
+    (["--method", "bitfit", "--rank", "64", "--targets", "ffn_in", "--dense", "--state", "carry"],
+     "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora or lora only, not bitfit"),
+    (["--method", "none"], "invalid choice: 'none'"),
+    (["--eval-only", "no-such-file.safetensors"], "could not read adapter file no-such-file.safetensors"),
+])
+def test_flags_that_would_do_nothing_or_the_wrong_thing_are_refused(flags, message):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--task", "sst2", *flags])
+    assert message in str(e.value.code) and "\n" not in str(e.value.code)
+
+
+def test_output_folder_and_report_name_what_the_method_trains(capsys):
+    args = train.get_args(["--task", "sst2", "--method", "bitfit", "--model", "roberta-base", "--random-init",
+                           "--dry-run"])
+    assert args.out == "out/sst2-bitfit"
+    r = train.run(args)
+    assert r["params"]["biases"] == 102_144 and "biases" in capsys.readouterr().out      # Table 1: BitFit 102K
+    full = train.run(train.get_args(["--task", "sst2", "--method", "full", "--model", "roberta-base",
+                                     "--random-init", "--dry-run"]))
+    assert full["params"]["body"] == 124_647_170 - 592_130 and "adapter" not in full["params"]
+
+
+def test_help_shows_each_default_once():
+    text = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, cwd=ROOT).stdout
+    assert "(default: True)" not in text and "(default: None)" not in text
+    for flag in ("--rank", "--batch-size", "--seed", "--weight-decay", "--threads", "--log-every"):
+        block = text.split(f"  {flag} ", 1)[1].split("\n  --", 1)[0]
+        assert len(block.split()) > 2, flag   # the flag's metavar and a help text

@@ -1,0 +1,107 @@
+"""
+Run trained adapters on new text: the adapter file names its task, base checkpoint and tokenizer.
+
+    python predict.py out/sst2-ssmlora-r8/adapters.safetensors "a gripping, funny film" "dull and far too long"
+    python predict.py out/mrpc-ssmlora-r8/adapters.safetensors --file pairs.tsv   # a tab between a pair's texts
+
+prints one JSON line per example: {"label": ..., "probability": ...} (a "score" for regression tasks). In Python:
+
+    from predict import load, predict
+    p = load("out/sst2-ssmlora-r8/adapters.safetensors")
+    predict(p, ["a gripping, funny film"])            # [{'label': '1', 'probability': ...}]
+    predict(p, ["first sentence"], ["second one"])    # pair tasks: text_b
+"""
+import json
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from adapter_file import add_adapters_from_file, read_run
+from data import DataError, Example, batches, load_tokenizer
+from glue import get_task
+from hub import config_from_hf, read_config, resolve
+from model import Model, check_inputs, from_pretrained, preset
+from util import OneLineParser, UserError, pick_device
+
+
+class Predictor(NamedTuple):
+    model: Model
+    tok: object
+    task: object
+    device: torch.device
+
+
+def load(adapters, model=None, tokenizer=None, device="auto"):
+    """The base model with the trained adapters and head, its tokenizer and the task, from an adapter file that
+    train.py wrote. model / tokenizer: a checkpoint folder to use instead of the one the file names."""
+    run = read_run(adapters)
+    if not run.get("task"):
+        raise UserError(f"{adapters} does not say which task it was trained on (written by an older train.py?)")
+    task, name = get_task(run["task"]), model or run["model"]
+    with torch.device("cpu"):
+        if run.get("random_init"):  # the base weights were random: only a preset or a config.json rebuilds them
+            base = Model(config_from_hf(read_config(name), task.num_labels) if Path(name).is_dir()
+                         else preset(name, head="cls", num_labels=task.num_labels))
+        else:
+            base = from_pretrained(name, num_labels=task.num_labels)
+    m = add_adapters_from_file(base, adapters).eval()
+    source = tokenizer or run.get("tokenizer") or (name if run.get("random_init") else m.source)
+    device = pick_device(device)
+    return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device)
+
+
+@torch.no_grad()
+def predict(p, texts_a, texts_b=None, batch_size=32, max_len=512):
+    """One dict per example: the label (as the task's files write it) and its probability, or a regression score."""
+    if texts_b is not None and len(texts_b) != len(texts_a):
+        raise UserError(f"{len(texts_a)} first texts but {len(texts_b)} second ones")
+    label = 0.0 if p.task.is_regression else 0  # a placeholder: batches() carries labels, predict() ignores them
+    examples = [Example(a, None if texts_b is None else texts_b[i], label) for i, a in enumerate(texts_a)]
+    out = []
+    for batch in batches(p.tok.encode(examples, min(max_len, p.model.cfg.max_tokens)), batch_size):
+        check_inputs(p.model.cfg, batch["input_ids"], batch["attention_mask"])
+        batch = {k: v if v is None else v.to(p.device) for k, v in batch.items()}
+        logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        if p.task.is_regression:
+            out += [{"score": s} for s in logits.float().squeeze(-1).tolist()]
+        else:
+            probs, ids = logits.float().softmax(-1).max(-1)
+            out += [{"label": p.task.labels[i], "probability": q} for i, q in zip(ids.tolist(), probs.tolist())]
+    return out
+
+
+def main(argv=None):
+    ap = OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("adapters", help="an adapters.safetensors written by train.py")
+    ap.add_argument("texts", nargs="*", help="texts to classify (single-text tasks)")
+    ap.add_argument("--file", help="one example per line; a tab separates the two texts of a pair task")
+    ap.add_argument("--model", help="base checkpoint folder (default: the one the file names)")
+    ap.add_argument("--tokenizer", help="tokenizer folder (default: the one the file names)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = ap.parse_args(argv)
+    if bool(args.texts) == bool(args.file):
+        ap.error("give either texts or --file")
+    try:
+        rows = [t.split("\t", 1) for t in args.texts] if args.texts else read_lines(args.file)
+        texts_b = [r[1] for r in rows] if all(len(r) == 2 for r in rows) else None
+        if texts_b is None and any(len(r) == 2 for r in rows):
+            raise UserError(f"{args.file}: some lines have a tab (a pair) and some do not")
+        p = load(args.adapters, args.model, args.tokenizer, args.device)
+        for result in predict(p, [r[0] for r in rows], texts_b):
+            print(json.dumps(result))
+    except (UserError, OSError) as e:
+        sys.exit(f"error: {e}")
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
+    if not rows:
+        raise DataError(f"{path}: no examples")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
