@@ -1,0 +1,79 @@
+"""RACE (Lai et al. 2017): multiple-choice reading comprehension from English exams, middle and high school.
+
+The official release: RACE/{train,dev,test}/{middle,high}/<n>.txt, each file one JSON object holding an article and
+its questions: {"article": str, "questions": [str], "options": [[4 str]], "answers": ["A".."D"], "id": str}.
+Each question is one Choice: the article is the context (cut from its end when a row is too long), and each option
+is paired with it together with the question; a cloze question ("... because _ .") takes the option in its blank.
+Accuracy on dev is reported for All, Middle and High, as the paper's Table 4.
+"""
+import json
+import os
+
+import numpy as np
+
+from data import DataError
+from superglue import Choice, Task
+
+LEVELS = ("middle", "high")
+TASK = Task("race", "RACE", None, "choice", 1, ("all", "middle", "high"), "all", dev=("dev",))
+
+
+def fill(question, option):
+    return question.replace("_", option) if "_" in question else f"{question} {option}"
+
+
+def read_file(path, level):
+    try:
+        with open(path, encoding="utf-8") as f:
+            r = json.load(f)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; is this an official RACE file?") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+    try:
+        questions, options, answers = r["questions"], r["options"], r["answers"]
+        if not len(questions) == len(options) == len(answers):
+            raise ValueError(f"{len(questions)} questions, {len(options)} option lists and {len(answers)} answers")
+        out = []
+        for q, opts, a in zip(questions, options, answers):
+            gold = "ABCDEFGH".find(a) if isinstance(a, str) and len(a) == 1 else -1
+            if not 0 <= gold < len(opts):
+                raise ValueError(f"answer {a!r} for {len(opts)} options (A, B, ...)")
+            out.append(Choice(r["article"], tuple(fill(q, o) for o in opts), (gold,), level))
+        return out
+    except KeyError as e:
+        raise DataError(f"{path}: no field {e.args[0]!r}, which the official RACE files have") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: {e}; is this an official RACE file?") from None
+
+
+def race_folder(data_dir):
+    """data_dir/RACE (the folder the official archive unpacks to) or data_dir itself."""
+    for folder in (os.path.join(data_dir, "RACE"), data_dir):
+        if all(os.path.isdir(os.path.join(folder, s, lv)) for s in TASK.splits for lv in LEVELS):
+            return folder
+    raise DataError(f"RACE: data_dir {data_dir!r} lacks the folders RACE/{{train,dev}}/{{middle,high}} of the "
+                    "official release (RACE.tar.gz unpacked there).")
+
+
+def load_race(data_dir):
+    """{"train": [Choice], "dev": [Choice]}, middle school first, files in numeric order; test is never read."""
+    folder, splits = race_folder(data_dir), {}
+    for s in TASK.splits:
+        splits[s] = []
+        for level in LEVELS:
+            where = os.path.join(folder, s, level)
+            names = sorted((n for n in os.listdir(where) if n.endswith(".txt")), key=lambda n: (len(n), n))
+            if not names:
+                raise DataError(f"RACE: {where} holds no .txt files; unpack the official RACE.tar.gz again")
+            for n in names:
+                splits[s] += read_file(os.path.join(where, n), level)
+    return splits
+
+
+def score(preds, examples):
+    """Accuracy over all questions, and over the middle- and high-school ones."""
+    right = np.asarray(preds) == np.array([e.label for e in examples])
+    level = np.array([e.level for e in examples])
+    acc = lambda keep: float(np.mean(right[keep])) if keep.any() else float("nan")
+    return {"all": acc(np.ones_like(right)), "middle": acc(level == "middle"), "high": acc(level == "high")}

@@ -1,0 +1,70 @@
+"""race.py: the official RACE folder tree read into Choices that keep their level; clear errors; All/Middle/High."""
+import os
+
+import pytest
+
+import race
+from data import DataError
+from superglue import Choice
+from superglue_fixtures import race_article, write_race
+
+OPTS = ["red", "green", "blue", "black"]
+
+
+def articles():
+    """Two middle-school files (the second holding two questions, one a cloze) and one high-school file per split;
+    eleven middle files in train, to check numeric file order (2.txt before 10.txt)."""
+    cloze = ("Tom's hat is _ .", OPTS, "C")
+    middle = [race_article(f"Article {n}.", [(f"Question {n}?", OPTS, "ABCD"[n % 4])]) for n in range(1, 12)]
+    middle[1] = race_article("Tom has a blue hat.", [("What colour is the hat?", OPTS, "C"), cloze])
+    high = [race_article("A long article.", [("Which is right?", ["w", "x", "y", "z"], "D")])]
+    return {("train", "middle"): middle, ("train", "high"): high, ("dev", "middle"): middle[:2], ("dev", "high"): high,
+            ("test", "middle"): middle[:1], ("test", "high"): high}
+
+
+def test_parse_official_layout(tmp_path):
+    folder = write_race(tmp_path, articles())
+    splits = race.load_race(str(tmp_path))
+    assert list(splits) == ["train", "dev"]
+    train = splits["train"]
+    assert len(train) == 11 + 1 + 1                   # one Choice per question
+    assert [e.context for e in train[:4]] == ["Article 1.", "Tom has a blue hat.", "Tom has a blue hat.", "Article 3."]
+    assert train[-2].context == "Article 11." and train[-1].level == "high"
+    assert train[1] == Choice("Tom has a blue hat.", tuple(f"What colour is the hat? {o}" for o in OPTS), (2,), "middle")
+    assert train[2].choices == ("Tom's hat is red .", "Tom's hat is green .", "Tom's hat is blue .",
+                                "Tom's hat is black .") and train[2].label == 2
+    assert train[-1] == Choice("A long article.", ("Which is right? w", "Which is right? x", "Which is right? y",
+                                                   "Which is right? z"), (3,), "high")
+    assert [e.level for e in splits["dev"]] == ["middle"] * 3 + ["high"]
+    assert race.load_race(folder) == splits           # the RACE folder itself works too
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"article": "a",\n "questions": ["q"], "options": [["a", "b"]], "answers": ["A"],', "line 2: not valid JSON"),
+    ('{"article": "a", "questions": ["q"], "answers": ["A"]}', "no field 'options', which the official RACE files have"),
+    ('{"article": "a", "questions": ["q"], "options": [["a", "b"]], "answers": ["C"]}', "answer 'C' for 2 options"),
+    ('{"article": "a", "questions": ["q", "r"], "options": [["a", "b"]], "answers": ["A"]}',
+     "2 questions, 1 option lists and 1 answers"),
+])
+def test_malformed_file_is_named(tmp_path, text, message):
+    folder = write_race(tmp_path, articles())
+    path = os.path.join(folder, "dev", "high", "1.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    with pytest.raises(DataError) as e:
+        race.load_race(str(tmp_path))
+    assert f"{path}: {message}" in str(e.value) or f"{path}, {message}" in str(e.value)
+
+
+def test_missing_folders(tmp_path):
+    write_race(tmp_path, {k: v for k, v in articles().items() if k != ("dev", "high")})
+    with pytest.raises(DataError, match=r"lacks the folders RACE/\{train,dev\}/\{middle,high\}"):
+        race.load_race(str(tmp_path))
+
+
+def test_all_middle_high_by_hand():
+    examples = [Choice("a", ("x", "y"), (g,), lv) for g, lv in
+                [(0, "middle"), (1, "middle"), (1, "middle"), (0, "high"), (1, "high")]]
+    # middle: 2 of 3 right, high: 1 of 2 right, all: 3 of 5
+    scores = race.score([0, 1, 0, 0, 0], examples)
+    assert scores == pytest.approx({"all": 3 / 5, "middle": 2 / 3, "high": 1 / 2})
