@@ -11,7 +11,7 @@ Each task is cast the way the literature does, into one of two example shapes th
     boolq    Pair(passage, question)                          accuracy
     cb       Pair(premise, hypothesis), 3 classes             accuracy, macro-F1
     wic      Pair("word: sentence1", "word: sentence2")       accuracy
-    wsc      Pair(text with *span1* and #span2# marked)       accuracy  (does span2 refer to span1?)
+    wsc      Pair(text, "Does #span2# refer to *span1*?")     accuracy (both spans marked in the text too)
     multirc  Pair(paragraph, "question answer") per answer    F1a over all answers, exact match per question
     copa     Choice(premise, "What was the cause? choice_i")  accuracy
     record   Choice(passage, query with each candidate entity in place of @placeholder)
@@ -34,7 +34,7 @@ from data import DataError, f1
 
 class Pair(NamedTuple):
     text_a: str            # the passage: cut from its end when the row is too long
-    text_b: str | None     # never cut
+    text_b: str            # never cut
     label: int
     group: str = ""        # MultiRC: "<paragraph idx>/<question idx>", the answers that exact match scores together
 
@@ -78,8 +78,8 @@ def read_wic(r):
 
 
 def read_wsc(r):
-    """The sentence with the candidate referent marked *so* and the pronoun #so#, as T5 casts WSC. The span indices
-    count whitespace-separated words."""
+    """The sentence with the candidate referent marked *so* and the pronoun #so# (as T5 casts WSC), and the question
+    whether the pronoun refers to the candidate. The span indices count whitespace-separated words."""
     words, t = r["text"].split(), r["target"]
     for index, text, mark in sorted([(t["span1_index"], t["span1_text"], "*"), (t["span2_index"], t["span2_text"], "#")],
                                     reverse=True):           # the later span first: marking it moves no index
@@ -87,7 +87,8 @@ def read_wsc(r):
         if not 0 <= index <= len(words) - n:
             raise ValueError(f"span {text!r} at word {index} lies outside the {len(words)}-word text")
         words[index:index + n] = [mark + " ".join(words[index:index + n]) + mark]
-    return [Pair(" ".join(words), None, _label(r["label"], BOOL))]
+    question = f"Does #{t['span2_text']}# refer to *{t['span1_text']}*?"
+    return [Pair(" ".join(words), question, _label(r["label"], BOOL))]
 
 
 def read_multirc(r):

@@ -26,8 +26,9 @@ CASES = {
     "wsc": ("WSC", [wsc(WSC_TEXT, (0, "Mark"), (13, "He"), False), wsc(TROPHY, (0, "The trophy"), (10, "it"), True)],
             [wsc("a b", (0, "a"), (1, "b"), True)],
             [Pair("*Mark* told Pete many lies about himself, which Pete included in his book. #He# should have been "
-                  "more truthful.", None, 0),
-             Pair("*The trophy* does not fit into the brown suitcase because #it# is too large.", None, 1)]),
+                  "more truthful.", "Does #He# refer to *Mark*?", 0),
+             Pair("*The trophy* does not fit into the brown suitcase because #it# is too large.",
+                  "Does #it# refer to *The trophy*?", 1)]),
     "copa": ("COPA", [copa("The man broke his toe.", "He dropped a hammer.", "He got a hole in his sock.", "cause", 0),
                       copa("I tipped the bottle.", "The liquid froze.", "The liquid spilled.", "effect", 1)],
              [copa("p", "a", "b", "cause", 1)],
