@@ -13,9 +13,11 @@ Examples; metrics.py scores predictions.
 import json
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from http.client import HTTPException
 from itertools import chain
@@ -37,6 +39,31 @@ class Example(NamedTuple):
     text_a: str
     text_b: str | None
     label: int | float
+
+
+# The two shapes of the reading benchmarks (superglue.py, race.py): rows that pair a passage with a shorter text.
+# The passage comes first and is the only part ever cut to fit; the question, hypothesis or choice never is.
+
+class Pair(NamedTuple):
+    """Classification of (passage, text)."""
+    text_a: str            # the passage
+    text_b: str
+    label: int
+    group: str = ""        # MultiRC: the question this answer belongs to (exact match scores them together)
+
+
+class Choice(NamedTuple):
+    """Multiple choice: the context paired with each choice, one row each, one softmax over the question's rows."""
+    context: str           # the passage
+    choices: tuple         # the texts paired with it
+    gold: tuple            # indices of the right choices (several in ReCoRD, when an entity has several spellings)
+    level: str = ""        # RACE: "middle" or "high"
+    entities: tuple = ()   # ReCoRD: the candidate entity of each choice ...
+    answers: tuple = ()    # ... and the gold answer texts, which its metrics compare with the chosen entity
+
+    @property
+    def label(self):       # the one right choice; -1 when none is (a ReCoRD query whose answer is no entity)
+        return self.gold[0] if self.gold else -1
 
 
 # ----------------------------------------------------------------------------- downloading once, into a cache
@@ -72,6 +99,16 @@ def download(url, dest):
         raise DataError(f"download of {url} failed ({e})") from None
     if total and done != total:
         raise DataError(f"download of {url} stopped after {done} of {total} bytes")
+
+
+def untar(archive, url, into):
+    """Extract a downloaded .tar.gz; the "data" filter refuses members that would land outside `into` (links,
+    absolute paths, ..)."""
+    try:
+        with tarfile.open(archive, "r:*") as t:
+            t.extractall(into, filter="data")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise DataError(f"{url} is not a valid .tar.gz archive ({e})") from None
 
 
 def unzip(archive, url, into):

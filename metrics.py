@@ -1,5 +1,9 @@
-"""Metrics, in numpy: accuracy, binary F1, Matthews correlation, Pearson and Spearman correlation."""
+"""Metrics, in numpy: accuracy, binary and macro F1, Matthews correlation, Pearson and Spearman correlation; exact
+match over groups (MultiRC); the official answer normalisation with token F1 and exact match (ReCoRD, SQuAD)."""
 import math
+import re
+import string
+from collections import Counter
 
 import numpy as np
 import torch
@@ -15,6 +19,45 @@ def f1(preds, labels):
     tp = np.sum((preds == 1) & (labels == 1))
     wrong = np.sum(preds != labels)                # false positives + false negatives
     return float(2 * tp / (2 * tp + wrong)) if tp else 0.0
+
+
+def macro_f1(preds, labels):
+    """The unweighted mean over classes of each class's F1 (one class against the rest), over the classes that occur
+    in labels or predictions, as scikit-learn's f1_score(average="macro")."""
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    return float(np.mean([2 * np.sum((preds == c) & (labels == c)) / (np.sum(preds == c) + np.sum(labels == c))
+                          for c in np.union1d(preds, labels)]))
+
+
+def exact_match_per_group(preds, labels, groups):
+    """The fraction of groups (MultiRC: a question's answers) whose every item is predicted right."""
+    _, group = np.unique(np.asarray(groups), return_inverse=True)
+    wrong = np.bincount(group, weights=np.asarray(preds) != np.asarray(labels))
+    return float(np.mean(wrong == 0))
+
+
+PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(s):
+    """The official answer normalisation of ReCoRD's (and SQuAD's) evaluation script: lower case, no punctuation,
+    no articles (a, an, the), single spaces."""
+    s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def token_f1(pred, gold):
+    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
+    same = sum((Counter(p) & Counter(g)).values())
+    return 0.0 if same == 0 else 2 * same / (len(p) + len(g))    # 2PR / (P + R) with P = same/|p|, R = same/|g|
+
+
+def max_over_gold(pred_texts, golds):
+    """{"f1", "em"}: for each prediction its best token F1 and exact match over its gold answers, averaged."""
+    f1s = [max((token_f1(p, g) for g in gs), default=0.0) for p, gs in zip(pred_texts, golds)]
+    ems = [max((float(normalize_answer(p) == normalize_answer(g)) for g in gs), default=0.0)
+           for p, gs in zip(pred_texts, golds)]
+    return {"f1": float(np.mean(f1s)), "em": float(np.mean(ems))}
 
 
 def matthews(preds, labels):

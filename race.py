@@ -11,11 +11,22 @@ import os
 
 import numpy as np
 
-from data import DataError
-from superglue import Choice, Task
+from data import Choice, DataError, download, fetch_once, untar
+from superglue import Task
 
 LEVELS = ("middle", "high")
-TASK = Task("race", "RACE", None, "choice", 1, ("all", "middle", "high"), "all", dev=("dev",))
+RACE_URL = "http://www.cs.cmu.edu/~glai1/data/race/RACE.tar.gz"
+
+
+def levels_accuracy(preds, examples):
+    """Accuracy over all questions, and over the middle- and high-school ones."""
+    right = np.asarray(preds) == np.array([e.label for e in examples])
+    level = np.array([e.level for e in examples])
+    acc = lambda keep: float(np.mean(right[keep])) if keep.any() else float("nan")
+    return {"all": acc(np.ones_like(right)), "middle": acc(level == "middle"), "high": acc(level == "high")}
+
+
+TASK = Task("race", "RACE", None, levels_accuracy, "choice", 1, ("all", "middle", "high"), "all", dev=("dev",))
 
 
 def fill(question, option):
@@ -47,18 +58,50 @@ def read_file(path, level):
         raise DataError(f"{path}: {e}; is this an official RACE file?") from None
 
 
-def race_folder(data_dir):
-    """data_dir/RACE (the folder the official archive unpacks to) or data_dir itself."""
-    for folder in (os.path.join(data_dir, "RACE"), data_dir):
-        if all(os.path.isdir(os.path.join(folder, s, lv)) for s in TASK.splits for lv in LEVELS):
-            return folder
-    raise DataError(f"RACE: data_dir {data_dir!r} lacks the folders RACE/{{train,dev}}/{{middle,high}} of the "
-                    "official release (RACE.tar.gz unpacked there).")
+def default_cache_dir():
+    return os.environ.get("SSMLORA_RACE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssmlora", "race")
 
 
-def load_race(data_dir):
+def _complete(folder):
+    return all(os.path.isdir(os.path.join(folder, s, lv)) for s in TASK.splits for lv in LEVELS)
+
+
+def race_folder(data_dir=None, cache_dir=None, base_url=None):
+    """data_dir/RACE (where the official archive unpacks) or data_dir itself; without data_dir, cache_dir/RACE,
+    downloaded once from the official RACE.tar.gz (base_url or $SSMLORA_RACE_URL: a folder that serves it)."""
+    if data_dir is not None:
+        for folder in (os.path.join(data_dir, "RACE"), data_dir):
+            if _complete(folder):
+                return folder
+        raise DataError(f"RACE: --data-dir {data_dir} lacks the folders RACE/{{train,dev}}/{{middle,high}} of the "
+                        "official release (RACE.tar.gz unpacked there), or leave --data-dir out to download it.")
+    cache_dir = cache_dir or default_cache_dir()
+    folder = os.path.join(cache_dir, "RACE")
+    if not _complete(folder):
+        base = base_url or os.environ.get("SSMLORA_RACE_URL")
+        url = f"{base.rstrip('/')}/RACE.tar.gz" if base else RACE_URL
+        print(f"data: downloading RACE into {cache_dir}")
+        try:
+            fetch_once(cache_dir, "RACE", lambda tmp: _unpack(url, tmp))
+        except DataError as e:
+            raise DataError(f"Could not get RACE: {e}. Nothing was written to the cache. To work offline, fetch "
+                            f"{RACE_URL} on a machine with internet, put it in a folder and set "
+                            "SSMLORA_RACE_URL=file:///that/folder; or unpack it and pass --data-dir with the folder "
+                            "that holds RACE/.") from None
+    return folder
+
+
+def _unpack(url, tmp):
+    archive = os.path.join(tmp, "RACE.tar.gz")
+    download(url, archive)
+    untar(archive, url, tmp)
+    if not _complete(os.path.join(tmp, "RACE")):
+        raise DataError(f"{url} does not contain RACE/{{train,dev}}/{{middle,high}}")
+
+
+def load_race(data_dir=None, cache_dir=None, base_url=None):
     """{"train": [Choice], "dev": [Choice]}, middle school first, files in numeric order; test is never read."""
-    folder, splits = race_folder(data_dir), {}
+    folder, splits = race_folder(data_dir, cache_dir, base_url), {}
     for s in TASK.splits:
         splits[s] = []
         for level in LEVELS:
@@ -69,11 +112,3 @@ def load_race(data_dir):
             for n in names:
                 splits[s] += read_file(os.path.join(where, n), level)
     return splits
-
-
-def score(preds, examples):
-    """Accuracy over all questions, and over the middle- and high-school ones."""
-    right = np.asarray(preds) == np.array([e.label for e in examples])
-    level = np.array([e.level for e in examples])
-    acc = lambda keep: float(np.mean(right[keep])) if keep.any() else float("nan")
-    return {"all": acc(np.ones_like(right)), "middle": acc(level == "middle"), "high": acc(level == "high")}

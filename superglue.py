@@ -21,35 +21,11 @@ official field names); the model is selected and reported on val, as the paper d
 """
 import json
 import os
-import re
-import string
-from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable
 
-import numpy as np
-
-from data import DataError, f1
-
-
-class Pair(NamedTuple):
-    text_a: str            # the passage: cut from its end when the row is too long
-    text_b: str            # never cut
-    label: int
-    group: str = ""        # MultiRC: "<paragraph idx>/<question idx>", the answers that exact match scores together
-
-
-class Choice(NamedTuple):
-    context: str           # the passage: cut from its end when a row is too long
-    choices: tuple         # the texts paired with the context, one row each; never cut
-    gold: tuple            # indices of the right choices (several in ReCoRD, when an entity has several spellings)
-    level: str = ""        # RACE: "middle" or "high"
-    entities: tuple = ()   # ReCoRD: the candidate entity of each choice ...
-    answers: tuple = ()    # ... and the gold answer texts, which the metrics compare with the chosen entity
-
-    @property
-    def label(self):       # the one right choice; -1 when none is (a ReCoRD query whose answer is no entity)
-        return self.gold[0] if self.gold else -1
+from data import Choice, DataError, Pair, download, fetch_once, unzip
+from metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
 
 
 # ----------------------------------------------------------------------------- readers: one JSON object -> examples
@@ -123,6 +99,29 @@ def read_record(r):
     return out
 
 
+# ----------------------------------------------------------------------------- scoring with the official metrics
+# preds: a class id per Pair, or the index of the chosen choice per Choice.
+
+def accuracy_of(preds, examples):
+    return {"accuracy": accuracy(preds, [e.label for e in examples])}
+
+
+def cb_scores(preds, examples):
+    labels = [e.label for e in examples]
+    return {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels)}
+
+
+def multirc_scores(preds, examples):
+    """F1a: binary F1 over every answer of every question; EM: the fraction of questions with all answers right."""
+    labels = [e.label for e in examples]
+    return {"f1a": f1(preds, labels), "em": exact_match_per_group(preds, labels, [e.group for e in examples])}
+
+
+def record_scores(preds, examples):
+    """The chosen entity's best token F1 and exact match over the query's gold answers."""
+    return max_over_gold([e.entities[p] for p, e in zip(preds, examples)], [e.answers for e in examples])
+
+
 # ----------------------------------------------------------------------------- the task table
 
 @dataclass(frozen=True)
@@ -130,6 +129,7 @@ class Task:
     name: str                  # our key: "boolq"
     folder: str                # folder in the official archive and under data_dir: "BoolQ"
     read: Callable             # one JSON object -> a list of Pair or Choice
+    scores: Callable           # (predictions, examples) -> {metric: value}
     shape: str                 # "pair" or "choice"
     num_labels: int            # classes of a pair task; 1 (a logit per choice) for multiple choice
     metrics: tuple             # what is reported, in the paper's order
@@ -140,6 +140,11 @@ class Task:
     def splits(self):
         return ("train",) + self.dev
 
+    def score(self, preds, examples):
+        if len(preds) != len(examples) or not len(examples):
+            raise DataError(f"{self.name}: {len(preds)} predictions for {len(examples)} examples")
+        return self.scores(list(map(int, preds)), examples)
+
     @property
     def archive(self):         # the task's own zip on the official server, holding <folder>/train.jsonl, ...
         return self.folder + ".zip"
@@ -148,13 +153,13 @@ class Task:
 # CB selects on macro-F1, which does not reward predicting its majority class; ReCoRD on F1, MultiRC on F1a: the
 # first number the paper reports.
 TASKS = {t.name: t for t in [
-    Task("boolq", "BoolQ", read_boolq, "pair", 2, ("accuracy",), "accuracy"),
-    Task("cb", "CB", read_cb, "pair", 3, ("accuracy", "macro_f1"), "macro_f1"),
-    Task("copa", "COPA", read_copa, "choice", 1, ("accuracy",), "accuracy"),
-    Task("multirc", "MultiRC", read_multirc, "pair", 2, ("f1a", "em"), "f1a"),
-    Task("record", "ReCoRD", read_record, "choice", 1, ("f1", "em"), "f1"),
-    Task("wic", "WiC", read_wic, "pair", 2, ("accuracy",), "accuracy"),
-    Task("wsc", "WSC", read_wsc, "pair", 2, ("accuracy",), "accuracy"),
+    Task("boolq", "BoolQ", read_boolq, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
+    Task("cb", "CB", read_cb, cb_scores, "pair", 3, ("accuracy", "macro_f1"), "macro_f1"),
+    Task("copa", "COPA", read_copa, accuracy_of, "choice", 1, ("accuracy",), "accuracy"),
+    Task("multirc", "MultiRC", read_multirc, multirc_scores, "pair", 2, ("f1a", "em"), "f1a"),
+    Task("record", "ReCoRD", read_record, record_scores, "choice", 1, ("f1", "em"), "f1"),
+    Task("wic", "WiC", read_wic, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
+    Task("wsc", "WSC", read_wsc, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
 ]}
 
 
@@ -196,78 +201,58 @@ def get_task(name):
     return TASKS[key]
 
 
-def task_folder(task, data_dir):
-    """data_dir/<Folder> (the root of the SuperGLUE download) or data_dir itself (the task folder)."""
-    for folder in (os.path.join(data_dir, task.folder), data_dir):
-        if all(os.path.isfile(os.path.join(folder, s + ".jsonl")) for s in task.splits):
-            return folder
-    raise DataError(f"SuperGLUE task {task.name}: data_dir {data_dir!r} lacks "
-                    f"{', '.join(f'{task.folder}/{s}.jsonl' for s in task.splits)}. Put the files of the official "
-                    f"{task.folder} download there (data_dir/{task.folder}/train.jsonl).")
+# ----------------------------------------------------------------------------- where the files come from
+
+SUPERGLUE_URL = "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/"   # one zip per task: BoolQ.zip, ...
 
 
-def load_superglue(task, data_dir):
-    """{split: [Pair or Choice]} for "train" and "val" of a local SuperGLUE folder; test files are never read."""
+def default_cache_dir():
+    return (os.environ.get("SSMLORA_SUPERGLUE_CACHE")
+            or os.path.join(os.path.expanduser("~"), ".cache", "ssmlora", "superglue"))
+
+
+def _complete(task, folder):
+    return all(os.path.isfile(os.path.join(folder, s + ".jsonl")) for s in task.splits)
+
+
+def _expected_files(task):
+    return ", ".join(f"{task.folder}/{s}.jsonl" for s in task.splits)
+
+
+def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
+    """data_dir/<Folder> (the root of a SuperGLUE download) or data_dir itself (the task folder); without data_dir,
+    cache_dir/<Folder>, downloaded once from the official zip (base_url or $SSMLORA_SUPERGLUE_URL: a mirror)."""
+    if data_dir is not None:
+        for folder in (os.path.join(data_dir, task.folder), data_dir):
+            if _complete(task, folder):
+                return folder
+        raise DataError(f"SuperGLUE task {task.name}: --data-dir {data_dir} lacks {_expected_files(task)}. Put the "
+                        f"files of the official {task.archive} there, or leave --data-dir out to download them.")
+    cache_dir = cache_dir or default_cache_dir()
+    folder = os.path.join(cache_dir, task.folder)
+    if not _complete(task, folder):
+        url = (base_url or os.environ.get("SSMLORA_SUPERGLUE_URL") or SUPERGLUE_URL).rstrip("/") + "/" + task.archive
+        print(f"data: downloading SuperGLUE {task.folder} into {cache_dir}")
+        try:
+            fetch_once(cache_dir, task.folder, lambda tmp: _unpack(url, task, tmp))
+        except DataError as e:
+            raise DataError(f"Could not get SuperGLUE task {task.folder}: {e}. Nothing was written to the cache. To "
+                            f"work offline, fetch {SUPERGLUE_URL}{task.archive} on a machine with internet, put it in "
+                            "a folder and set SSMLORA_SUPERGLUE_URL=file:///that/folder; or unzip it and pass "
+                            f"--data-dir with the folder that holds {task.folder}/.") from None
+    return folder
+
+
+def _unpack(url, task, tmp):
+    archive = os.path.join(tmp, task.archive)
+    download(url, archive)
+    unzip(archive, url, tmp)
+    if not _complete(task, os.path.join(tmp, task.folder)):
+        raise DataError(f"{url} does not contain {_expected_files(task)}")
+
+
+def load_superglue(task, data_dir=None, cache_dir=None, base_url=None):
+    """{split: [Pair or Choice]} for "train" and "val"; test files are never read (no labels)."""
     task = get_task(task)
-    folder = task_folder(task, data_dir)
+    folder = task_folder(task, data_dir, cache_dir, base_url)
     return {s: read_split(task, os.path.join(folder, s + ".jsonl")) for s in task.splits}
-
-
-# ----------------------------------------------------------------------------- the official metrics
-
-def macro_f1(preds, labels):
-    """CB's F1: the unweighted mean over classes of each class's F1 (one class against the rest), over the classes
-    that occur in labels or predictions (as scikit-learn's f1_score(average="macro") does)."""
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    scores = []
-    for c in np.union1d(preds, labels):
-        tp = np.sum((preds == c) & (labels == c))
-        scores.append(2 * tp / (np.sum(preds == c) + np.sum(labels == c)))
-    return float(np.mean(scores))
-
-
-def multirc_scores(preds, labels, groups):
-    """F1a: binary F1 over every answer of every question; EM: the fraction of questions with all answers right."""
-    preds, labels = np.asarray(preds), np.asarray(labels)
-    _, question = np.unique(np.asarray(groups), return_inverse=True)
-    wrong = np.bincount(question, weights=preds != labels)       # wrong answers per question
-    return {"f1a": f1(preds, labels), "em": float(np.mean(wrong == 0))}
-
-
-PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(s):
-    """The official ReCoRD (and SQuAD) answer normalisation: lower case, no punctuation, no articles (a, an, the),
-    single spaces."""
-    s = "".join(ch for ch in s.lower() if ch not in PUNCTUATION)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def token_f1(pred, gold):
-    p, g = normalize_answer(pred).split(), normalize_answer(gold).split()
-    same = sum((Counter(p) & Counter(g)).values())
-    return 0.0 if same == 0 else 2 * same / (len(p) + len(g))    # 2PR / (P + R) with P = same/|p|, R = same/|g|
-
-
-def record_scores(pred_texts, answers):
-    """ReCoRD: for each query, the best token F1 and exact match of the chosen entity over its gold answers."""
-    f1s = [max((token_f1(p, a) for a in golds), default=0.0) for p, golds in zip(pred_texts, answers)]
-    ems = [max((float(normalize_answer(p) == normalize_answer(a)) for a in golds), default=0.0)
-           for p, golds in zip(pred_texts, answers)]
-    return {"f1": float(np.mean(f1s)), "em": float(np.mean(ems))}
-
-
-def score(task, preds, examples):
-    """{metric: value} of predictions for examples: class ids for a pair task, the chosen index per question for
-    multiple choice."""
-    preds = np.asarray(preds)
-    if len(preds) != len(examples) or not len(examples):
-        raise DataError(f"score({task.name}): {len(preds)} predictions for {len(examples)} examples")
-    labels = np.array([e.label for e in examples])
-    if task.name == "multirc":
-        return multirc_scores(preds, labels, [e.group for e in examples])
-    if task.name == "record":
-        return record_scores([e.entities[p] for p, e in zip(preds, examples)], [e.answers for e in examples])
-    out = {"accuracy": float(np.mean(preds == labels))}
-    return {**out, "macro_f1": macro_f1(preds, labels)} if task.name == "cb" else out

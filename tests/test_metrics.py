@@ -61,3 +61,31 @@ def test_compute_metrics():
     assert scores == pytest.approx({"pearson": 0.6, "spearman": 0.6})
     with pytest.raises(ValueError, match="equally many"):
         metrics.compute_metrics(get_task("sst2"), [1, 0], [1, 0, 1])
+
+
+# ----------------------------------------------------------------------------- SuperGLUE's and RACE's metrics
+
+def test_macro_f1_by_hand():
+    # class 0: tp 1, 2 predicted, 2 true -> 1/2; class 1: tp 1, 1, 2 -> 2/3; class 2: tp 2, 3, 2 -> 4/5
+    preds, labels = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0]
+    assert no_warnings(metrics.macro_f1, preds, labels) == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
+    # a class that occurs in neither predictions nor labels does not count (scikit-learn's convention)
+    assert metrics.macro_f1([0, 0], [0, 1]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_exact_match_per_group_by_hand():
+    # group "a": both right; "b": one of two wrong; "c": its one item right -> 2 of 3 groups
+    preds, labels = [1, 0, 1, 1, 0], [1, 0, 1, 0, 0]
+    assert metrics.exact_match_per_group(preds, labels, ["a", "a", "b", "b", "c"]) == pytest.approx(2 / 3)
+
+
+def test_answer_normalisation_and_token_f1_by_hand():
+    assert metrics.normalize_answer("The  U.S.-led Coalition!") == "usled coalition"
+    assert metrics.normalize_answer("A banana, an apple; THE anthem") == "banana apple anthem"  # whole words only
+    assert metrics.token_f1("the Eiffel Tower", "Eiffel tower in Paris") == pytest.approx(2 * 2 / (2 + 4))
+    assert metrics.token_f1("Paris", "London") == 0.0
+    assert metrics.token_f1("the", "a") == 0.0          # both empty once normalised: no common token, 0 (as SQuAD's)
+    # "an Apple" equals gold "apple" once normalised; "Barack Obama" against "Obama": P 1/2, R 1 -> F1 2/3
+    scores = metrics.max_over_gold(["an Apple", "Barack Obama"], [("Apple Inc.", "apple"), ("Obama",)])
+    assert scores == pytest.approx({"f1": (1 + 2 / 3) / 2, "em": 1 / 2})
+

@@ -1,12 +1,13 @@
 """race.py: the official RACE folder tree read into Choices that keep their level; clear errors; All/Middle/High."""
+import io
 import os
+import tarfile
 
 import pytest
 
 import race
-from data import DataError
-from superglue import Choice
-from superglue_fixtures import race_article, write_race
+from data import Choice, DataError
+from superglue_fixtures import race_article, race_tar, write_race
 
 OPTS = ["red", "green", "blue", "black"]
 
@@ -62,9 +63,38 @@ def test_missing_folders(tmp_path):
         race.load_race(str(tmp_path))
 
 
+def test_download_cache_and_reuse(tmp_path, serve):
+    server = serve({"RACE.tar.gz": race_tar(articles())})
+    splits = race.load_race(cache_dir=str(tmp_path / "cache"), base_url=server.url)
+    assert server.requests == ["/RACE.tar.gz"] and os.listdir(tmp_path / "cache") == ["RACE"]
+    assert splits == race.load_race(write_race(tmp_path / "local", articles()))     # as the unpacked release reads
+    server.stop()
+    assert race.load_race(cache_dir=str(tmp_path / "cache"), base_url=server.url) == splits
+
+
+def escaping_tar():
+    """A .tar.gz with a member that would be written outside the folder it is unpacked into."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as t:
+        info = tarfile.TarInfo("../outside.txt")
+        t.addfile(info, io.BytesIO(b""))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["truncated", "not_gzip", "escaping_member", "no_race_folder"])
+def test_broken_download_leaves_nothing(tmp_path, serve, mode):
+    body = {"truncated": race_tar(articles()), "not_gzip": b"<html>moved</html>", "escaping_member": escaping_tar(),
+            "no_race_folder": race_tar({})}[mode]
+    server = serve({"RACE.tar.gz": body}, mode="truncate" if mode == "truncated" else "ok")
+    with pytest.raises(DataError, match="Could not get RACE") as e:
+        race.load_race(cache_dir=str(tmp_path / "cache"), base_url=server.url)
+    assert race.RACE_URL in str(e.value) and "--data-dir" in str(e.value)
+    assert os.listdir(tmp_path / "cache") == [] and os.listdir(tmp_path) == ["cache"]
+
+
 def test_all_middle_high_by_hand():
     examples = [Choice("a", ("x", "y"), (g,), lv) for g, lv in
                 [(0, "middle"), (1, "middle"), (1, "middle"), (0, "high"), (1, "high")]]
     # middle: 2 of 3 right, high: 1 of 2 right, all: 3 of 5
-    scores = race.score([0, 1, 0, 0, 0], examples)
+    scores = race.TASK.score([0, 1, 0, 0, 0], examples)
     assert scores == pytest.approx({"all": 3 / 5, "middle": 2 / 3, "high": 1 / 2})

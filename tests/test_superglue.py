@@ -6,9 +6,8 @@ import os
 import pytest
 
 import superglue as sg
-from data import DataError
-from superglue import Choice, Pair
-from superglue_fixtures import boolq, cb, copa, multirc, record, wic, write_superglue_task, wsc
+from data import Choice, DataError, Pair
+from superglue_fixtures import boolq, cb, copa, multirc, record, superglue_zip, wic, write_superglue_task, wsc
 
 WSC_TEXT = "Mark told Pete many lies about himself, which Pete included in his book. He should have been more truthful."
 TROPHY = "The trophy does not fit into the brown suitcase because it is too large."
@@ -120,42 +119,61 @@ def test_missing_files(tmp_path):
         sg.load_superglue("cb", str(tmp_path))
 
 
-# ----------------------------------------------------------------------------- metrics by hand
+# ----------------------------------------------------------------------------- download + cache
 
-def test_cb_macro_f1_by_hand():
-    # class 0: tp 1, 2 predicted, 2 true -> 1/2; class 1: tp 1, 1, 2 -> 2/3; class 2: tp 2, 3, 2 -> 4/5
-    preds, labels = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0]
-    assert sg.macro_f1(preds, labels) == pytest.approx((1 / 2 + 2 / 3 + 4 / 5) / 3)
+def test_download_cache_and_reuse(tmp_path, serve):
+    _, train, val, expected = CASES["record"]
+    server = serve({"ReCoRD.zip": superglue_zip("ReCoRD", train, val), "BoolQ.zip": b"not this one"})
+    splits = sg.load_superglue("record", cache_dir=str(tmp_path), base_url=server.url)
+    assert server.requests == ["/ReCoRD.zip"] and splits["train"] == expected
+    assert os.listdir(tmp_path) == ["ReCoRD"]        # no archive or temporary folder left beside it
+    assert sorted(os.listdir(tmp_path / "ReCoRD")) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+    server.stop()
+    assert sg.load_superglue("record", cache_dir=str(tmp_path), base_url=server.url) == splits   # the cache serves
+
+
+@pytest.mark.parametrize("mode", ["truncated", "not_a_zip", "wrong_task"])
+def test_broken_download_leaves_nothing(tmp_path, serve, mode, monkeypatch):
+    _, train, val, _ = CASES["boolq"]
+    good = superglue_zip("BoolQ", train, val)
+    body = {"truncated": good, "not_a_zip": b"<html>rate limited</html>", "wrong_task": superglue_zip("CB", [], [])}
+    bad = serve({"BoolQ.zip": body[mode]}, mode="truncate" if mode == "truncated" else "ok")
+    with pytest.raises(DataError, match="Could not get SuperGLUE task BoolQ") as e:
+        sg.load_superglue("boolq", cache_dir=str(tmp_path), base_url=bad.url)
+    assert "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/BoolQ.zip" in str(e.value)
+    assert "--data-dir" in str(e.value) and os.listdir(tmp_path) == []
+    monkeypatch.setenv("SSMLORA_SUPERGLUE_CACHE", str(tmp_path))     # the environment works as the arguments do
+    monkeypatch.setenv("SSMLORA_SUPERGLUE_URL", serve({"BoolQ.zip": good}).url)
+    assert len(sg.load_superglue("boolq")["train"]) == 2 and os.listdir(tmp_path) == ["BoolQ"]
+
+
+# ----------------------------------------------------------------------------- scoring (the metrics: test_metrics.py)
+
+def test_cb_scores():
+    preds, labels = [0, 0, 1, 2, 2, 2], [0, 1, 1, 2, 2, 0]     # macro-F1 (1/2 + 2/3 + 4/5) / 3, see test_metrics
     examples = [Pair("p", "h", y) for y in labels]
-    assert sg.score(sg.TASKS["cb"], preds, examples) == pytest.approx({"accuracy": 4 / 6, "macro_f1": 59 / 90})
-    # a class that occurs in neither predictions nor labels does not count (scikit-learn's convention)
-    assert sg.macro_f1([0, 0], [0, 1]) == pytest.approx((2 / 3 + 0) / 2)
+    assert sg.TASKS["cb"].score(preds, examples) == pytest.approx({"accuracy": 4 / 6, "macro_f1": 59 / 90})
 
 
-def test_multirc_grouping_by_hand():
+def test_multirc_groups_answers_by_paragraph_and_question():
     examples = CASES["multirc"][3]                   # questions 0/0 (2 answers), 0/1 (1), 1/0 (2)
     # 0/0 all right; 0/1 its only answer missed; 1/0 one of two wrong -> EM 1/3.
     # F1a over answers: tp = 2 (Ann, June), fn = 1 (Rome), fp = 1 (May) -> 2·2 / (2·2 + 2) = 2/3
     preds = [1, 0, 0, 1, 1]
-    assert sg.score(sg.TASKS["multirc"], preds, examples) == pytest.approx({"f1a": 2 / 3, "em": 1 / 3})
-    # grouping by the question's idx alone would merge 0/0 and 1/0 into one question, and EM would be 0/2
-    assert sg.multirc_scores(preds, [e.label for e in examples], ["0", "0", "1", "0", "0"])["em"] == 0.0
+    assert sg.TASKS["multirc"].score(preds, examples) == pytest.approx({"f1a": 2 / 3, "em": 1 / 3})
+    # had the groups been the question idx alone, 0/0 and 1/0 would merge into one question: EM 0/2
+    merged = [e._replace(group=e.group[-1]) for e in examples]
+    assert sg.TASKS["multirc"].score(preds, merged)["em"] == 0.0
 
 
-def test_record_normalisation_and_scores_by_hand():
-    assert sg.normalize_answer("The  U.S.-led Coalition!") == "usled coalition"
-    assert sg.normalize_answer("A banana, an apple; THE anthem") == "banana apple anthem"   # whole words only
-    assert sg.token_f1("the Eiffel Tower", "Eiffel tower in Paris") == pytest.approx(2 * 2 / (2 + 4))
-    assert sg.token_f1("Paris", "London") == 0.0
-    # query 1: "an Apple" equals gold "apple" once normalised; query 2: "Barack Obama" vs "Obama": P 1/2, R 1 -> 2/3
-    scores = sg.record_scores(["an Apple", "Barack Obama"], [("Apple Inc.", "apple"), ("Obama",)])
-    assert scores == pytest.approx({"f1": (1 + 2 / 3) / 2, "em": 1 / 2})
+def test_record_scores_the_chosen_entity():
     examples = CASES["record"][3]                    # entities Paris, France, Obama; gold Paris, then Bush
-    assert sg.score(sg.TASKS["record"], [0, 2], examples) == pytest.approx({"f1": 1 / 2, "em": 1 / 2})
+    assert sg.TASKS["record"].score([0, 2], examples) == pytest.approx({"f1": 1 / 2, "em": 1 / 2})
+    assert sg.TASKS["record"].score([1, 0], examples) == {"f1": 0.0, "em": 0.0}
 
 
 def test_accuracy_for_pair_and_choice_tasks():
-    assert sg.score(sg.TASKS["copa"], [0, 0], CASES["copa"][3]) == {"accuracy": 0.5}
-    assert sg.score(sg.TASKS["boolq"], [1, 0], CASES["boolq"][3]) == {"accuracy": 1.0}
+    assert sg.TASKS["copa"].score([0, 0], CASES["copa"][3]) == {"accuracy": 0.5}
+    assert sg.TASKS["boolq"].score([1, 0], CASES["boolq"][3]) == {"accuracy": 1.0}
     with pytest.raises(DataError, match="1 predictions for 2 examples"):
-        sg.score(sg.TASKS["boolq"], [1], CASES["boolq"][3])
+        sg.TASKS["boolq"].score([1], CASES["boolq"][3])
