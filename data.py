@@ -6,9 +6,11 @@ Examples; metrics.py scores predictions.
     Example(text_a, text_b, label)            text_b None for single texts; label a class id or a float score
     fetch_once(cache_dir, folder, build)      cache_dir/folder, built by build(tmp) the first time, atomically
     download(url, dest), unzip(archive, url, into)
+    Pair(text_a, text_b, label, group), Choice(context, choices, gold, ...)   the reading benchmarks' shapes
     load_tokenizer(folder, family=None) -> Tok;  Tok.encode(examples, max_len) -> Encoded
+    encode_rows(tok, pairs_or_choices, max_len) -> Rows   the passage is cut to fit, never the question or option
     batches(encoded, batch_size, shuffle=False, generator=None) -> dicts of input_ids, attention_mask (None when
-        nothing in the batch is padded), token_type_ids, labels
+        nothing in the batch is padded), token_type_ids, labels; for Choices also choices (questions, most choices)
 """
 import json
 import os
@@ -274,6 +276,122 @@ class Tok:
         return Encoded(np.concatenate(ids), flat_types, offsets.astype(np.int64), labels, self.pad_id)
 
 
+# ----------------------------------------------------------------------------- passage-first rows (Pair, Choice)
+
+@dataclass
+class Rows:
+    """Pairs or Choices as rows (passage, text), stored as references and assembled per batch. Each distinct text is
+    tokenized once: a RACE article is shared by its questions and their four options, and a ReCoRD passage by up
+    to dozens of candidate rows, so copying it into every row would multiply the memory by that much.
+    A row is five segments of `tokens`: the template's prefix, the passage (cut to fit), the template's middle,
+    the second text, the suffix (BERT: [CLS] p [SEP] t [SEP]; RoBERTa: <s> p </s></s> t </s>; GPT-2: p t)."""
+    tokens: np.ndarray       # int32: the template's special tokens, then every distinct text's tokens
+    starts: np.ndarray       # int64 (rows, 5): where each segment starts in tokens
+    lengths: np.ndarray      # int64 (rows, 5): how many tokens of it the row takes
+    types: np.ndarray        # int64 (5,): the token type of each segment
+    offsets: np.ndarray      # int64 (examples + 1): example i owns rows offsets[i]:offsets[i + 1]
+    labels: np.ndarray       # int64 per example: class id (Pair) or the right choice (Choice)
+    gold: np.ndarray | None  # bool per row: a right choice (Choice only; ReCoRD may have several)
+    pad_id: int
+    cut: int = 0             # rows whose passage was cut to fit max_len
+    cut_text: int = 0        # rows whose second text alone was too long, so that it was cut too
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def _template(tokenizer):
+    """The special tokens a tokenizer puts around a pair, found by post-processing two known texts:
+    (prefix, middle, suffix) token lists and the token type of each of the five segments."""
+    ea, eb = (tokenizer.encode(t, add_special_tokens=False) for t in ("hello", "world"))
+    a, b = ea.ids, eb.ids
+    full = tokenizer.post_process(ea, eb)
+    ids, types = full.ids, full.type_ids
+    i = next(i for i in range(len(ids)) if ids[i:i + len(a)] == a)
+    j = next(j for j in range(i + len(a), len(ids)) if ids[j:j + len(b)] == b)
+    bounds = [0, i, i + len(a), j, j + len(b), len(ids)]
+    return ([ids[0:i], ids[i + len(a):j], ids[j + len(b):]],
+            [types[s] if e > s else 0 for s, e in zip(bounds, bounds[1:])])
+
+
+def _tokenize_texts(tokenizer, texts, chunk=8192):
+    """Token ids of each text (no special tokens), concatenated, and the length of each."""
+    ids, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
+    for start in range(0, len(texts), chunk):
+        try:
+            encodings = tokenizer.encode_batch(texts[start:start + chunk], add_special_tokens=False)
+        except Exception as e:                       # tokenizers raises plain Exception, e.g. for a None text
+            raise DataError(f"Cannot tokenize texts {start}..{start + chunk - 1}: {e}") from None
+        lengths.append(np.array([len(e.ids) for e in encodings], np.int64))
+        ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32))
+    return np.concatenate(ids), np.concatenate(lengths)
+
+
+def encode_rows(tok, examples, max_len):
+    """Rows of Pairs (one each) or Choices (one per choice), each at most max_len tokens: the passage is cut from its
+    end to make room, never the second text (unless that alone exceeds max_len; counted in Rows.cut_text)."""
+    t = tok.tokenizer
+    t.no_truncation()
+    t.no_padding()
+    (prefix, middle, suffix), types = _template(t)
+    specials = np.array(prefix + middle + suffix, np.int32)
+    if max_len < len(specials) + 2:
+        raise DataError(f"--max-len {max_len} leaves no room for text: this tokenizer adds {len(specials)} special "
+                        f"tokens to a pair; use at least {len(specials) + 2}.")
+    choice = bool(examples) and isinstance(examples[0], Choice)
+    firsts = [e.context if choice else e.text_a for e in examples]
+    seconds = [e.choices if choice else (e.text_b,) for e in examples]
+    counts = np.array([len(s) for s in seconds], np.int64)
+    texts = list(dict.fromkeys(chain(firsts, chain.from_iterable(seconds))))
+    index = {text: i for i, text in enumerate(texts)}
+    ids, lengths = _tokenize_texts(t, texts)
+    text_start = len(specials) + np.r_[0, np.cumsum(lengths)[:-1]]
+    a = np.repeat(np.array([index[x] for x in firsts], np.int64), counts)
+    b = np.array([index[x] for x in chain.from_iterable(seconds)], np.int64)
+    room = max_len - len(specials)
+    b_len = np.minimum(lengths[b], room - 1)                 # at least one passage token stays
+    a_len = np.minimum(lengths[a], room - b_len)
+    n, const = len(a), lambda v: np.full(len(a), v, np.int64)
+    starts = np.stack([const(0), text_start[a], const(len(prefix)), text_start[b], const(len(prefix) + len(middle))], 1)
+    lens = np.stack([const(len(prefix)), a_len, const(len(middle)), b_len, const(len(suffix))], 1)
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    gold = None
+    if choice:
+        gold = np.zeros(n, bool)
+        gold[np.array([offsets[i] + g for i, e in enumerate(examples) for g in e.gold], np.int64)] = True
+    types = np.array(types if tok.family == "bert" else [0] * 5, np.int64)   # RoBERTa: one type; GPT-2: none
+    return Rows(np.concatenate([specials, ids]), starts, lens, types, offsets,
+                np.array([e.label for e in examples], np.int64), gold, tok.pad_id,
+                int(np.sum(a_len < lengths[a])), int(np.sum(b_len < lengths[b])))
+
+
+def _collate_rows(enc, examples):
+    """The rows of the chosen examples, assembled from their segments and padded to the longest, all in numpy.
+    Multiple choice adds `choices`, (questions, most choices): the row of each choice, -1 where a question has
+    fewer; its labels are the same shape, True at the right choices."""
+    counts = enc.offsets[examples + 1] - enc.offsets[examples]
+    within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)   # choice number in its question
+    rows = np.repeat(enc.offsets[examples], counts) + within
+    starts, lengths = enc.starts[rows], enc.lengths[rows]
+    ends = np.cumsum(lengths, 1)                                                   # (rows, 5) segment ends in a row
+    cols = np.arange(ends[:, -1].max())
+    seg = (cols[None, :, None] >= ends[:, None, :]).sum(-1)                        # segment of each cell; 5: padding
+    mask, s = seg < 5, np.minimum(seg, 4)
+    src = np.take_along_axis(starts, s, 1) + cols - np.take_along_axis(ends - lengths, s, 1)
+    long = lambda a: torch.from_numpy(a.astype(np.int64))
+    batch = {"input_ids": long(np.where(mask, enc.tokens[np.where(mask, src, 0)], enc.pad_id)),
+             "attention_mask": None if mask.all() else long(mask),
+             "token_type_ids": long(np.where(mask, enc.types[s], 0))}
+    if enc.gold is None:
+        return {**batch, "labels": long(enc.labels[examples])}
+    question = np.repeat(np.arange(len(examples)), counts)
+    choices = np.full((len(examples), counts.max()), -1, np.int64)
+    choices[question, within] = np.arange(len(rows))
+    gold = np.zeros(choices.shape, bool)
+    gold[question, within] = enc.gold[rows]
+    return {**batch, "choices": torch.from_numpy(choices), "labels": torch.from_numpy(gold)}
+
+
 # ----------------------------------------------------------------------------- batching
 
 def _collate(enc, rows):
@@ -291,11 +409,13 @@ def _collate(enc, rows):
 
 
 def batches(encoded, batch_size, shuffle=False, generator=None, drop_last=False):
-    """Iterator of padded batches. With shuffle, the order is drawn now from generator (a seeded torch.Generator),
-    so the same seed and the same number of earlier draws give the same order, e.g. in a resumed run."""
+    """Iterator of padded batches of Encoded or Rows (batch_size counts examples: a Choice brings all its rows). With
+    shuffle, the order is drawn now from generator (a seeded torch.Generator), so the same seed and the same number
+    of earlier draws give the same order, e.g. in a resumed run."""
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, not {batch_size}")
     n = len(encoded)
     order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
-    return (_collate(encoded, order[i:i + batch_size]) for i in range(0, stop, batch_size))
+    collate = _collate_rows if isinstance(encoded, Rows) else _collate
+    return (collate(encoded, order[i:i + batch_size]) for i in range(0, stop, batch_size))

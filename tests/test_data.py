@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import data
-from data import DataError, Example
+from data import Choice, DataError, Example, Pair
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -43,6 +43,31 @@ def check_parity(ours, hf, family):
             if max_len == 9:
                 assert batch["input_ids"].shape[1] == 9
     assert ours.pad_id == hf.pad_token_id
+    check_rows_parity(ours, hf)
+
+
+# A Choice per article (shared by its options) and Pairs: the passage is cut to fit, never the second text.
+ARTICLES = ["Hello world! Is it raining? The sky is blue today, " * 6, "short", "The quick brown fox jumps."]
+OPTIONS = [("yes", "no way", "Is it raining? no"), ("x", "y"), ("the lazy dog",)]
+
+
+def check_rows_parity(ours, hf):
+    """Rows equal transformers' pairs with truncation="only_first" (the passage alone is cut)."""
+    firsts = [a for a, opts in zip(ARTICLES, OPTIONS) for _ in opts]
+    seconds = [o for opts in OPTIONS for o in opts]
+    full = [len(ids) for ids in hf(firsts, seconds)["input_ids"]]
+    for max_len in (512, 24, 14):
+        ref = hf(firsts, seconds, truncation="only_first", max_length=max_len, padding=True, return_tensors="pt",
+                 return_token_type_ids=True)
+        choices = data.encode_rows(ours, [Choice(a, o, (0,)) for a, o in zip(ARTICLES, OPTIONS)], max_len)
+        pairs = data.encode_rows(ours, [Pair(a, b, 1) for a, b in zip(firsts, seconds)], max_len)
+        for enc in (choices, pairs):
+            batch = next(data.batches(enc, batch_size=len(seconds)))
+            assert torch.equal(batch["input_ids"], ref["input_ids"]), (ours.family, max_len)
+            assert torch.equal(batch["attention_mask"], ref["attention_mask"])
+            types = batch["token_type_ids"]      # one token type in RoBERTa, none in GPT-2
+            assert torch.equal(types, ref["token_type_ids"]) if ours.family == "bert" else not types.any()
+        assert choices.cut == pairs.cut == sum(n > max_len for n in full) and choices.cut_text == 0
 
 
 def test_bert_tokenizer_json_matches_transformers():
@@ -168,3 +193,34 @@ def test_encode_end_to_end_labels(tmp_path):
     assert len(enc) == 2 and enc.labels.dtype == np.float32 and enc[-1]["label"] == 3.0
     cls = tok.encode([Example("a", None, 1)], 64)
     assert cls.labels.dtype == np.int64 and list(cls)[0]["input_ids"] == [101, 1037, 102]
+
+
+def test_choice_rows_batch_into_a_question_matrix():
+    tok = data.load_tokenizer(minilm_folder())
+    questions = [Choice("passage one", ("a", "b", "c"), (2,)), Choice("passage two", ("d", "e"), (0,)),
+                 Choice("passage one", ("f", "g", "h", "i"), (1, 3))]    # ReCoRD: two right choices
+    enc = data.encode_rows(tok, questions, 64)
+    assert len(enc) == 3 and enc.labels.tolist() == [2, 0, 1]
+    batch = next(data.batches(enc, 2))           # questions 0 and 1: five rows, padded to 3 choices
+    assert batch["choices"].tolist() == [[0, 1, 2], [3, 4, -1]]
+    assert batch["labels"].tolist() == [[False, False, True], [True, False, False]]
+    assert batch["input_ids"].shape[0] == 5 and batch["attention_mask"] is None   # equally long rows: no padding
+    last = next(data.batches(enc, 3))
+    assert last["choices"].tolist() == [[0, 1, 2, -1], [3, 4, -1, -1], [5, 6, 7, 8]]
+    assert last["labels"][2].tolist() == [False, True, False, True]
+    row = lambda i: tok.tokenizer.decode(last["input_ids"][i].tolist())
+    assert row(3) == "passage two d" and row(8) == "passage one i"
+
+
+def test_rows_cut_the_passage_never_the_question():
+    tok = data.load_tokenizer(minilm_folder())
+    question = "which of these words comes last"          # 6 tokens: [CLS] p [SEP] q [SEP] leaves max_len - 9 for p
+    enc = data.encode_rows(tok, [Pair("one two three four five six", question, 1), Pair("one", question, 0)], 12)
+    ids = next(data.batches(enc, 2))["input_ids"]
+    assert tok.tokenizer.decode(ids[0].tolist()) == f"one two three {question}"
+    assert (enc.cut, enc.cut_text) == (1, 0)
+    enc = data.encode_rows(tok, [Pair("one two", question, 1)], 8)   # the question alone is too long: cut too
+    assert (enc.cut, enc.cut_text) == (1, 1) and next(data.batches(enc, 1))["input_ids"].shape[1] == 8
+    with pytest.raises(DataError, match="--max-len 4 leaves no room for text"):
+        data.encode_rows(tok, [Pair("a", "b", 0)], 4)
+
