@@ -103,6 +103,9 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
     if hf.get("position_embedding_type", "absolute") != "absolute" or hf.get("scale_attn_by_inverse_layer_idx"):
         raise ModelError("unsupported attention variant in config.json (only absolute positions, plain scaling)")
     num_labels = head_labels if num_labels is None else num_labels
+    head = "cls" if num_labels is not None else ("lm" if gpt else "none")
+    if num_labels in (None, head_labels) and any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or []):
+        head = "choice"  # its 1-output classifier scores each (context, choice) row; it is no regression head
     hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
     d = hf["n_embd"] if gpt else hf["hidden_size"]
     pad = hf.get("pad_token_id")
@@ -116,7 +119,7 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
         activation=ACTIVATIONS[act], dropout=hidden_drop,
         attn_dropout=hf.get("attn_pdrop" if gpt else "attention_probs_dropout_prob", 0.1),
         head_dropout=0.0 if gpt else (hf.get("classifier_dropout") or hidden_drop),
-        head="cls" if num_labels is not None else ("lm" if gpt else "none"), num_labels=num_labels or 2)
+        head=head, num_labels=num_labels or 2)
 
 
 def config_to_hf(cfg):

@@ -39,7 +39,8 @@ class Config:
     dropout: float = 0.1         # embeddings and residual branches
     attn_dropout: float = 0.1    # attention probabilities
     head_dropout: float = 0.1    # inside the classification head
-    head: str = "cls"            # "cls": sequence classification / regression, "lm": GPT-2 LM, "none"
+    head: str = "cls"            # "cls": sequence classification / regression, "choice": multiple choice,
+                                 # "lm": GPT-2 LM, "none"
     num_labels: int = 2          # 1 means regression (STS-B)
 
     @property
@@ -157,24 +158,26 @@ class Block(nn.Module):
 
 
 class Head(nn.Module):
-    """Sequence classification (num_labels > 1) or regression (num_labels == 1), each family its own way."""
+    """Sequence classification (num_labels > 1), regression (num_labels == 1), or multiple choice (one score per
+    (context, choice) row), each family its own way, as transformers' *ForSequenceClassification and
+    *ForMultipleChoice."""
 
     def __init__(self, cfg):
         super().__init__()
-        d, n = cfg.d_model, cfg.num_labels
-        self.family = cfg.family
+        d, n = cfg.d_model, 1 if cfg.head == "choice" else cfg.num_labels
+        self.kind = {"bert": "pooler", "roberta": "dense" if cfg.head == "cls" else "pooler"}.get(cfg.family, "last")
         self.drop = nn.Dropout(cfg.head_dropout)
-        if cfg.family == "roberta":    # first token -> dense -> tanh -> out_proj
+        if self.kind == "dense":       # RoBERTa classification: first token -> dense -> tanh -> out_proj
             self.dense, self.out_proj = nn.Linear(d, d), nn.Linear(d, n)
-        elif cfg.family == "bert":     # pooler (dense + tanh on [CLS]) -> classifier
+        elif self.kind == "pooler":    # BERT, RoBERTa multiple choice: pooler (dense + tanh on [CLS]) -> classifier
             self.pooler, self.classifier = nn.Linear(d, d), nn.Linear(d, n)
         else:                          # GPT-2: score the last real token (it has seen the whole text)
             self.score = nn.Linear(d, n, bias=False)
 
     def forward(self, x, attention_mask):
-        if self.family == "roberta":
+        if self.kind == "dense":
             return self.out_proj(self.drop(torch.tanh(self.dense(self.drop(x[:, 0])))))
-        if self.family == "bert":
+        if self.kind == "pooler":
             return self.classifier(self.drop(torch.tanh(self.pooler(x[:, 0]))))
         if attention_mask is None:  # nothing padded: the last position
             last = torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
@@ -194,7 +197,7 @@ class Model(nn.Module):
         self.embed = Embeddings(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.pre_ln else None
-        self.head = Head(cfg) if cfg.head == "cls" else None  # the "lm" head is tied to embed.tok
+        self.head = Head(cfg) if cfg.head in ("cls", "choice") else None  # the "lm" head is tied to embed.tok
         self.apply(_init_weights)
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -211,8 +214,11 @@ class Model(nn.Module):
             x = block(x, mask)
         return self.ln_f(x) if self.ln_f is not None else x
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        """Returns (logits, loss); loss is None without labels. With head "none", logits are hidden states."""
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, choices=None):
+        """Returns (logits, loss); loss is None without labels. With head "none", logits are hidden states.
+        Multiple choice: the rows are every question's (context, choice) pairs, and choices (questions, most choices)
+        holds the row of each choice, -1 where a question has fewer; logits come out in that shape (-inf where -1),
+        and labels is a bool mask of the right choices."""
         x = self.encode(input_ids, attention_mask, token_type_ids)
         if self.cfg.head == "none":
             return x, None
@@ -222,6 +228,12 @@ class Model(nn.Module):
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
             return logits, loss
         logits = self.head(x, attention_mask)
+        if self.cfg.head == "choice":  # one score per row, gathered into one softmax per question
+            logits = logits[:, 0][choices.clamp(min=0)].masked_fill(choices < 0, float("-inf"))
+            if labels is None:
+                return logits, None
+            z = logits.float()  # -log of the probability of the right choices (several only in ReCoRD)
+            return logits, (z.logsumexp(-1) - z.masked_fill(~labels, float("-inf")).logsumexp(-1)).mean()
         if labels is None:
             return logits, None
         if self.cfg.num_labels == 1:
@@ -260,7 +272,9 @@ _NAMES = {
     "bert": _ENCODER_NAMES + [(r"pooler\.dense\.(\w+)", r"head.pooler.\1"),
                               (r"classifier\.(weight|bias)", r"head.classifier.\1")],
     "roberta": _ENCODER_NAMES + [(r"classifier\.dense\.(\w+)", r"head.dense.\1"),
-                                 (r"classifier\.out_proj\.(\w+)", r"head.out_proj.\1")],
+                                 (r"classifier\.out_proj\.(\w+)", r"head.out_proj.\1"),
+                                 (r"pooler\.dense\.(\w+)", r"head.pooler.\1"),  # RobertaForMultipleChoice's
+                                 (r"classifier\.(weight|bias)", r"head.classifier.\1")],
     "gpt2": [
         (r"wte\.weight", "embed.tok.weight"), (r"wpe\.weight", "embed.pos.weight"),
         (r"h\.(\d+)\.ln_1\.(\w+)", r"blocks.\1.ln_attn.\2"), (r"h\.(\d+)\.ln_2\.(\w+)", r"blocks.\1.ln_mlp.\2"),
@@ -274,8 +288,7 @@ _NAMES = {
 _IGNORED = {
     "bert": [r"embeddings\.position_ids",            # a buffer (arange), not a weight
              r"cls\..*"],                            # pre-training heads (masked LM, next sentence)
-    "roberta": [r"embeddings\.position_ids", r"lm_head\..*",  # masked-LM head of the pre-trained checkpoint
-                r"pooler\..*"],                      # RoBERTa's classification head does not use the pooler
+    "roberta": [r"embeddings\.position_ids", r"lm_head\..*"],  # masked-LM head of the pre-trained checkpoint
     "gpt2": [r"h\.\d+\.attn\.(bias|masked_bias)",    # causal-mask buffers of old checkpoints
              r"lm_head\.weight"],                    # tied to wte
 }
@@ -315,15 +328,18 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     Load an original Hugging Face BERT / RoBERTa / GPT-2 checkpoint: a local folder or a hub name. num_labels=None
     keeps the checkpoint's own head (a classifier if it has one, GPT-2's LM head, or none); a number asks for a
     classification head (1 = regression), loaded if the checkpoint has one, otherwise new (model.new_head lists
-    its tensors). overrides: Config fields to change (e.g. dropout=0.0).
+    its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice checkpoint has one).
+    overrides: Config fields to change (e.g. dropout=0.0).
     """
     import hub  # downloads, file formats and their errors
     folder = hub.resolve(name_or_dir)
     hf = hub.read_config(folder)
     state = convert_state_dict(hub.read_weights(folder), hf["model_type"])
     cfg = replace(hub.config_from_hf(hf, num_labels, head_labels(state)), **overrides)
-    if cfg.head != "cls":  # e.g. BERT's pooler, which only the classification head uses
+    if cfg.head not in ("cls", "choice"):  # e.g. BERT's pooler, which only the task heads use
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if cfg.family == "roberta" and cfg.head == "cls":  # RoBERTa's classification head does not use the pooler
+        state = {k: v for k, v in state.items() if not k.startswith("head.pooler.")}
     model = Model(cfg)
     new = hub.check_state(model.state_dict(), state, folder)  # every tensor loaded, or a head that is new
     model.load_state_dict({**model.state_dict(), **state})  # strict: every tensor of ours is either loaded or new

@@ -45,6 +45,42 @@ def test_parity_with_transformers(kind, fmt, tmp_path):
     assert (logits - out.logits).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["roberta-mc", "bert-mc"])
+def test_multiple_choice_parity_with_transformers(kind, tmp_path):
+    """*ForMultipleChoice loads into our choice head exactly: 3 questions x 4 choices (padded rows included), then
+    the same questions with 4, 3 and 2 choices in one batch, as ReCoRD's variable candidate lists."""
+    ref = make(kind, tmp_path)
+    ours = M.from_pretrained(tmp_path)
+    assert ours.cfg.head == "choice"
+    rows = [inputs(kind, seed) for seed in (1, 2, 3, 4)]         # choice c of question q: row q of batch c
+    ids, mask, types = (torch.stack([r[i] for r in rows], 1) if rows[0][i] is not None else None for i in range(3))
+    gold = torch.tensor([0, 3, 2])
+    kw = {"token_type_ids": types} if types is not None else {}
+    flat = lambda t: None if t is None else t.flatten(0, 1)        # (questions * choices, T): question-major rows
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, labels=gold, **kw)
+        choices = torch.arange(12).view(3, 4)
+        logits, loss = ours(flat(ids), flat(mask), flat(types), torch.eye(4, dtype=torch.bool)[gold], choices)
+        assert (logits - out.logits).abs().max() < 1e-5 and abs(loss - out.loss) < 1e-5
+        keep = torch.tensor([0, 1, 2, 3, 4, 5, 6, 8, 9])                # question 1 has 3 choices, question 2 has 2
+        choices = torch.tensor([[0, 1, 2, 3], [4, 5, 6, -1], [7, 8, -1, -1]])
+        logits, _ = ours(flat(ids)[keep], flat(mask)[keep], None if types is None else flat(types)[keep], None, choices)
+    assert (logits[0] - out.logits[0]).abs().max() < 1e-5
+    assert (logits[1, :3] - out.logits[1, :3]).abs().max() < 1e-5 and (logits[2, :2] - out.logits[2, :2]).abs().max() < 1e-5
+    assert logits[1, 3] == logits[2, 2] == logits[2, 3] == float("-inf")
+
+
+def test_gpt2_multiple_choice_scores_each_row_at_its_last_token(tmp_path):
+    ref = make("gpt2-score", tmp_path)                          # a 1-output score head, read as a choice head
+    ours = M.from_pretrained(tmp_path, head="choice")
+    ids, mask, _ = inputs("gpt2-score")
+    with torch.no_grad():
+        scores = ref(input_ids=ids, attention_mask=mask).logits[:, 0]
+        logits, _ = ours(ids, mask, choices=torch.tensor([[0, 1], [2, -1]]))
+    assert (logits[0] - scores[:2]).abs().max() < 1e-5 and abs(logits[1, 0] - scores[2]) < 1e-5
+    assert logits[1, 1] == float("-inf")
+
+
 def test_losses_match_transformers(tmp_path):
     for kind, labels in [("roberta-3", torch.tensor([0, 2, 1])), ("roberta-reg", torch.tensor([0.5, 3.0, 4.5])),
                          ("gpt2-lm", None)]:
