@@ -195,6 +195,8 @@ def read_split(task, path):
 
 
 def get_task(name):
+    if isinstance(name, Task):
+        return name
     key = str(name).lower()
     if key not in TASKS:
         raise DataError(f"Unknown SuperGLUE task {name!r}. Valid names: {', '.join(TASKS)} (RTE: GLUE's rte).")

@@ -155,7 +155,7 @@ def test_dry_run_parameter_report_without_network(capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--task", "sst3"], "Unknown GLUE task 'sst3'"),
+    (["--task", "sst3"], "Unknown task 'sst3'. Valid names: GLUE: cola sst2"),
     (["--task", "sst2", "--method", "qlora", "--dry-run", "--random-init"], "invalid choice: 'qlora'"),
     (["--task", "sst2", "--rank", "0", "--dry-run", "--random-init"], "rank must be an integer >= 1"),
     (["--task", "sst2", "--batch-size", "0"], "--batch-size must be at least 1"),
