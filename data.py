@@ -1,11 +1,11 @@
 """
 The data machinery every benchmark shares: downloading an official archive once into a cache (atomically),
-the checkpoint's own tokenizer, and padded batches. Each benchmark's reader (glue.py) turns its official files into
-Examples; metrics.py scores predictions.
+the checkpoint's own tokenizer, and padded batches. Each benchmark's reader turns its official files into examples
+(glue.py: Examples; superglue.py, race.py: Pairs and Choices); metrics.py scores predictions.
 
     Example(text_a, text_b, label)            text_b None for single texts; label a class id or a float score
     fetch_once(cache_dir, folder, build)      cache_dir/folder, built by build(tmp) the first time, atomically
-    download(url, dest), unzip(archive, url, into)
+    download(url, dest), unzip(archive, url, into), untar(archive, url, into)
     Pair(text_a, text_b, label, group), Choice(context, choices, gold, ...)   the reading benchmarks' shapes
     load_tokenizer(folder, family=None) -> Tok;  Tok.encode(examples, max_len) -> Encoded
     encode_rows(tok, pairs_or_choices, max_len) -> Rows   the passage is cut to fit, never the question or option
