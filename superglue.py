@@ -1,12 +1,10 @@
-"""SuperGLUE v2 (Wang et al. 2019): the task table, readers for the official JSONL files, and the official metrics.
+"""SuperGLUE v2 (Wang et al. 2019): the task table, readers for the official JSONL files, and each task's scoring
+with its official metrics (metrics.py).
 
-Each task is cast the way the literature does, into one of two example shapes that tokenization and batching share:
-
-    Pair(text_a, text_b, label, group)   classification of a text pair. text_a is the passage: the part that is cut
-                                         when a row is too long; text_b (question, hypothesis, answer) never is.
-                                         group: MultiRC's question, whose answers are scored together (exact match)
-    Choice(context, choices, gold, ...)  multiple choice: the context is paired with each choice, each pair scored to
-                                         one logit, one softmax over a question's choices. gold: the right choices
+Each task is cast the way the literature does, into one of the two shapes of data.py that tokenization and batching
+share: Pair(text_a, text_b, label, group), a passage and a text classified together (group: MultiRC's question,
+whose answers exact match scores together), and Choice(context, choices, gold, ...), the passage paired with each
+choice, one softmax over them. Only the passage is ever cut to fit.
 
     boolq    Pair(passage, question)                          accuracy
     cb       Pair(premise, hypothesis), 3 classes             accuracy, macro-F1
