@@ -104,7 +104,8 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
         raise ModelError("unsupported attention variant in config.json (only absolute positions, plain scaling)")
     num_labels = head_labels if num_labels is None else num_labels
     head = "cls" if num_labels is not None else ("lm" if gpt else "none")
-    if num_labels in (None, head_labels) and any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or []):
+    multiple_choice = any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or [])
+    if multiple_choice and num_labels in (None, head_labels):
         head = "choice"  # its 1-output classifier scores each (context, choice) row; it is no regression head
     hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
     d = hf["n_embd"] if gpt else hf["hidden_size"]

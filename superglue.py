@@ -55,8 +55,8 @@ def read_wsc(r):
     """The sentence with the candidate referent marked *so* and the pronoun #so# (as T5 casts WSC), and the question
     whether the pronoun refers to the candidate. The span indices count whitespace-separated words."""
     words, t = r["text"].split(), r["target"]
-    for index, text, mark in sorted([(t["span1_index"], t["span1_text"], "*"), (t["span2_index"], t["span2_text"], "#")],
-                                    reverse=True):           # the later span first: marking it moves no index
+    spans = [(t["span1_index"], t["span1_text"], "*"), (t["span2_index"], t["span2_text"], "#")]
+    for index, text, mark in sorted(spans, reverse=True):    # the later span first: marking it moves no index
         n = len(text.split())
         if not 0 <= index <= len(words) - n:
             raise ValueError(f"span {text!r} at word {index} lies outside the {len(words)}-word text")
