@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ssmlora import Adapters, adapter_modules, add_adapters, is_trained, reset_state
+from ssmlora import Adapters, adapter_modules, add_adapters, frozen_head, is_trained, reset_state
 from util import UserError, atomic_write
 
 
@@ -27,7 +27,9 @@ def save_adapters(model, path, run=None):
     .safetensors file, with the settings and the base's identity in its metadata. Atomic. run: what else a user
     of the file needs (train.py stores the task, the base checkpoint and the tokenizer), read back by read_run."""
     adapters = _require_adapters(model)
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if is_trained(n, adapters.method)}
+    frozen = frozen_head(model)
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
+               if is_trained(n, adapters.method, frozen)}
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
                 **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}, "run": json.dumps(run or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -70,7 +72,7 @@ def load_adapters(model, path):
     if any(getattr(m, "merged", False) for m in adapter_modules(model)):
         raise AdapterFileError("LoRA is merged into the weights; call unmerge_lora(model) before loading adapters")
     tensors = load_file(path)
-    params = {n: p for n, p in model.named_parameters() if is_trained(n, adapters.method)}
+    params = {n: p for n, p in model.named_parameters() if is_trained(n, adapters.method, frozen_head(model))}
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
         raise AdapterFileError(f"adapter file {path} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")

@@ -127,8 +127,9 @@ def unzip(archive, url, into):
 
 # ----------------------------------------------------------------------------- tokenization
 
-# GPT-2 has no padding token: pad with its end-of-text token, which the attention mask hides anyway.
-PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>"}
+# The padding token, when the tokenizer declares none of its own: GPT-2 and LLaMA have none and pad with their
+# end-of-text token, which the attention mask hides anyway (and the head pools the last real token).
+PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>", "llama": "</s>"}
 SPECIAL_TOKENS = {"bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
                   "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
 
@@ -184,9 +185,20 @@ def _byte_level_bpe(folder, family):
     return _with_specials(tok, family), family
 
 
+def _declared_pad_token(folder):
+    """The pad token a Hugging Face tokenizer folder declares (tokenizer_config.json, special_tokens_map.json)."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        pad = _read_json(os.path.join(folder, name)).get("pad_token")
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        if pad:
+            return pad
+    return None
+
+
 def load_tokenizer(folder, family=None):
     """The checkpoint's own tokenizer: tokenizer.json, else vocab.json + merges.txt, else vocab.txt. family
-    ("bert", "roberta", "gpt2") defaults to config.json's model_type, then to what the vocabulary contains."""
+    ("bert", "roberta", "gpt2", "llama") defaults to config.json's model_type, then to what the vocabulary contains.
+    It pads with the tokenizer's own pad token when it declares one, else with its family's (PAD_TOKENS)."""
     if family is None:
         family = _read_json(os.path.join(folder, "config.json")).get("model_type")
         family = family if family in PAD_TOKENS else None
@@ -195,8 +207,8 @@ def load_tokenizer(folder, family=None):
     has = lambda name: os.path.isfile(os.path.join(folder, name))
     bpe = has("vocab.json") and has("merges.txt")
     if not (has("tokenizer.json") or bpe or has("vocab.txt")):
-        raise DataError(f"No tokenizer in {folder}: expected tokenizer.json, or vocab.json + merges.txt "
-                        "(RoBERTa, GPT-2), or vocab.txt (BERT), as in a Hugging Face checkpoint folder.")
+        raise DataError(f"No tokenizer in {folder}: expected tokenizer.json (LLaMA: only that), or vocab.json + "
+                        "merges.txt (RoBERTa, GPT-2), or vocab.txt (BERT), as in a Hugging Face checkpoint folder.")
     try:
         if has("tokenizer.json"):
             tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))   # brings its own special tokens
@@ -211,10 +223,13 @@ def load_tokenizer(folder, family=None):
     except Exception as e:                        # tokenizers raises plain Exception for unreadable files
         raise DataError(f"Cannot load the tokenizer files in {folder} ({e})") from None
     family = family or next((f for f, pad in PAD_TOKENS.items() if tok.token_to_id(pad) is not None), None)
-    if family is None or tok.token_to_id(PAD_TOKENS[family]) is None:
-        raise DataError(f"Cannot tell the padding token of the tokenizer in {folder}: its config.json should name "
-                        f"the model type, one of {', '.join(PAD_TOKENS)}.")
-    return Tok(tok, family, tok.token_to_id(PAD_TOKENS[family]))
+    pad = _declared_pad_token(folder)
+    pad = pad if pad is not None and tok.token_to_id(pad) is not None else PAD_TOKENS.get(family)
+    if pad is None or tok.token_to_id(pad) is None:
+        raise DataError(f"Cannot tell the padding token of the tokenizer in {folder}: it declares none "
+                        f"(tokenizer_config.json's pad_token) and has none of {', '.join(PAD_TOKENS.values())}. "
+                        f"Pass --tokenizer with the tokenizer folder of a checkpoint of this model's family.")
+    return Tok(tok, family, tok.token_to_id(pad))
 
 
 @dataclass

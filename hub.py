@@ -10,12 +10,11 @@ from urllib.parse import urlparse
 
 import torch
 
-from model import Config, ModelError, head_labels
+from model import FAMILIES, Config, ModelError, head_labels
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
                    "special_tokens_map.json")
-FAMILIES = ("bert", "roberta", "gpt2")
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
@@ -94,15 +93,17 @@ def read_config(folder):
 
 def config_from_hf(hf, num_labels=None, head_labels=None):
     """Our Config from a config.json dict. num_labels: the classification head wanted (None: the checkpoint's
-    own, head_labels, if it has one; else GPT-2's LM head, or no head)."""
+    own, head_labels, if it has one; else the decoders' LM head, or no head)."""
     family = hf.get("model_type")
+    num_labels = head_labels if num_labels is None else num_labels
+    if family == "llama":
+        return _llama_config(hf, num_labels)
     gpt = family == "gpt2"
     act = hf.get("activation_function" if gpt else "hidden_act", "gelu_new" if gpt else "gelu")
     if act not in ACTIVATIONS:
         raise ModelError(f"unsupported activation {act!r} in config.json; supported: {', '.join(ACTIVATIONS)}")
     if hf.get("position_embedding_type", "absolute") != "absolute" or hf.get("scale_attn_by_inverse_layer_idx"):
         raise ModelError("unsupported attention variant in config.json (only absolute positions, plain scaling)")
-    num_labels = head_labels if num_labels is None else num_labels
     head = "cls" if num_labels is not None else ("lm" if gpt else "none")
     multiple_choice = any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or [])
     if multiple_choice and num_labels in (None, head_labels):
@@ -123,9 +124,42 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
         head=head, num_labels=num_labels or 2)
 
 
+def _llama_config(hf, num_labels):
+    """LlamaConfig's config.json: older files give rope_theta (and rope_scaling), newer ones rope_parameters."""
+    rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind != "default":
+        raise ModelError(f"unsupported rotary scaling {kind!r} in config.json (only plain rotary positions)")
+    d, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, d // n_head) or hf.get("hidden_act", "silu") != "silu":
+        raise ModelError("unsupported LLaMA variant in config.json (head_dim must be hidden_size / "
+                         "num_attention_heads, hidden_act silu)")
+    if bool(hf.get("attention_bias")) != bool(hf.get("mlp_bias")) or hf.get("pretraining_tp", 1) != 1:
+        raise ModelError("unsupported LLaMA variant in config.json (attention_bias and mlp_bias differ, or "
+                         "pretraining_tp is not 1)")
+    pad, kv = hf.get("pad_token_id"), hf.get("num_key_value_heads") or n_head
+    return Config(
+        family="llama", vocab_size=hf["vocab_size"], n_positions=hf.get("max_position_embeddings", 2048),
+        n_layer=hf["num_hidden_layers"], n_head=n_head, n_kv_head=None if kv == n_head else kv,
+        d_model=d, d_ff=hf["intermediate_size"], type_vocab_size=0, pad_token_id=pad if pad is not None else 0,
+        ln_eps=hf.get("rms_norm_eps", 1e-6), activation="silu", dropout=0.0,
+        attn_dropout=hf.get("attention_dropout", 0.0), head_dropout=0.0, norm="rmsnorm", positions="rotary",
+        mlp="gated", rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
+        bias=bool(hf.get("attention_bias")), tied_lm_head=bool(hf.get("tie_word_embeddings", False)),
+        head="cls" if num_labels is not None else "lm", num_labels=num_labels or 2)
+
+
 def config_to_hf(cfg):
     """transformers' config object for our Config (classification head): the inverse of config_from_hf."""
     import transformers as hf  # test-only dependency: imported only when asked for
+    if cfg.family == "llama":
+        out = hf.LlamaConfig(vocab_size=cfg.vocab_size, max_position_embeddings=cfg.n_positions,
+                             hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                             num_key_value_heads=cfg.kv_heads, intermediate_size=cfg.d_ff, rms_norm_eps=cfg.ln_eps,
+                             rope_theta=cfg.rope_theta, attention_bias=cfg.bias, mlp_bias=cfg.bias,
+                             tie_word_embeddings=cfg.tied_lm_head, pad_token_id=cfg.pad_token_id,
+                             num_labels=cfg.num_labels)
+        return out
     act = {v: k for k, v in reversed(ACTIVATIONS.items())}[cfg.activation]  # gelu_tanh -> gelu_new
     if cfg.family == "gpt2":
         out = hf.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.d_model,

@@ -1,11 +1,14 @@
 """
-One hand-written transformer for the three families SSMLoRA is evaluated on:
+One hand-written transformer for the four families SSMLoRA is evaluated on:
 
-  BERT / RoBERTa  encoder, bidirectional attention, post-LayerNorm, erf GELU
-  GPT-2           decoder, causal attention, pre-LayerNorm, tanh GELU ("gelu_new")
+  BERT / RoBERTa  encoder, bidirectional attention, post-LayerNorm, erf GELU, learned positions
+  GPT-2           decoder, causal attention, pre-LayerNorm, tanh GELU ("gelu_new"), learned positions
+  LLaMA           decoder, causal attention, pre-RMSNorm, rotary positions, SwiGLU MLP, grouped-query
+                  attention, no biases
 
 Every attention block has *separate* query, key, value and output projections (nn.Linear), so an adapter
-can wrap `blocks[i].attn.query` or `.value` directly. GPT-2's fused Conv1D `c_attn` is split at load time.
+can wrap `blocks[i].attn.query` or `.value` directly. GPT-2's fused Conv1D `c_attn` is split at load time;
+Attention.fuse_qkv() joins the three again when one adapter must span them (GPT-2 as the paper adapted it).
 
 from_pretrained() loads original Hugging Face checkpoints; hub.py fetches them and reads their files.
 """
@@ -25,9 +28,10 @@ class ModelError(UserError):
 
 @dataclass
 class Config:
-    family: str = "roberta"      # "bert" | "roberta" (encoder, post-LN) | "gpt2" (decoder, pre-LN)
+    family: str = "roberta"      # "bert" | "roberta" (encoder, post-LN) | "gpt2" | "llama" (decoders, pre-norm)
     vocab_size: int = 50265
-    n_positions: int = 514       # rows of the position table (RoBERTa's first two are never used)
+    n_positions: int = 514       # rows of the position table (RoBERTa's first two are never used); rotary: the
+                                 # longest sequence the model was trained on (no table)
     n_layer: int = 12
     n_head: int = 12
     d_model: int = 768
@@ -35,21 +39,33 @@ class Config:
     type_vocab_size: int = 1     # token-type rows: BERT 2, RoBERTa 1, GPT-2 0 (none)
     pad_token_id: int = 1
     ln_eps: float = 1e-5
-    activation: str = "gelu"     # "gelu" (erf) | "gelu_tanh" (GPT-2's gelu_new) | "relu"
+    activation: str = "gelu"     # "gelu" (erf) | "gelu_tanh" (GPT-2's gelu_new) | "relu" | "silu" (LLaMA)
     dropout: float = 0.1         # embeddings and residual branches
     attn_dropout: float = 0.1    # attention probabilities
     head_dropout: float = 0.1    # inside the classification head
     head: str = "cls"            # "cls": sequence classification / regression, "choice": multiple choice,
-                                 # "lm": GPT-2 LM, "none"
+                                 # "lm": decoder LM, "none"
     num_labels: int = 2          # 1 means regression (STS-B)
+    # what LLaMA changes; the defaults are BERT's, RoBERTa's and GPT-2's
+    norm: str = "layernorm"      # "layernorm" | "rmsnorm"
+    positions: str = "learned"   # "learned" (a table added to the embeddings) | "rotary" (q and k rotated)
+    mlp: str = "plain"           # "plain": fc_out(act(fc_in x)) | "gated": fc_out(act(fc_gate x) * fc_in x)
+    n_kv_head: int = None        # key / value heads (grouped-query attention); None: n_head
+    rope_theta: float = 10000.0  # rotary base
+    bias: bool = True            # biases in the block linears (LLaMA has none)
+    tied_lm_head: bool = True    # the "lm" head reuses the token embeddings (GPT-2) or has its own (LLaMA)
 
     @property
     def causal(self):
-        return self.family == "gpt2"
+        return self.family in ("gpt2", "llama")
 
     @property
     def pre_ln(self):
-        return self.family == "gpt2"
+        return self.family in ("gpt2", "llama")
+
+    @property
+    def kv_heads(self):
+        return self.n_kv_head or self.n_head
 
     @property
     def max_tokens(self):  # RoBERTa numbers positions from pad_token_id + 1: its first rows are never used
@@ -62,6 +78,9 @@ _BERT = dict(family="bert", vocab_size=30522, n_positions=512, type_vocab_size=2
              ln_eps=1e-12, activation="gelu")
 _GPT2 = dict(family="gpt2", vocab_size=50257, n_positions=1024, type_vocab_size=0, pad_token_id=50256,
              ln_eps=1e-5, activation="gelu_tanh", head_dropout=0.0)  # GPT-2 pads with <|endoftext|>
+_LLAMA = dict(family="llama", vocab_size=32000, n_positions=4096, type_vocab_size=0, pad_token_id=0, ln_eps=1e-5,
+              activation="silu", dropout=0.0, attn_dropout=0.0, head_dropout=0.0, norm="rmsnorm",
+              positions="rotary", mlp="gated", bias=False, tied_lm_head=False)  # Llama-2's config.json
 _BASE = dict(n_layer=12, n_head=12, d_model=768, d_ff=3072)
 _LARGE = dict(n_layer=24, n_head=16, d_model=1024, d_ff=4096)
 
@@ -73,7 +92,12 @@ PRESETS = {
     "gpt2": {**_GPT2, **_BASE},
     "gpt2-medium": {**_GPT2, **_LARGE},
     "gpt2-large": {**_GPT2, "n_layer": 36, "n_head": 20, "d_model": 1280, "d_ff": 5120},
+    "llama2-7b": {**_LLAMA, "n_layer": 32, "n_head": 32, "d_model": 4096, "d_ff": 11008},
+    "llama2-13b": {**_LLAMA, "n_layer": 40, "n_head": 40, "d_model": 5120, "d_ff": 13824},
 }
+
+
+FAMILIES = ("bert", "roberta", "gpt2", "llama")
 
 
 def preset(name, **overrides):
@@ -86,14 +110,21 @@ def preset(name, **overrides):
 # ----------------------------------------------------------------------------------------------------------
 # the transformer
 
+def norm(cfg):
+    """LayerNorm, or LLaMA's RMSNorm: x / rms(x) * weight, no centring and no bias."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.ln_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+
+
 class Embeddings(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = nn.Embedding(cfg.n_positions, cfg.d_model)
+        self.pos = nn.Embedding(cfg.n_positions, cfg.d_model) if cfg.positions == "learned" else None
         self.typ = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
-        self.ln = None if cfg.pre_ln else nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)  # post-LN embeds are normed
+        self.ln = None if cfg.pre_ln else norm(cfg)  # post-LN embeds are normed
         self.drop = nn.Dropout(cfg.dropout)
 
     def position_ids(self, input_ids):
@@ -104,7 +135,9 @@ class Embeddings(nn.Module):
         return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
 
     def forward(self, input_ids, token_type_ids=None):
-        x = self.tok(input_ids) + self.pos(self.position_ids(input_ids))
+        x = self.tok(input_ids)
+        if self.pos is not None:  # LLaMA has no table: its positions are rotations inside attention
+            x = x + self.pos(self.position_ids(input_ids))
         if self.typ is not None:
             x = x + self.typ(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
         if self.ln is not None:
@@ -112,31 +145,71 @@ class Embeddings(nn.Module):
         return self.drop(x)
 
 
+def rotary(T, head_dim, theta, device):
+    """cos and sin (T, head_dim) of rotary position embeddings (Su et al.), laid out as Hugging Face's LLaMA:
+    channel j and channel j + head_dim/2 form a pair rotated by the angle position * theta^(-2j/head_dim)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)
+    angles = torch.outer(torch.arange(T, device=device).float(), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """Rotate each (x_j, x_{j + d/2}) pair of x (..., T, d) by its angle: x cos + rotate_half(x) sin."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        d = cfg.d_model
-        self.query, self.key, self.value, self.out = (nn.Linear(d, d) for _ in range(4))
-        self.n_head, self.p_drop, self.causal = cfg.n_head, cfg.attn_dropout, cfg.causal
+        d, self.head_dim = cfg.d_model, cfg.d_model // cfg.n_head
+        kv = cfg.kv_heads * self.head_dim  # grouped-query attention: fewer key / value heads, each shared
+        self.query, self.out = nn.Linear(d, d, bias=cfg.bias), nn.Linear(d, d, bias=cfg.bias)
+        self.key, self.value = nn.Linear(d, kv, bias=cfg.bias), nn.Linear(d, kv, bias=cfg.bias)
+        self.qkv = None  # query, key and value as one linear, after fuse_qkv()
+        self.sizes = (d, kv, kv)
+        self.p_drop, self.causal = cfg.attn_dropout, cfg.causal
 
-    def forward(self, x, mask):
-        B, T, C = x.shape
-        q, k, v = (proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))
+    @torch.no_grad()
+    def fuse_qkv(self):
+        """Join query, key and value into one linear d -> d + 2 kv, GPT-2's c_attn exactly (same weights), so one
+        adapter can span all three (the paper's GPT-2 setting). Separate projections are the default: every other
+        target wraps one of them, and every family's checkpoint maps onto them."""
+        parts = (self.query, self.key, self.value)
+        fused = nn.Linear(self.sizes[0], sum(self.sizes), bias=self.query.bias is not None, device="meta")
+        fused.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=self.query.weight.requires_grad)
+        if fused.bias is not None:
+            fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=self.query.bias.requires_grad)
+        self.qkv, self.query, self.key, self.value = fused.train(self.query.training), None, None, None
+
+    def forward(self, x, mask, rope=None):
+        B, T, _ = x.shape
+        if self.qkv is not None:
+            q, k, v = self.qkv(x).split(self.sizes, dim=-1)
+        else:
+            q, k, v = self.query(x), self.key(x), self.value(x)
+        q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
+        if rope is not None:  # LLaMA: positions enter here, as rotations of q and k
+            q, k = rotate(q, *rope), rotate(k, *rope)
         # mask is None when nothing is padded: SDPA can then use its fused causal / flash kernels
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0,
-                                           is_causal=self.causal and mask is None)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+                                           is_causal=self.causal and mask is None, enable_gqa=k.shape[1] != q.shape[1])
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.act = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}[cfg.activation]
+        self.fc_in = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)   # LLaMA's up_proj
+        self.fc_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias) if cfg.mlp == "gated" else None  # gate_proj
+        self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)  # LLaMA's down_proj
+        self.act = {"gelu": nn.GELU(), "gelu_tanh": nn.GELU(approximate="tanh"), "relu": nn.ReLU(),
+                    "silu": nn.SiLU()}[cfg.activation]
 
     def forward(self, x):
+        if self.fc_gate is not None:  # SwiGLU (LLaMA): the activated gate scales the up projection
+            return self.fc_out(self.act(self.fc_gate(x)) * self.fc_in(x))
         return self.fc_out(self.act(self.fc_in(x)))
 
 
@@ -144,14 +217,13 @@ class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.attn, self.mlp = Attention(cfg), MLP(cfg)
-        self.ln_attn = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
-        self.ln_mlp = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.ln_attn, self.ln_mlp = norm(cfg), norm(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.pre_ln = cfg.pre_ln
 
-    def forward(self, x, mask):
-        if self.pre_ln:  # GPT-2: normalise the input of each branch
-            x = x + self.drop(self.attn(self.ln_attn(x), mask))
+    def forward(self, x, mask, rope=None):
+        if self.pre_ln:  # GPT-2, LLaMA: normalise the input of each branch
+            x = x + self.drop(self.attn(self.ln_attn(x), mask, rope))
             return x + self.drop(self.mlp(self.ln_mlp(x)))
         x = self.ln_attn(x + self.drop(self.attn(x, mask)))  # BERT / RoBERTa: normalise after the residual
         return self.ln_mlp(x + self.drop(self.mlp(x)))
@@ -171,8 +243,13 @@ class Head(nn.Module):
             self.dense, self.out_proj = nn.Linear(d, d), nn.Linear(d, n)
         elif self.kind == "pooler":    # BERT, RoBERTa multiple choice: pooler (dense + tanh on [CLS]) -> classifier
             self.pooler, self.classifier = nn.Linear(d, d), nn.Linear(d, n)
-        else:                          # GPT-2: score the last real token (it has seen the whole text)
+        else:                          # GPT-2, LLaMA: score the last real token (it has seen the whole text)
             self.score = nn.Linear(d, n, bias=False)
+
+    @property
+    def output(self):
+        """Name of the linear that gives the logits (the one a "head" adapter wraps)."""
+        return {"dense": "out_proj", "pooler": "classifier"}.get(self.kind, "score")
 
     def forward(self, x, attention_mask):
         if self.kind == "dense":
@@ -189,29 +266,35 @@ class Head(nn.Module):
 class Model(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        if cfg.family not in ("bert", "roberta", "gpt2"):
-            raise ModelError(f"unknown family {cfg.family!r}: expected bert, roberta or gpt2")
-        if cfg.d_model % cfg.n_head:
-            raise ModelError(f"d_model {cfg.d_model} is not divisible by n_head {cfg.n_head}")
+        if cfg.family not in FAMILIES:
+            raise ModelError(f"unknown family {cfg.family!r}: expected one of {', '.join(FAMILIES)}")
+        if cfg.d_model % cfg.n_head or cfg.n_head % cfg.kv_heads:
+            raise ModelError(f"d_model {cfg.d_model} must be divisible by n_head {cfg.n_head}, and n_head by "
+                             f"n_kv_head {cfg.kv_heads}")
         self.cfg = cfg
         self.embed = Embeddings(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.pre_ln else None
-        self.head = Head(cfg) if cfg.head in ("cls", "choice") else None  # the "lm" head is tied to embed.tok
+        self.ln_f = norm(cfg) if cfg.pre_ln else None
+        self.head = Head(cfg) if cfg.head in ("cls", "choice") else None
+        # GPT-2's "lm" head is tied to embed.tok; LLaMA's has its own weights
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) \
+            if cfg.head == "lm" and not cfg.tied_lm_head else None
         self.apply(_init_weights)
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Last hidden states (B, T, d_model), after GPT-2's final LayerNorm. Pass attention_mask=None when
+        """Last hidden states (B, T, d_model), after the decoders' final norm. Pass attention_mask=None when
         nothing is padded (data.batches does): SDPA then runs its fused causal / flash kernels."""
+        T = input_ids.shape[1]
         mask = None
         if attention_mask is not None:  # (B, 1, 1, T), True = may attend: padded keys are hidden
             mask = attention_mask.bool()[:, None, None, :]
             if self.cfg.causal:
-                T = input_ids.shape[1]
                 mask = mask & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+        rope = rotary(T, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta, input_ids.device) \
+            if self.cfg.positions == "rotary" else None
         x = self.embed(input_ids, token_type_ids)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, rope)
         return self.ln_f(x) if self.ln_f is not None else x
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, choices=None):
@@ -223,7 +306,7 @@ class Model(nn.Module):
         if self.cfg.head == "none":
             return x, None
         if self.cfg.head == "lm":
-            logits = F.linear(x, self.embed.tok.weight)  # tied to the token embeddings
+            logits = F.linear(x, self.embed.tok.weight if self.lm_head is None else self.lm_head.weight)
             loss = None if labels is None else F.cross_entropy(  # predict token t+1 from tokens <= t
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
             return logits, loss
@@ -242,13 +325,14 @@ class Model(nn.Module):
 
 
 def _init_weights(module):
-    # BERT / GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorms
+    # BERT / GPT-2 / LLaMA initialisation: N(0, 0.02) weights, zero biases, unit norms
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         nn.init.ones_(module.weight)
+    if isinstance(module, nn.LayerNorm):
         nn.init.zeros_(module.bias)
 
 
@@ -283,6 +367,20 @@ _NAMES = {
         (r"h\.(\d+)\.mlp\.c_proj\.(\w+)", r"blocks.\1.mlp.fc_out.\2"),
         (r"ln_f\.(\w+)", r"ln_f.\1"), (r"score\.weight", "head.score.weight"),
     ],
+    "llama": [
+        (r"embed_tokens\.weight", "embed.tok.weight"),
+        (r"layers\.(\d+)\.self_attn\.q_proj\.(\w+)", r"blocks.\1.attn.query.\2"),
+        (r"layers\.(\d+)\.self_attn\.k_proj\.(\w+)", r"blocks.\1.attn.key.\2"),
+        (r"layers\.(\d+)\.self_attn\.v_proj\.(\w+)", r"blocks.\1.attn.value.\2"),
+        (r"layers\.(\d+)\.self_attn\.o_proj\.(\w+)", r"blocks.\1.attn.out.\2"),
+        (r"layers\.(\d+)\.mlp\.gate_proj\.(\w+)", r"blocks.\1.mlp.fc_gate.\2"),
+        (r"layers\.(\d+)\.mlp\.up_proj\.(\w+)", r"blocks.\1.mlp.fc_in.\2"),
+        (r"layers\.(\d+)\.mlp\.down_proj\.(\w+)", r"blocks.\1.mlp.fc_out.\2"),
+        (r"layers\.(\d+)\.input_layernorm\.weight", r"blocks.\1.ln_attn.weight"),
+        (r"layers\.(\d+)\.post_attention_layernorm\.weight", r"blocks.\1.ln_mlp.weight"),
+        (r"norm\.weight", "ln_f.weight"), (r"score\.weight", "head.score.weight"),
+        (r"lm_head\.weight", "lm_head.weight"),
+    ],
 }
 # Tensors that real checkpoints carry and this model does not use, with the reason.
 _IGNORED = {
@@ -291,8 +389,9 @@ _IGNORED = {
     "roberta": [r"embeddings\.position_ids", r"lm_head\..*"],  # masked-LM head of the pre-trained checkpoint
     "gpt2": [r"h\.\d+\.attn\.(bias|masked_bias)",    # causal-mask buffers of old checkpoints
              r"lm_head\.weight"],                    # tied to wte
+    "llama": [r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq"],  # a buffer of old checkpoints, computed here
 }
-_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer."}
+_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer.", "llama": "model."}
 
 
 def convert_state_dict(state, family):
@@ -325,10 +424,10 @@ def convert_state_dict(state, family):
 
 def from_pretrained(name_or_dir, num_labels=None, **overrides):
     """
-    Load an original Hugging Face BERT / RoBERTa / GPT-2 checkpoint: a local folder or a hub name. num_labels=None
-    keeps the checkpoint's own head (a classifier if it has one, GPT-2's LM head, or none); a number asks for a
-    classification head (1 = regression), loaded if the checkpoint has one, otherwise new (model.new_head lists
-    its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice checkpoint has one).
+    Load an original Hugging Face BERT / RoBERTa / GPT-2 / LLaMA checkpoint: a local folder or a hub name.
+    num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
+    a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
+    (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice checkpoint has one).
     overrides: Config fields to change (e.g. dropout=0.0).
     """
     import hub  # downloads, file formats and their errors
@@ -340,6 +439,8 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if cfg.family == "roberta" and cfg.head == "cls":  # RoBERTa's classification head does not use the pooler
         state = {k: v for k, v in state.items() if not k.startswith("head.pooler.")}
+    if cfg.head != "lm" or cfg.tied_lm_head:  # LLaMA's LM head when a classifier is asked for, or a tied copy
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
     model = Model(cfg)
     new = hub.check_state(model.state_dict(), state, folder)  # every tensor loaded, or a head that is new
     model.load_state_dict({**model.state_dict(), **state})  # strict: every tensor of ours is either loaded or new

@@ -25,10 +25,14 @@ from model import ModelError
 
 METHODS = ("ssmlora", "lora", "bitfit", "full", "none")  # none = frozen body, head only (benchmarks)
 # target name -> (sub-module of a block, linear in it). GPT-2's fused c_attn is split into query / key / value
-# at load time (decision 12).
-TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn", "value"),
-           "attn_out": ("attn", "out"), "ffn_in": ("mlp", "fc_in"), "ffn_out": ("mlp", "fc_out")}
-ALTERNATING = ("query", "key", "value")  # sparse insertion alternates these; other targets stay dense (§3.4)
+# at load time; "qkv" joins them again (Attention.fuse_qkv): one adapter over all three, as the paper adapted
+# GPT-2 (decision 12). LLaMA's gate_proj / up_proj / down_proj are ffn_gate / ffn_in / ffn_out. "head" is the
+# task head's linear that gives the logits (score, out_proj or classifier): it is then frozen under its adapter.
+TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn", "value"), "qkv": ("attn", "qkv"),
+           "attn_out": ("attn", "out"), "ffn_gate": ("mlp", "fc_gate"), "ffn_in": ("mlp", "fc_in"),
+           "ffn_out": ("mlp", "fc_out"), "head": ("head", None)}
+ALTERNATING = ("query", "key", "value", "qkv")  # sparse insertion alternates these; other targets are dense (§3.4)
+ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d")
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, in authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eq. (8) runs in float32
 
@@ -61,19 +65,23 @@ class Adapters:
         if unknown or not names:
             raise ValueError(f"unknown or no targets {unknown or names}; valid targets: {', '.join(TARGETS)}")
         self.targets = tuple(t for t in TARGETS if t in names)  # canonical order: "value,query" == "query,value"
+        if "qkv" in self.targets and len(set(self.targets) & set(ALTERNATING)) > 1:
+            raise ValueError("qkv is query, key and value as one projection: use it alone or the split ones")
         if self.sparse is None:
             self.sparse = self.method == "ssmlora"  # SSMLoRA sparse (§3.4), LoRA dense as the paper's baseline
         self.alpha, self.sparse = float(self.alpha), bool(self.sparse)
 
 
 def insertion_plan(n_layer, targets, sparse):
-    """[(layer, target), ...] in forward order. Sparse: layer i adapts one of the query/key/value targets,
-    targets[i % n] (decision 9: query on even layers, value on odd); other targets in every layer."""
+    """[(layer, target), ...] of the block linears, in forward order. Sparse: layer i adapts one of the attention
+    targets (query, key, value or the fused qkv), alternating[i % n] (decision 9: query on even layers, value on
+    odd); a single one, every other layer (the even ones). Other targets in every layer; "head" is not in a block."""
     alternating = [t for t in targets if t in ALTERNATING]
+    cycle = alternating if len(alternating) > 1 else alternating + [None]  # one target: skip every other layer
     plan = []
     for i in range(n_layer):
         for t in targets:
-            if not sparse or t not in ALTERNATING or t == alternating[i % len(alternating)]:
+            if t != "head" and (not sparse or t not in ALTERNATING or t == cycle[i % len(cycle)]):
                 plan.append((i, t))
     return plan
 
@@ -89,7 +97,8 @@ class LowRankLinear(nn.Linear):
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight, self.bias = base.weight, base.bias
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
-        self.W_a = nn.Parameter(torch.randn(base.in_features, rank, **kw) / math.sqrt(rank))  # N(0, 1/r): decision 5
+        self.W_a = nn.Parameter(torch.empty(base.in_features, rank, **kw))
+        self.init_W_a()  # LoRA's and SSMLoRA's differ (decision 5)
         self.W_b = nn.Parameter(torch.zeros(rank, base.out_features, **kw))  # zero: adapted == base at init
         self.scaling = alpha / rank  # s = alpha / r, LoRA's convention for both methods (decision 6)
 
@@ -104,6 +113,12 @@ class LoRALinear(LowRankLinear):
         super().__init__(base, rank, alpha)
         self.drop_x = nn.Dropout(dropout)
         self.merged = False
+
+    @torch.no_grad()
+    def init_W_a(self):
+        # as Hu et al.'s loralib and PEFT: Kaiming-uniform with a = sqrt(5) over the input dimension, i.e.
+        # U(-1/sqrt(d_in), 1/sqrt(d_in)) (their A is (r, d_in): our W_a transposed). Decision 5.
+        nn.init.kaiming_uniform_(self.W_a.T, a=math.sqrt(5))
 
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)  # x W0 (+ bias)
@@ -138,6 +153,10 @@ class SSMLoRALinear(LowRankLinear):
         self.W_d = nn.Parameter(torch.zeros(rank, rank, **kw))
         self.drop_h = nn.Dropout(dropout)  # on h_norm, where the authors put it (decision 7)
         self.axes, self.axis, self.position, self.layer = axes, axis, position, layer
+
+    @torch.no_grad()
+    def init_W_a(self):
+        self.W_a.normal_(0, 1 / math.sqrt(self.W_a.shape[1]))  # §3.5: W_a ~ N(0, 1/r) (decision 5)
 
     def next_state(self, x_new, h):
         """h_norm, the normalised h_t+1, from x_new = x W_a (..., r) and the incoming state h_t (..., r)."""
@@ -193,11 +212,14 @@ def add_adapters(model, adapters=None, **settings):
     if getattr(model, "adapters", None) is not None:
         raise ModelError("this model already has adapters; build a fresh model to add other ones")
     if adapters.method in ("lora", "ssmlora"):
+        if "qkv" in adapters.targets:  # one adapter over the fused projection: the paper's GPT-2 (decision 12)
+            for block in model.blocks:
+                block.attn.fuse_qkv()
         model.time_axes = CarriedAxes() if adapters.state == "carry" else TimeAxes()  # carry: decision 10
         positions = {}
-        for i, target in insertion_plan(model.cfg.n_layer, adapters.targets, adapters.sparse):
-            part, name = TARGETS[target]
-            parent = getattr(model.blocks[i], part)
+        plan = insertion_plan(model.cfg.n_layer, adapters.targets, adapters.sparse) + head_plan(model, adapters)
+        for i, target in plan:
+            parent, name = linear_of(model, i, target)
             base = getattr(parent, name)
             if adapters.method == "lora":
                 module = LoRALinear(base, adapters.rank, adapters.alpha, adapters.dropout)
@@ -207,19 +229,51 @@ def add_adapters(model, adapters=None, **settings):
                                        target, positions[target], i)
             setattr(parent, name, module.train(base.training))  # a new module is in train mode: follow the model
     model.adapters = adapters
+    frozen = frozen_head(model)
     for name, p in model.named_parameters():
-        p.requires_grad_(is_trained(name, adapters.method))
+        p.requires_grad_(is_trained(name, adapters.method, frozen))
     return model
 
 
-def is_trained(name, method):
+def linear_of(model, layer, target):
+    """(parent module, attribute name) of the linear a target names in a layer (or in the task head)."""
+    if target == "head":
+        return model.head, model.head.output
+    part, name = TARGETS[target]
+    parent = getattr(model.blocks[layer], part)
+    if getattr(parent, name) is None:
+        raise ModelError(f"target {target}: a {model.cfg.family} block has no such linear")
+    return parent, name
+
+
+def head_plan(model, adapters):
+    """[(n_layer, "head")] when the task head is a target: one more module, after the blocks, on its own axis."""
+    if "head" not in adapters.targets:
+        return []
+    if model.head is None:
+        raise ModelError(f"target head: this model has no classification head (its head is {model.cfg.head!r})")
+    return [(model.cfg.n_layer, "head")]
+
+
+def frozen_head(model):
+    """Name of the head linear that a "head" adapter wraps (its own weight and bias stay frozen), or None."""
+    adapters = getattr(model, "adapters", None)
+    if adapters is None or adapters.method not in ("lora", "ssmlora") or "head" not in adapters.targets:
+        return None
+    return f"head.{model.head.output}"
+
+
+def is_trained(name, method, frozen=None):
     """Whether a method trains the parameter `name`. The task head is trained by every method (as PEFT's
-    modules_to_save); GPT-2's LM head is tied to the token embeddings and has no parameters of its own."""
-    if name.startswith("head.") or method == "full":
+    modules_to_save), except the linear under a "head" adapter (`frozen`, from frozen_head): there only the adapter
+    learns. GPT-2's LM head is tied to the token embeddings and has no parameters of its own."""
+    if method == "full":
         return True
-    if method == "bitfit":
-        return name.endswith(".bias")
-    return method in ("lora", "ssmlora") and name.rsplit(".", 1)[-1] in ("W_a", "W_b", "W_c", "W_d")
+    if name.rsplit(".", 1)[-1] in ADAPTER_WEIGHTS:
+        return method in ("lora", "ssmlora")
+    if name.startswith("head."):
+        return frozen is None or name.rsplit(".", 1)[0] != frozen
+    return method == "bitfit" and name.endswith(".bias")
 
 
 def adapter_modules(model):
@@ -253,9 +307,11 @@ BODY = {"bitfit": "biases", "full": "body"}  # what a method trains outside the 
 
 
 def param_report(model):
-    """Parameter counts: what the method trains outside the head ("adapter"; BitFit "biases"; full "body"),
-    head, trainable, frozen, total. Works on a model built on the meta device (no weights needed)."""
-    method = model.adapters.method if getattr(model, "adapters", None) else "none"
+    """Parameter counts: what the method trains outside the task head ("adapter", a head adapter's matrices
+    included; BitFit "biases"; full "body"), the head's tensors trained in full, trainable, frozen, total. Works on a
+    model built on the meta device (no weights needed)."""
+    adapters = getattr(model, "adapters", None)
+    method = adapters.method if adapters else "none"
     body = BODY.get(method, "adapter")
     r = {"method": method, body: 0, "head": 0, "trainable": 0, "frozen": 0}
     for name, p in model.named_parameters():
@@ -263,9 +319,21 @@ def param_report(model):
             r["frozen"] += p.numel()
             continue
         r["trainable"] += p.numel()
-        r["head" if name.startswith("head.") else body] += p.numel()
+        in_body = name.rsplit(".", 1)[-1] in ADAPTER_WEIGHTS or not name.startswith("head.")  # a head adapter too
+        r[body if in_body else "head"] += p.numel()
     r["total"] = r["trainable"] + r["frozen"]
+    r["notes"] = notes(adapters) if adapters else []
     return r
+
+
+def notes(adapters):
+    """Settings that silently do less than they seem to, said where the user sees the parameter report."""
+    out = []
+    if adapters.method == "ssmlora" and adapters.rank == 1:
+        out.append("rank 1: the min and max of eqs. (6)-(7) are over a single value, so h_norm is always 0 and W_c, "
+                   "W_d never get a gradient; SSMLoRA at rank 1 is sparse LoRA (W_c, W_d are still counted, as in "
+                   "the paper)")
+    return out
 
 
 def format_report(r):
@@ -274,4 +342,4 @@ def format_report(r):
     body = BODY.get(r["method"], "adapter")
     return "\n".join([f"method     {r['method']}", f"{body:<10} {pct(r[body])}", f"head       {pct(r['head'])}",
                       f"trainable  {pct(r['trainable'])}", f"frozen     {pct(r['frozen'])}",
-                      f"total      {r['total']:>13,}"])
+                      f"total      {r['total']:>13,}"] + [f"note: {n}" for n in r.get("notes", [])])

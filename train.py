@@ -48,6 +48,7 @@ RECIPE = {"mnli": (5e-4, 30), "sst2": (5e-4, 60), "mrpc": (4e-4, 30), "cola": (4
           "boolq": (5e-4, 30), "cb": (5e-4, 80), "copa": (5e-4, 80), "multirc": (5e-4, 25), "record": (5e-4, 10),
           "wic": (5e-4, 40), "wsc": (5e-4, 80), "race": (5e-4, 10)}
 FULL_RECIPE = (2e-5, 10)
+CLIP_MODES = ("state", "global")
 TASK_NAMES = (f"GLUE: {' '.join(glue.TASKS)}; SuperGLUE: {' '.join(superglue.TASKS)} (RTE: GLUE's rte); race")
 
 
@@ -109,13 +110,16 @@ def get_args(argv=None):
     p.add_argument("--method", default="ssmlora", choices=METHODS[:4], help="default: ssmlora")
     a = p.add_argument_group("adapters (--method ssmlora or lora only)")
     a.add_argument("--rank", type=int, help="r, the rank of W_a and W_b (default: 8)")
-    a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16)")
+    a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16). The authors' code scales "
+                   "by alpha itself: pass their alpha times the rank to match it")
     a.add_argument("--dropout", type=float, help="adapter dropout: on h_norm for SSMLoRA, on x for LoRA (default: 0.1)")
-    a.add_argument("--targets", help="comma-separated: query,key,value,attn_out,ffn_in,ffn_out (default: query,value)")
+    a.add_argument("--targets", help="comma-separated, of query,key,value,attn_out,ffn_in,ffn_out; qkv (query, key "
+                   "and value as one projection: GPT-2 as the paper adapts it); ffn_gate (LLaMA's gate); head (an "
+                   "adapter on the task head's last linear, which then stays frozen) (default: query,value)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
-                   help="alternate the attention targets over the layers: query in even layers, value in odd "
-                   "(SSMLoRA's default)")
+                   help="alternate the attention targets over the layers: query in even layers, value in odd; "
+                   "a single one, every other layer (SSMLoRA's default)")
     g.add_argument("--dense", dest="sparse", action="store_false",
                    help="every target in every layer (LoRA's default)")
     a.add_argument("--state", help=f"SSMLoRA state lifetime: {' or '.join(STATES)} (the authors' code; "
@@ -130,6 +134,9 @@ def get_args(argv=None):
                    "(default: 0.06)")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: 0.01)")
     o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
+    o.add_argument("--clip-mode", default="state", choices=CLIP_MODES, help="state: SSMLoRA's W_c, W_d first clipped "
+                   "on their own to at most the norm of the other gradients, then everything together; global: one "
+                   "norm over every trained tensor (default: state; README: the W_d gradient spike)")
     o.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
                    "on the task's selection metric; 0: never (default: 5)")
     o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order (default: 0)")
@@ -249,6 +256,20 @@ def make_optimizer(model, args):
                               {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
 
 
+def clip_gradients(others, state, clip, mode):
+    """Gradient-norm clipping; `state` holds SSMLoRA's W_c and W_d, `others` every other trained tensor. While
+    W_c = W_d = 0, eq. (8) divides by eps alone, so on the step after W_b leaves zero W_d's gradient is some 1e3-1e6
+    times any other (README: the W_d gradient spike). One global norm ("global") would then shrink every other
+    gradient of that step by as much and lose the step. "state" first clips the state matrices on their own, to at
+    most the norm of all the other gradients: the spike can no longer dominate the global norm, and AdamW's second
+    moment of W_d takes in a bounded value (its first step, normalised by AdamW, is the same either way)."""
+    if mode == "state" and state:
+        grads = lambda ps: [p.grad for p in ps if p.grad is not None]
+        bound = torch.clamp(torch.nn.utils.get_total_norm(grads(others)), max=clip)  # no device-to-host read
+        torch.nn.utils.clip_grads_with_norm_(state, bound, torch.nn.utils.get_total_norm(grads(state)))
+    torch.nn.utils.clip_grad_norm_(others + state, clip)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # evaluating
 
@@ -279,7 +300,7 @@ def peak_memory(device):
 # checkpoints: everything a resumed run needs to end exactly where an uninterrupted one would
 
 RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
-            "epochs", "max_len", "warmup", "weight_decay", "clip", "seed", "max_steps", "max_train", "random_init")
+            "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed", "max_steps", "max_train", "random_init")
 
 
 def save_checkpoint(path, model, opt, sched, progress, args):
@@ -373,7 +394,9 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
                disable=None)  # None: no bar when stderr is not a terminal (logs, batch jobs): log lines instead
     log = ProgressLog(args.log_every, total, args.batch_size, enabled=bar.disable)
     stop = progress["step"] >= total
-    trained = [p for p in model.parameters() if p.requires_grad]
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    state = [p for n, p in trained.items() if n.endswith((".W_c", ".W_d"))]  # SSMLoRA's state matrices
+    others = [p for n, p in trained.items() if not n.endswith((".W_c", ".W_d"))]
     run_info = {"task": task.name, "model": args.model, "tokenizer": args.tokenizer, "random_init": args.random_init}
     while progress["epoch"] < args.epochs and not stop:
         epoch, t0 = progress["epoch"], time.time()
@@ -392,7 +415,7 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
                 raise TrainError(f"non-finite loss ({value}) at step {progress['step'] + 1}; stopped. The last "
                                  f"good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, args.clip)
+            clip_gradients(others, state, args.clip, args.clip_mode)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)

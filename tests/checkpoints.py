@@ -13,6 +13,10 @@ TINY = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_h
 TINY_GPT2 = dict(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=40, bos_token_id=119,
                  eos_token_id=119, pad_token_id=119)
 
+TINY_LLAMA = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  intermediate_size=48, max_position_embeddings=40, rope_theta=500.0, rms_norm_eps=1e-6,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)  # grouped-query attention, a non-default base
+
 KINDS = {  # name: (transformers class, config)
     "roberta-2": (hf.RobertaForSequenceClassification, hf.RobertaConfig(**TINY, num_labels=2)),
     "roberta-3": (hf.RobertaForSequenceClassification, hf.RobertaConfig(**TINY, num_labels=3)),
@@ -26,6 +30,8 @@ KINDS = {  # name: (transformers class, config)
     "roberta-mlm": (hf.RobertaForMaskedLM, hf.RobertaConfig(**TINY)),
     "bert-base": (hf.BertModel, hf.BertConfig(**TINY)),
     "bert-pretraining": (hf.BertForPreTraining, hf.BertConfig(**TINY)),
+    "llama-lm": (hf.LlamaForCausalLM, hf.LlamaConfig(**TINY_LLAMA)),
+    "llama-cls": (hf.LlamaForSequenceClassification, hf.LlamaConfig(**TINY_LLAMA, num_labels=3)),
 }
 
 
@@ -36,7 +42,7 @@ def make(kind, folder, fmt="safetensors", seed=0):
     model = cls(cfg).eval()
     with torch.no_grad():  # random LayerNorms and biases, so a mis-mapped tensor cannot hide behind 1s and 0s
         for name, p in model.named_parameters():
-            if "LayerNorm" in name or "ln_" in name or name.endswith("bias"):
+            if "LayerNorm" in name or "ln_" in name or "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(folder)
     if fmt == "bin":

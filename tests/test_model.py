@@ -29,7 +29,8 @@ def inputs(kind, seed=1):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-@pytest.mark.parametrize("kind", ["roberta-2", "roberta-3", "roberta-reg", "bert", "gpt2-lm", "gpt2-cls"])
+@pytest.mark.parametrize("kind", ["roberta-2", "roberta-3", "roberta-reg", "bert", "gpt2-lm", "gpt2-cls", "llama-lm",
+                                  "llama-cls"])
 def test_parity_with_transformers(kind, fmt, tmp_path):
     ref = make(kind, tmp_path, fmt)
     ours = M.from_pretrained(tmp_path).eval()
@@ -83,7 +84,7 @@ def test_gpt2_multiple_choice_scores_each_row_at_its_last_token(tmp_path):
 
 def test_losses_match_transformers(tmp_path):
     for kind, labels in [("roberta-3", torch.tensor([0, 2, 1])), ("roberta-reg", torch.tensor([0.5, 3.0, 4.5])),
-                         ("gpt2-lm", None)]:
+                         ("gpt2-lm", None), ("llama-lm", None), ("llama-cls", torch.tensor([2, 0, 1]))]:
         folder = tmp_path / kind
         ref = make(kind, folder)
         ours = M.from_pretrained(folder).eval()
@@ -153,6 +154,25 @@ def test_bert_layouts(layout, tmp_path):
         assert (torch.tanh(ours.head.pooler(ours.encode(ids, mask, types)[:, 0])) - out.pooler_output).abs().max() < 1e-5
 
 
+def test_llama_older_layouts(tmp_path):
+    """Llama-2's own files: rope_theta at the top of config.json (newer ones nest it in rope_parameters) and, in
+    older checkpoints, a rotary_emb.inv_freq buffer per layer."""
+    ref = make("llama-lm", tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    theta = cfg.pop("rope_parameters")["rope_theta"]
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "rope_theta": theta, "rope_scaling": None}))
+    inv_freq = 1.0 / theta ** (torch.arange(0, 8, 2).float() / 8)
+    rewrite(tmp_path, lambda s: {**s, **{f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq.clone() for i in range(2)}})
+    ours = M.from_pretrained(tmp_path).eval()
+    assert ours.cfg.rope_theta == 500.0 and ours.cfg.kv_heads == 2 and ours.lm_head is not None
+    ids, mask, _ = inputs("llama-lm")
+    with torch.no_grad():
+        assert (ours(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max() < 1e-5
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
+    with pytest.raises(M.ModelError, match="unsupported rotary scaling 'linear'"):
+        M.from_pretrained(tmp_path)
+
+
 def test_real_minilm_matches_transformers():
     """The real pretrained all-MiniLM-L6-v2 (BERT architecture) on real sentences."""
     tok = hf.AutoTokenizer.from_pretrained(MINILM)
@@ -171,7 +191,8 @@ def test_real_minilm_matches_transformers():
 def test_presets_build_with_known_sizes():
     # parameter totals of the published models (transformers' own counts), built on the meta device: no memory
     known = {("roberta-base", "cls"): 124_647_170, ("bert-base-uncased", "cls"): 109_483_778,
-             ("gpt2", "lm"): 124_439_808, ("roberta-large", "cls"): 355_361_794, ("gpt2-medium", "lm"): 354_823_168}
+             ("gpt2", "lm"): 124_439_808, ("roberta-large", "cls"): 355_361_794, ("gpt2-medium", "lm"): 354_823_168,
+             ("llama2-7b", "lm"): 6_738_415_616, ("llama2-13b", "lm"): 13_015_864_320}
     for (name, head), total in known.items():
         with torch.device("meta"):
             m = M.Model(M.preset(name, head=head, num_labels=2))
@@ -225,11 +246,11 @@ def test_errors_name_the_problem(tmp_path):
     with pytest.raises(M.ModelError, match="corrupt or truncated"):
         M.from_pretrained(corrupt)
 
-    llama = tmp_path / "llama"
-    shutil.copytree(tmp_path / "ok", llama)
-    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(M.ModelError, match="unsupported architecture.*llama"):
-        M.from_pretrained(llama)
+    t5 = tmp_path / "t5"
+    shutil.copytree(tmp_path / "ok", t5)
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}))
+    with pytest.raises(M.ModelError, match="unsupported architecture.*t5"):
+        M.from_pretrained(t5)
 
     with pytest.raises(M.ModelError, match="not a checkpoint folder"):
         M.from_pretrained(tmp_path / "nowhere")

@@ -1,20 +1,25 @@
 """LoRA / SSMLoRA: equations, time axes, state lifetime, insertion plan, parameter counts, training, save/load."""
+import math
 import os
 
 import pytest
 import torch
 import torch.nn as nn
+import transformers as hf
 from torch.overrides import TorchFunctionMode
 
 import adapter_file as F
 import authors
 import model
 import ssmlora as S
+from checkpoints import TINY_GPT2
 
 
 def tiny(family="roberta", **kw):
     cfg = dict(family=family, vocab_size=100, n_positions=40, n_layer=4, n_head=4, d_model=32, d_ff=64, num_labels=2,
                pad_token_id=1, type_vocab_size=0 if family == "gpt2" else 1)
+    if family == "llama":  # RMSNorm, rotary positions, SwiGLU, no biases; and grouped-query attention
+        cfg = {**model.PRESETS["llama2-7b"], **cfg, "type_vocab_size": 0, "n_kv_head": 2}
     return model.Config(**{**cfg, **kw})
 
 
@@ -61,22 +66,84 @@ class Spy:
 
 ALL = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 TARGET_SETS = [dict(targets=("query", "value"), sparse=True), dict(targets=("query", "value"), sparse=False),
-               dict(targets=ALL, sparse=True), dict(targets=ALL, sparse=False), dict(targets="key,ffn_out")]
+               dict(targets=ALL, sparse=True), dict(targets=ALL, sparse=False), dict(targets="key,ffn_out"),
+               dict(targets="qkv,attn_out,head"), dict(targets="qkv", sparse=False)]
+LLAMA_ALL = ALL + ("ffn_gate",)  # its seven linears
 
 
 # ----------------------------------------------------------------------------------------------------------
 # at init: exactly the base model
 
-@pytest.mark.parametrize("family", ["roberta", "bert", "gpt2"])
+@pytest.mark.parametrize("family", ["roberta", "bert", "gpt2", "llama"])
 @pytest.mark.parametrize("method", S.METHODS)
 def test_init_gives_exactly_the_base_output(family, method):
     x, mask = ids(3, 9), torch.ones(3, 9, dtype=torch.long)
     mask[1, 6:] = 0
     base = build(family)
     ref = base(x, attention_mask=mask)[0]
-    for ts in TARGET_SETS if method in ("lora", "ssmlora") else TARGET_SETS[:1]:
+    extra = [dict(targets=LLAMA_ALL + ("head",), sparse=False), dict(targets=LLAMA_ALL)] if family == "llama" else []
+    for ts in TARGET_SETS + extra if method in ("lora", "ssmlora") else TARGET_SETS[:1]:
         m = build(family, method=method, **ts)
         assert torch.equal(m(x, attention_mask=mask)[0], ref), (method, ts)
+
+
+@pytest.mark.parametrize("method", ["lora", "ssmlora"])
+def test_fused_qkv_target_at_init_matches_transformers(method, tmp_path):
+    """GPT-2 as the paper adapts it: the fused c_attn again, under one adapter; at init, transformers' output."""
+    torch.manual_seed(0)
+    ref = hf.GPT2ForSequenceClassification(hf.GPT2Config(**TINY_GPT2, num_labels=2)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = S.add_adapters(model.from_pretrained(tmp_path), method=method, targets="qkv,head")
+    assert all(b.attn.query is None and b.attn.qkv.weight.shape == (96, 32) for b in ours.blocks)
+    x, mask = ids(3, 9), torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    x[mask == 0] = 119
+    with torch.no_grad():
+        assert (ours(x, mask)[0] - ref(input_ids=x, attention_mask=mask).logits).abs().max() < 1e-5
+
+
+class HandTimeModule(nn.Module):
+    """Eqs. (2)-(10) written out around transformers' own Conv1D c_attn (y = x W + b, W stored d x 3d): one W_a,
+    one W_b for q, k and v together; `chain` carries h_norm from one adapted layer to the next."""
+
+    def __init__(self, conv, ours, chain):
+        super().__init__()
+        self.conv, self.chain, self.s = conv, chain, ours.scaling
+        self.W_a, self.W_b, self.W_c, self.W_d = (getattr(ours, n).detach().clone() for n in ("W_a", "W_b", "W_c", "W_d"))
+
+    def forward(self, x):
+        x_new = x @ self.W_a                                                    # (5)
+        h = self.chain.get("h", torch.zeros_like(x_new))                        # h_0 = 0
+        h_next = h @ self.W_c + x_new @ self.W_d + h                            # (2)-(4)
+        lo, hi = h_next.min(-1, keepdim=True).values, h_next.max(-1, keepdim=True).values
+        h_norm = (h_next - lo) / (hi - lo + 1e-8)                               # (6)-(8)
+        self.chain["h"] = h_norm
+        return self.conv(x) + self.s * (x_new + h_norm) @ self.W_b              # (10)
+
+
+def test_fused_qkv_ssmlora_matches_a_hand_computation(tmp_path):
+    """SSMLoRA on GPT-2's fused projection, sparse: layers 0 and 2 of 4, one time axis, against the hand-written
+    Time Module inside transformers' GPT-2."""
+    torch.manual_seed(0)
+    ref = hf.GPT2ForSequenceClassification(hf.GPT2Config(**{**TINY_GPT2, "n_layer": 4}, num_labels=2)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = S.add_adapters(model.from_pretrained(tmp_path), method="ssmlora", targets="qkv", dropout=0.0).eval()
+    randomise(ours)
+    adapted = [i for i, b in enumerate(ours.blocks) if isinstance(b.attn.qkv, S.SSMLoRALinear)]
+    assert adapted == [0, 2] and [ours.blocks[i].attn.qkv.position for i in adapted] == [0, 1]
+    x, mask = ids(3, 9), torch.ones(3, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    x[mask == 0] = 119
+    with torch.no_grad():
+        before = ref(input_ids=x, attention_mask=mask).logits
+    chain = {}
+    for i in adapted:
+        ref.transformer.h[i].attn.c_attn = HandTimeModule(ref.transformer.h[i].attn.c_attn, ours.blocks[i].attn.qkv,
+                                                          chain)
+    with torch.no_grad():
+        want = ref(input_ids=x, attention_mask=mask).logits
+        got = ours(x, mask)[0]
+    assert (got - want).abs().max() < 1e-5 and (want - before).abs().max() > 1e-2  # the adapters do matter
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -289,6 +356,14 @@ def test_insertion_plan():
     assert S.insertion_plan(2, (q, v), False) == [(0, q), (0, v), (1, q), (1, v)]
     assert S.insertion_plan(3, (q, k, v), True) == [(0, q), (1, k), (2, v)]
     assert S.insertion_plan(2, (q, v, "ffn_in"), True) == [(0, q), (0, "ffn_in"), (1, v), (1, "ffn_in")]
+    # a single attention target still skips every other layer (the paper's GPT-2: the fused qkv in 6 of 12)
+    assert S.insertion_plan(4, (q,), True) == [(0, q), (2, q)]
+    assert S.insertion_plan(4, ("value", "ffn_in"), True) == [(0, v), (0, "ffn_in"), (1, "ffn_in"), (2, v),
+                                                               (2, "ffn_in"), (3, "ffn_in")]
+    assert S.insertion_plan(12, ("qkv", "head"), True) == [(i, "qkv") for i in range(0, 12, 2)]
+    assert S.insertion_plan(2, ("qkv",), False) == [(0, "qkv"), (1, "qkv")]
+    m = build(method="ssmlora", targets="query")
+    assert [i for i, b in enumerate(m.blocks) if isinstance(b.attn.query, S.SSMLoRALinear)] == [0, 2]
     assert S.Adapters(targets="value, query").targets == (q, v)
     m = build(method="ssmlora")
     for i, block in enumerate(m.blocks):
@@ -336,6 +411,101 @@ def test_published_and_reference_counts():
     assert bitfit["biases"] == 12 * (4 * 768 + 3072 + 768 + 2 * 768) + 768   # = 102,144, Table 1: BitFit 102K
     text = S.format_report(base)
     assert "148,992" in text and "adapter" in text and "frozen" in text
+
+
+def published(n, paper):
+    """The paper prints 2 to 4 significant digits, sometimes rounded and sometimes cut: 75,268 is its 75.3K but
+    150,536 its 150K and 297,984 its 297K. True if n gives `paper` either way."""
+    digits = len(paper.rstrip("KMB").replace(".", "").lstrip("0"))
+    scale = 10 ** (math.floor(math.log10(n)) - digits + 1)
+    value = float(paper[:-1]) * {"K": 1e3, "M": 1e6, "B": 1e9}[paper[-1]]
+    return any(abs(f(n / scale) * scale - value) < scale / 2 for f in (round, math.floor))
+
+
+TABLE_7 = {1: ("37.6K", "18.4K"), 2: ("75.3K", "36.9K"), 4: ("150K", "73.9K"), 8: ("301K", "148K"),
+           16: ("602K", "297K")}  # GPT-2: (LoRA, SSMLoRA) per rank
+
+
+@pytest.mark.parametrize("r", TABLE_7)
+def test_table_7_gpt2_counts(r):
+    """The paper's GPT-2: LoRA on the fused c_attn in every layer plus LoRA on the score head; SSMLoRA on the
+    fused c_attn in every other layer (one W_a, W_b and one W_c, W_d per module, one time axis of 6)."""
+    lora = S.param_report(meta_model("gpt2", method="lora", rank=r, targets="qkv,head"))["adapter"]
+    ssm = S.param_report(meta_model("gpt2", method="ssmlora", rank=r, targets="qkv"))["adapter"]
+    assert lora == 12 * (768 * r + r * 3 * 768) + (768 * r + r * 2)
+    assert ssm == 6 * (768 * r + r * 3 * 768 + 2 * r * r)
+    assert published(lora, TABLE_7[r][0]) and published(ssm, TABLE_7[r][1])
+
+
+TABLE_9 = {"llama2-7b": ("20.0M", "15.8M", 19_988_480 + 32_784, 15_814_656 + 32_912),
+           "llama2-13b": ("31.3M", "24.81M", 31_293_440 + 40_976, 24_765_440 + 41_104)}
+LLAMA_LORA = "query,key,value,attn_out,ffn_gate,ffn_in,ffn_out,head"
+LLAMA_SSMLORA = "query,value,attn_out,ffn_gate,ffn_in,ffn_out,head"  # the authors' code: q even / v odd + the rest
+
+
+@pytest.mark.parametrize("name", TABLE_9)
+def test_table_9_llama_counts(name):
+    """LoRA on all seven linears of every layer; SSMLoRA as the authors' code: q (even layers) / v (odd), o_proj,
+    gate, up, down in every layer; both with an adapter on the 2-label score head (SSMLoRA's 24.81M needs it)."""
+    paper_lora, paper_ssm, lora_n, ssm_n = TABLE_9[name]
+    lora = S.param_report(meta_model(name, method="lora", targets=LLAMA_LORA))
+    ssm = S.param_report(meta_model(name, method="ssmlora", targets=LLAMA_SSMLORA))
+    assert (lora["adapter"], ssm["adapter"]) == (lora_n, ssm_n) and lora["head"] == ssm["head"] == 0
+    assert published(lora["adapter"], paper_lora) and published(ssm["adapter"], paper_ssm)
+    without_head = S.param_report(meta_model(name, method="ssmlora", targets=LLAMA_SSMLORA[:-5]))["adapter"]
+    assert name == "llama2-7b" or not published(without_head, paper_ssm)  # 24.77M: the head adapter is needed
+    assert published(lora["total"] - lora["adapter"], "6.6B" if name == "llama2-7b" else "13B")  # the base row
+
+
+def test_lora_and_ssmlora_initialise_W_a_each_as_its_paper():
+    """LoRA: Kaiming-uniform (a = sqrt 5) over d_in as Hu et al. and PEFT, U(-1/sqrt(d_in), 1/sqrt(d_in));
+    SSMLoRA: N(0, 1/r) (§3.5). 49,152 draws each, so the checks below have margins of many standard errors."""
+    torch.manual_seed(0)
+    d_in, r = 768, 64
+    lora = S.LoRALinear(nn.Linear(d_in, 4), r, 16.0, 0.0).W_a.detach().flatten()
+    bound = 1 / math.sqrt(d_in)
+    assert float(lora.abs().max()) <= bound and float(lora.abs().max()) > 0.999 * bound
+    flat = torch.histc(lora, bins=10, min=-bound, max=bound) / lora.numel()        # uniform: 10% in each bin
+    assert float((flat - 0.1).abs().max()) < 0.01
+    assert abs(float(lora.std()) / (bound / math.sqrt(3)) - 1) < 0.02
+    ssm = S.SSMLoRALinear(nn.Linear(d_in, 4), r, 16.0, 0.0, S.TimeAxes(), "query", 0, 0).W_a.detach().flatten()
+    sd = 1 / math.sqrt(r)
+    assert abs(float(ssm.std()) / sd - 1) < 0.02 and abs(float(ssm.mean())) < 0.01 * sd
+    assert abs(float((ssm.abs() > 2 * sd).float().mean()) - 0.0455) < 0.005     # normal tails, which uniform lacks
+    assert float(ssm.abs().max()) > 3.5 * sd
+
+
+def test_rank_1_state_never_learns_and_the_report_says_so():
+    m = build(method="ssmlora", rank=1, targets="query,value,ffn_in", dropout=0.0).train()
+    randomise(m)                                                     # non-zero W_b, W_c, W_d: every path is open
+    m(ids(4, 7), labels=torch.tensor([0, 1, 1, 0]))[1].backward()
+    mods = S.adapter_modules(m)
+    assert all(float(mod.W_c.grad.abs().max()) == 0 and float(mod.W_d.grad.abs().max()) == 0 for mod in mods)
+    assert all(float(mod.W_a.grad.abs().max()) > 0 for mod in mods)    # it is LoRA: W_a, W_b learn
+    assert "rank 1" in S.format_report(S.param_report(m)) and S.param_report(build(method="ssmlora"))["notes"] == []
+
+
+@pytest.mark.parametrize("family", ["gpt2", "roberta", "llama"])
+def test_head_adapter_freezes_the_head_linear_and_trains_its_adapter(family, tmp_path):
+    m = build(family, method="ssmlora", targets="query,value,head")
+    out = m.head.output
+    trained = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert f"head.{out}.weight" not in trained and {f"head.{out}.{w}" for w in ("W_a", "W_b", "W_c", "W_d")} <= trained
+    assert ("head.dense.weight" in trained) == (family == "roberta")  # the rest of a head is still trained in full
+    assert getattr(m.head, out).axis == "head" and getattr(m.head, out).position == 0
+    randomise(m)
+    F.save_adapters(m, tmp_path / "a.safetensors")
+    again = F.add_adapters_from_file(build(family), tmp_path / "a.safetensors")
+    assert torch.equal(again(ids(2, 5))[0], m(ids(2, 5))[0])
+
+
+def test_targets_a_model_lacks_are_clear_errors():
+    with pytest.raises(model.ModelError, match="target ffn_gate: a roberta block has no such linear"):
+        build(method="lora", targets="ffn_gate")
+    with pytest.raises(model.ModelError, match="target head: this model has no classification head"):
+        S.add_adapters(model.Model(tiny("gpt2", head="lm")), method="lora", targets="qkv,head")
+    with pytest.raises(ValueError, match="qkv is query, key and value as one projection"):
+        S.Adapters(targets="qkv,value")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -453,7 +623,7 @@ def test_lora_merge_equals_unmerged_and_unmerge_restores():
 @pytest.mark.parametrize("bad, named", [
     (dict(rank=0), "rank"), (dict(rank=-2), "rank"), (dict(rank=2.5), "rank"), (dict(alpha=0), "alpha"),
     (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"), (dict(method="qlora"), "method"),
-    (dict(targets="query,mlp"), "valid targets: query, key, value, attn_out, ffn_in, ffn_out"),
+    (dict(targets="query,mlp"), "valid targets: query, key, value, qkv, attn_out, ffn_gate, ffn_in, ffn_out, head"),
     (dict(targets=""), "valid targets"), (dict(state="keep"), "state"),
 ])
 def test_bad_settings_are_clear_errors(bad, named):
