@@ -11,9 +11,12 @@ import pytest
 import torch
 import transformers as hf
 from safetensors.torch import load_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 import train
 from checkpoints import MINILM
+from data import batches, load_tokenizer
+from glue import get_task, load_glue
 from glue_fixtures import write_glue_task
 
 POS = "good great excellent wonderful lovely superb fine delightful".split()
@@ -56,6 +59,43 @@ def tiny_bert(tmp_path_factory):
     return folder
 
 
+def decoder_checkpoint(folder, family, own_pad=False):
+    """A tiny random decoder saved as the hub's base checkpoints are (an LM head, no classifier), with a BPE
+    tokenizer trained on the synthetic sentences' words. GPT-2: byte-level, vocab.json + merges.txt, no pad token
+    (own_pad: a tokenizer.json that declares its own <pad>); LLaMA: SentencePiece-style, tokenizer.json, <s> first."""
+    words = [" ".join(POS + NEG + FILL)] * 3
+    if family == "gpt2":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        specials = ["<|endoftext|>"] + ["<pad>"] * own_pad
+        tok.train_from_iterator(words, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        if own_pad:
+            tok.save(str(folder / "tokenizer.json"))
+            (folder / "tokenizer_config.json").write_text(json.dumps({"pad_token": "<pad>"}))
+        else:
+            tok.model.save(str(folder))
+        eos = tok.token_to_id("<|endoftext|>")
+        config = hf.GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                               bos_token_id=eos, eos_token_id=eos)
+        model = hf.GPT2LMHeadModel
+    else:
+        tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+        tok.train_from_iterator(words, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]))
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                           special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        tok.save(str(folder / "tokenizer.json"))
+        config = hf.LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+        model = hf.LlamaForCausalLM
+    torch.manual_seed(0)
+    model(config).save_pretrained(folder)
+    return tok
+
+
 def argv(task, model, glue, out, *extra):
     return ["--task", task, "--model", str(model), "--data-dir", str(glue), "--out", str(out), "--batch-size", "16",
             *extra]
@@ -74,6 +114,55 @@ def test_frozen_random_model_learns_with_adapters(method, tiny_bert, glue, tmp_p
     saved = json.loads((out / "results.json").read_text())
     assert saved["best"] == r["best"] and saved["task"] == "sst2" and saved["peak_memory_bytes"] > 0
     assert len(load_file(out / "adapters.safetensors")) > 0
+
+
+@pytest.mark.parametrize("family, own_pad, flags", [
+    ("gpt2", False, ["--method", "ssmlora", "--targets", "qkv"]),            # the paper's GPT-2 SSMLoRA
+    ("gpt2", True, ["--method", "lora", "--targets", "qkv,head"]),           # the paper's GPT-2 LoRA
+    ("llama", False, ["--method", "ssmlora", "--targets", "query,value,attn_out,ffn_gate,ffn_in,ffn_out,head"]),
+])
+def test_decoder_checkpoints_fine_tune_end_to_end(family, own_pad, flags, glue, tmp_path):
+    """GPT-2 (padded with <|endoftext|>, or with the tokenizer's own pad token when it declares one) and LLaMA (with
+    </s>), pooled at the last real token, adapted as the paper's Tables 7 and 9, learn the synthetic SST-2."""
+    (tmp_path / "ckpt").mkdir()
+    tok = decoder_checkpoint(tmp_path / "ckpt", family, own_pad)
+    pad = {"gpt2": "<pad>" if own_pad else "<|endoftext|>", "llama": "</s>"}[family]
+    ours = load_tokenizer(str(tmp_path / "ckpt"), family)
+    assert ours.pad_id == tok.token_to_id(pad)
+    batch = next(batches(ours.encode(load_glue(get_task("sst2"), glue)["dev"][:8], 64), 8))
+    assert batch["attention_mask"] is not None and bool((batch["input_ids"][batch["attention_mask"] == 0] == ours.pad_id).all())
+    r = train.run(train.get_args(argv("sst2", tmp_path / "ckpt", glue, tmp_path / "out", *flags, "--epochs", "10",
+                                      "--lr", "1e-2", "--dropout", "0")))
+    assert r["best"]["dev"]["accuracy"] >= 0.75  # chance is 0.5; measured 0.81, 0.91, 0.92
+
+
+def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path):
+    """On the real MiniLM: step 1 moves W_b off zero, so step 2 is W_d's gradient spike. With one global norm that
+    step's W_a update is ~100x smaller than the next one's; clipping W_c, W_d on their own first keeps it whole.
+    (W_a is the one to watch: its gradient is zero on step 1, so AdamW has no earlier momentum to carry it.)"""
+    moves = {}
+    for mode in ("global", "state"):
+        original, seen = train.build_model, {}
+
+        def build(*a, **k):
+            seen["model"] = original(*a, **k)
+            seen["before"] = {n: p.detach().clone() for n, p in seen["model"].named_parameters() if p.requires_grad}
+            return seen["model"]
+
+        def on_step(step):  # the norm of each step's change of every W_a together
+            now = {n: p.detach().clone() for n, p in seen["model"].named_parameters() if n.endswith("W_a")}
+            moves.setdefault(mode, []).append(sum(float((now[n] - seen["before"][n]).norm() ** 2) for n in now) ** 0.5)
+            seen["before"].update(now)
+        train.build_model = build
+        try:
+            train.run(train.get_args(argv("sst2", MINILM, glue, tmp_path / mode, "--max-steps", "3", "--lr", "5e-4",
+                                          "--warmup", "0", "--weight-decay", "0", "--clip-mode", mode)), on_step=on_step)
+        finally:
+            train.build_model = original
+    assert moves["global"][0] == moves["state"][0] == 0  # step 1: W_b = 0, so W_a has no gradient yet
+    # step 2, the spike: measured 0.033 with state clipping (step 3: 0.013) and 0.00014 with one global norm
+    assert moves["state"][1] > 0.5 * moves["state"][2]
+    assert moves["global"][1] < 0.05 * moves["state"][1]
 
 
 def test_regression_task_learns(tiny_bert, glue, tmp_path):
@@ -147,6 +236,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bert, glu
     assert ck["progress"]["step"] == 4 and all(torch.isfinite(t).all() for t in ck["trained"].values())
 
 
+def test_dry_run_of_llama2_7b_table_9(capsys):
+    r = train.run(train.get_args(["--task", "sst2", "--model", "llama2-7b", "--random-init", "--dry-run", "--targets",
+                                  "query,value,attn_out,ffn_gate,ffn_in,ffn_out,head"]))
+    assert r["params"]["adapter"] == 15_847_568 and "15,847,568" in capsys.readouterr().out  # Table 9: 15.8M
+
+
 def test_dry_run_parameter_report_without_network(capsys):
     # the counts themselves are checked against the paper's tables in test_ssmlora.py; this is the command's path
     r = train.run(train.get_args(["--task", "sst2", "--model", "roberta-large", "--random-init", "--dry-run"]))
@@ -160,12 +255,26 @@ def test_dry_run_parameter_report_without_network(capsys):
     (["--task", "sst2", "--rank", "0", "--dry-run", "--random-init"], "rank must be an integer >= 1"),
     (["--task", "sst2", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--task", "sst2", "--rank", "eight"], "argument --rank: invalid int value"),
+    (["--task", "sst2", "--clip-mode", "tensor"], "--clip-mode must be one of state, global"),
 ])
 def test_bad_input_is_one_line_error(flags, message, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(flags)
     text = str(e.value.code)
     assert message in text and "\n" not in text and e.value.code != 0
+
+
+def test_tokenizer_without_a_pad_token_names_the_flag(glue, tmp_path, capsys):
+    (tmp_path / "ckpt").mkdir()
+    decoder_checkpoint(tmp_path / "ckpt", "gpt2")
+    (tmp_path / "tok").mkdir()
+    vocab = json.loads((tmp_path / "ckpt" / "vocab.json").read_text())
+    (tmp_path / "tok" / "vocab.json").write_text(json.dumps({k: v for k, v in vocab.items() if k != "<|endoftext|>"}))
+    shutil.copy(tmp_path / "ckpt" / "merges.txt", tmp_path / "tok")
+    with pytest.raises(SystemExit) as e:
+        train.main(argv("sst2", tmp_path / "ckpt", glue, tmp_path / "out", "--tokenizer", str(tmp_path / "tok")))
+    text = str(e.value.code)
+    assert "Cannot tell the padding token" in text and "--tokenizer" in text and "\n" not in text
 
 
 def test_missing_data_folder_from_the_command_line(tiny_bert, tmp_path):
