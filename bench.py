@@ -6,6 +6,7 @@ and SSMLoRA side by side, over batch sizes and sequence lengths, in inference an
     python bench.py --dense          # SSMLoRA dense too: the same modules as LoRA
     python bench.py --device cuda --dtype fp32 --lengths 16,128,512 --batch-sizes 1,16
     python bench.py --quick          # a tiny model in seconds (what the tests run)
+    python bench.py --preset llama2-7b --layers 2 --no-reference    # LLaMA-2-7B's shapes, 2 of its 32 layers
 
 With `transformers` installed, a reference row times its implementation of the same checkpoint (inference only).
 """
@@ -31,7 +32,7 @@ from util import OneLineParser, UserError, atomic_write
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
 REF = "transformers"
-ADAPTED = "query,value"  # the projections both methods adapt
+ADAPTED = "query,value"  # the projections both methods adapt, unless --targets says otherwise
 # per device: a GPU gets a sweep like the paper's Table 12; two CPU cores get a few short shapes, to stay in a minute
 SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 128], [1], 5, 1),
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
@@ -62,6 +63,8 @@ def get_args(argv=None):
     p.add_argument("--warmup", type=int, help="untimed rounds first (default: CPU 1, CUDA 2, --quick 1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's own; --quick: 1, as a tiny model gains "
                    "nothing from more and one thread cannot stall waiting for a core that another process holds)")
+    p.add_argument("--layers", type=int, help="build only this many of the preset's layers (e.g. llama2-7b on a CPU)")
+    p.add_argument("--targets", default=ADAPTED, help=f"what both methods adapt (default {ADAPTED}; see train.py)")
     p.add_argument("--rank", type=int, default=8, help="default 8")
     p.add_argument("--alpha", type=float, default=16.0, help="default 16 (scaling s = alpha / rank)")
     p.add_argument("--dense", action="store_true", help="SSMLoRA dense too (query and value in every layer, as LoRA); "
@@ -79,8 +82,8 @@ def get_args(argv=None):
     a.lengths, a.batch_sizes = a.lengths or lengths, a.batch_sizes or batch_sizes
     a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
     a.threads = a.threads or (1 if a.quick else torch.get_num_threads())
-    if min(a.repeats, a.rank, a.threads) < 1 or a.warmup < 0 or a.alpha <= 0:
-        p.error("--repeats, --rank and --threads must be at least 1, --warmup at least 0, --alpha above 0")
+    if min(a.repeats, a.rank, a.threads, a.layers or 1) < 1 or a.warmup < 0 or a.alpha <= 0:
+        p.error("--repeats, --rank, --threads and --layers must be at least 1, --warmup at least 0, --alpha above 0")
     has_hf = importlib.util.find_spec("transformers") is not None
     if a.reference and not has_hf:
         p.error("--reference needs the transformers package (pip install transformers)")
@@ -105,7 +108,7 @@ def reference_pair(cfg):
     import transformers as hf  # test-only dependency: imported only when asked for
     hf.utils.logging.disable_progress_bar()
     cls = {"gpt2": hf.GPT2ForSequenceClassification, "roberta": hf.RobertaForSequenceClassification,
-           "bert": hf.BertForSequenceClassification}[cfg.family]
+           "bert": hf.BertForSequenceClassification, "llama": hf.LlamaForSequenceClassification}[cfg.family]
     torch.manual_seed(0)
     ref = cls(config_to_hf(cfg)).eval()
     with tempfile.TemporaryDirectory() as tmp:  # through a real checkpoint folder: the path users take
@@ -138,7 +141,7 @@ def build(cfg, args):
     models = {}
     for method in COMPARED:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
         sparse = False if method == "ssmlora" and args.dense else None
-        adapters = Adapters(method, args.rank, args.alpha, targets=ADAPTED, sparse=sparse)
+        adapters = Adapters(method, args.rank, args.alpha, targets=args.targets, sparse=sparse)
         models[method] = add_adapters(twin(base), adapters)
     return models, ref, check
 
@@ -284,8 +287,9 @@ def table(rows, mode, names):
 
 
 def describe(model):
-    a = model.adapters  # the targets are query,value: sparse puts the query on even layers, the value on odd ones
-    where = "query on even layers, value on odd (paper §3.4)" if a.sparse else f"{','.join(a.targets)} in every layer"
+    a = model.adapters  # sparse: with query,value, the query on even layers and the value on odd ones
+    where = (f"{','.join(a.targets)}, the attention ones alternating over the layers (paper §3.4)" if a.sparse
+             else f"{','.join(a.targets)} in every layer")
     return (f"{'sparse' if a.sparse else 'dense'}: {where}; {len(adapter_modules(model))} modules in "
             f"{model.cfg.n_layer} layers, {param_report(model)['adapter']:,} adapter params")
 
@@ -293,7 +297,7 @@ def describe(model):
 def report(result, models, args):
     s, check = result["settings"], result["reference"]["max_abs_logit_diff"]
     print(f"\nSSMLoRA vs LoRA on {s['model']}, random weights, {s['device']} ({s['threads']} thread"
-          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, rank {s['rank']}, alpha {s['alpha']:g}, targets {ADAPTED}")
+          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, rank {s['rank']}, alpha {s['alpha']:g}, targets {s['targets']}")
     for n in ("lora", "ssmlora"):
         print(f"  {n:8} {describe(models[n])}")
     print("  (each method's own default, as the paper compares them; --dense compares dense with dense)"
@@ -319,12 +323,14 @@ def report(result, models, args):
 
 
 def run(args):
-    cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}))
+    cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}),
+                 **({"n_layer": args.layers} if args.layers else {}))
     cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
     if max(args.lengths) > cfg.max_tokens:
         raise UserError(f"--lengths: {max(args.lengths)} is longer than this model's {cfg.max_tokens} positions")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes on the cores skew timings
-    model_name = f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
+    model_name = (f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
+                  f"{f' ({cfg.n_layer} layers)' if args.layers else ''}")
     print(f"building {model_name} on {args.device}...", file=sys.stderr)
     models, ref, check = build(cfg, args)
     rows = sweep(cfg, models, ref, args)
@@ -338,7 +344,7 @@ def run(args):
                 if importlib.util.find_spec("transformers") else "transformers is not installed")
     settings = dict(model=model_name, preset=args.preset, quick=args.quick, device=str(args.device), dtype=args.dtype,
                     threads=torch.get_num_threads(), torch=torch.__version__, rank=args.rank, alpha=args.alpha,
-                    targets=ADAPTED, lora_sparse=models["lora"].adapters.sparse,
+                    targets=args.targets, lora_sparse=models["lora"].adapters.sparse,
                     ssmlora_sparse=models["ssmlora"].adapters.sparse, lengths=args.lengths,
                     batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup, load_at_start=load)
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},

@@ -1,5 +1,6 @@
 """
-Fine-tune a RoBERTa / BERT / GPT-2 on a GLUE, SuperGLUE or RACE task with SSMLoRA or one of the paper's baselines.
+Fine-tune a RoBERTa / BERT / GPT-2 / LLaMA on a GLUE, SuperGLUE or RACE task with SSMLoRA or one of the paper's
+baselines.
 
     python train.py --task sst2 --rank 8                       # roberta-base, SSMLoRA, the LoRA paper's recipe
     python train.py --task boolq --rank 8                      # SuperGLUE, evaluated on val
