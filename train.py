@@ -301,7 +301,8 @@ def peak_memory(device):
 # checkpoints: everything a resumed run needs to end exactly where an uninterrupted one would
 
 RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
-            "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed", "max_steps", "max_train", "random_init")
+            "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed", "max_steps", "max_train",
+            "random_init")
 
 
 def save_checkpoint(path, model, opt, sched, progress, args):

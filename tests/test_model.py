@@ -162,7 +162,8 @@ def test_llama_older_layouts(tmp_path):
     theta = cfg.pop("rope_parameters")["rope_theta"]
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "rope_theta": theta, "rope_scaling": None}))
     inv_freq = 1.0 / theta ** (torch.arange(0, 8, 2).float() / 8)
-    rewrite(tmp_path, lambda s: {**s, **{f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq.clone() for i in range(2)}})
+    buffers = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq.clone() for i in range(2)}
+    rewrite(tmp_path, lambda s: {**s, **buffers})
     ours = M.from_pretrained(tmp_path).eval()
     assert ours.cfg.rope_theta == 500.0 and ours.cfg.kv_heads == 2 and ours.lm_head is not None
     ids, mask, _ = inputs("llama-lm")

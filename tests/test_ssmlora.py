@@ -109,7 +109,8 @@ class HandTimeModule(nn.Module):
     def __init__(self, conv, ours, chain):
         super().__init__()
         self.conv, self.chain, self.s = conv, chain, ours.scaling
-        self.W_a, self.W_b, self.W_c, self.W_d = (getattr(ours, n).detach().clone() for n in ("W_a", "W_b", "W_c", "W_d"))
+        self.W_a, self.W_b, self.W_c, self.W_d = (getattr(ours, n).detach().clone()
+                                                  for n in ("W_a", "W_b", "W_c", "W_d"))
 
     def forward(self, x):
         x_new = x @ self.W_a                                                    # (5)
