@@ -20,6 +20,7 @@ import torch
 
 from adapter_file import add_adapters_from_file, read_run
 from data import DataError, Example, batches, load_tokenizer
+import glue
 from glue import get_task
 from hub import config_from_hf, read_config, resolve
 from model import Model, check_inputs, from_pretrained, preset
@@ -39,6 +40,9 @@ def load(adapters, model=None, tokenizer=None, device="auto"):
     run = read_run(adapters)
     if not run.get("task"):
         raise UserError(f"{adapters} does not say which task it was trained on (written by an older train.py?)")
+    if run["task"] not in glue.TASKS:
+        raise UserError(f"{adapters} was trained on {run['task']}: predict.py runs GLUE tasks; evaluate SuperGLUE and "
+                        f"RACE adapters with python train.py --eval-only {adapters}")
     task, name = get_task(run["task"]), model or run["model"]
     with torch.device("cpu"):
         if run.get("random_init"):  # the base weights were random: only a preset or a config.json rebuilds them
