@@ -11,6 +11,7 @@ the checkpoint's own tokenizer, and padded batches. Each benchmark's reader turn
     encode_rows(tok, pairs_or_choices, max_len) -> Rows   the passage is cut to fit, never the question or option
     batches(encoded, batch_size, shuffle=False, generator=None) -> dicts of input_ids, attention_mask (None when
         nothing in the batch is padded), token_type_ids, labels; for Choices also choices (questions, most choices)
+    collate(encoded, examples) -> one such dict, of the chosen examples (an array of their numbers)
 """
 import json
 import os
@@ -423,6 +424,11 @@ def _collate(enc, rows):
             "token_type_ids": long(types), "labels": torch.from_numpy(enc.labels[rows])}
 
 
+def collate(encoded, examples):
+    """One padded batch of the chosen examples (an array of their numbers) of Encoded or Rows."""
+    return (_collate_rows if isinstance(encoded, Rows) else _collate)(encoded, examples)
+
+
 def batches(encoded, batch_size, shuffle=False, generator=None, drop_last=False):
     """Iterator of padded batches of Encoded or Rows (batch_size counts examples: a Choice brings all its rows). With
     shuffle, the order is drawn now from generator (a seeded torch.Generator), so the same seed and the same number
@@ -432,5 +438,4 @@ def batches(encoded, batch_size, shuffle=False, generator=None, drop_last=False)
     n = len(encoded)
     order = torch.randperm(n, generator=generator).numpy() if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
-    collate = _collate_rows if isinstance(encoded, Rows) else _collate
     return (collate(encoded, order[i:i + batch_size]) for i in range(0, stop, batch_size))
