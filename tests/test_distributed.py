@@ -4,7 +4,7 @@ gradient accumulation, which must equal the batch it splits.
 
 The runs compared across batch splits use LoRA. Splitting a batch changes the order of float additions, and SSMLoRA's
 eq. (8) divides by max - min + 1e-8 over states that start constant, so its runs drift apart within a few steps
-(a difference of 3e-7 after step 1 was 2e-2 after step 5, for accumulation in one process as for two processes).
+(a difference of 2e-7 after step 1 was 2e-2 after step 5, for accumulation in one process as for two processes).
 Runs with the same split are compared bit for bit with SSMLoRA."""
 import json
 import math
