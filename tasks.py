@@ -1,0 +1,68 @@
+"""
+Every benchmark train.py runs, by name: GLUE (glue.py), SuperGLUE (superglue.py) and RACE (race.py), each task's
+recipe, and the one place that tells their two shapes of data apart (GLUE's text pairs; the reading tasks'
+passage-first rows, which data.encode_rows cuts to fit).
+"""
+import glue
+import race
+import superglue
+from data import Choice, DataError, encode_rows
+
+# Learning rate and epochs per task for RoBERTa-base with LoRA, batch 16, warm-up ratio 0.06, max length 512:
+# Hu et al. 2022 (LoRA), Table 9. We use it for SSMLoRA, LoRA and BitFit alike, as the SSMLoRA paper keeps one
+# set of hyper-parameters for all LoRA-derived methods (its appendix A). Full fine-tuning uses RoBERTa's own GLUE
+# recipe instead (Liu et al. 2019: lr 2e-5, batch 16, 10 epochs, warm-up 6%).
+RECIPE = {"mnli": (5e-4, 30), "sst2": (5e-4, 60), "mrpc": (4e-4, 30), "cola": (4e-4, 80), "qnli": (4e-4, 25),
+          "qqp": (5e-4, 25), "rte": (5e-4, 80), "stsb": (4e-4, 40), "wnli": (4e-4, 30),
+          # SuperGLUE and RACE: neither paper gives a recipe. lr 5e-4 is the top of the SSMLoRA paper's range and
+          # LoRA's value for most GLUE tasks; the epochs follow LoRA's table by training-set size: 80 like RTE for
+          # the few-hundred-example sets, 30-40 like MRPC and STS-B for a few thousand, 25 like QNLI for MultiRC's
+          # 27k answers, 10 for ReCoRD and RACE, whose epochs are 1.4M and 350k rows of up to 512 tokens.
+          "boolq": (5e-4, 30), "cb": (5e-4, 80), "copa": (5e-4, 80), "multirc": (5e-4, 25), "record": (5e-4, 10),
+          "wic": (5e-4, 40), "wsc": (5e-4, 80), "race": (5e-4, 10)}
+FULL_RECIPE = (2e-5, 10)
+TASK_NAMES = (f"GLUE: {' '.join(glue.TASKS)}; SuperGLUE: {' '.join(superglue.TASKS)} (RTE: GLUE's rte); race")
+
+
+def get_task(name):
+    """A GLUE, SuperGLUE or RACE task by name (GLUE's official spellings, SST-2, work too)."""
+    key = str(name).lower()
+    if key in superglue.TASKS or key == "race":
+        return superglue.TASKS.get(key, race.TASK)
+    try:
+        return glue.get_task(name)
+    except DataError:
+        raise DataError(f"Unknown task {name!r}. Valid names: {TASK_NAMES}") from None
+
+
+def is_reading(task):
+    """SuperGLUE and RACE: passage-first rows (data.Pair, data.Choice), scored by the task with its examples."""
+    return not isinstance(task, glue.Task)
+
+
+def load_data(task, args):
+    """{split: examples} for train and the task's dev split(s), from --data-dir or the download cache."""
+    if task is race.TASK:
+        return race.load_race(args.data_dir, args.cache_dir)
+    load = superglue.load_superglue if is_reading(task) else glue.load_glue
+    return load(task, args.data_dir, args.cache_dir)
+
+
+def encode(tok, task, examples, max_len, split, report):
+    """GLUE as before; the reading tasks as rows whose passage is cut to fit, never the question or option. How
+    many rows had their passage cut goes into report[split] (and results.json)."""
+    if not is_reading(task):
+        return tok.encode(examples, max_len)
+    if split == "train":  # a ReCoRD query whose answer is none of the passage's entities cannot be learned
+        kept = [e for e in examples if not isinstance(e, Choice) or e.gold]
+        if len(kept) < len(examples):
+            print(f"data: {len(examples) - len(kept):,} of {len(examples):,} training questions have no candidate "
+                  "that is a right answer; they are left out of training")
+        examples = kept
+    enc = encode_rows(tok, examples, max_len)
+    report[split] = {"rows": len(enc.starts), "passage_cut": enc.cut, "text_cut": enc.cut_text}
+    if enc.cut:
+        print(f"data: {split}: the passage was cut to fit --max-len {max_len} in {enc.cut:,} of {len(enc.starts):,} "
+              f"rows" + (f"; {enc.cut_text:,} questions or options were too long even alone and were cut too"
+                         if enc.cut_text else ""))
+    return enc
