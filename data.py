@@ -5,7 +5,7 @@ the checkpoint's own tokenizer, and padded batches. Each benchmark's reader turn
 
     Example(text_a, text_b, label)            text_b None for single texts; label a class id or a float score
     fetch_once(cache_dir, folder, build)      cache_dir/folder, built by build(tmp) the first time, atomically
-    download(url, dest), unzip(archive, url, into), untar(archive, url, into)
+    download(url, dest), download_zip(url, into, name), untar(archive, url, into)
     Pair(text_a, text_b, label, group), Choice(context, choices, gold, ...)   the reading benchmarks' shapes
     load_tokenizer(folder, family=None) -> Tok;  Tok.encode(examples, max_len) -> Encoded
     encode_rows(tok, pairs_or_choices, max_len) -> Rows   the passage is cut to fit, never the question or option
@@ -114,8 +114,10 @@ def untar(archive, url, into):
         raise DataError(f"{url} is not a valid .tar.gz archive ({e})") from None
 
 
-def unzip(archive, url, into):
-    """Extract a downloaded zip after checking every member's CRC."""
+def download_zip(url, into, name):
+    """Download the zip at url as into/name and extract it into `into`, after checking every member's CRC."""
+    archive = os.path.join(into, name)
+    download(url, archive)
     try:
         with zipfile.ZipFile(archive) as z:
             bad = z.testzip()                      # reads every member and checks its CRC

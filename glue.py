@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from data import DataError, Example, download, fetch_once, unzip
+from data import DataError, Example, download, download_zip, fetch_once
 
 
 @dataclass(frozen=True)
@@ -136,9 +136,7 @@ def _fetch(task, cache_dir, base_url):
 
 
 def _unpack(url, task, tmp):
-    archive = os.path.join(tmp, task.archive)
-    download(url, archive)
-    unzip(archive, url, tmp)
+    download_zip(url, tmp, task.archive)
     if not _complete(task, os.path.join(tmp, task.folder)):
         raise DataError(f"{url} does not contain {_expected_files(task)}")
 

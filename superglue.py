@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from data import Choice, DataError, Pair, download, fetch_once, unzip
+from data import Choice, DataError, Pair, download_zip, fetch_once
 from metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
 
 
@@ -244,9 +244,7 @@ def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
 
 
 def _unpack(url, task, tmp):
-    archive = os.path.join(tmp, task.archive)
-    download(url, archive)
-    unzip(archive, url, tmp)
+    download_zip(url, tmp, task.archive)
     if not _complete(task, os.path.join(tmp, task.folder)):
         raise DataError(f"{url} does not contain {_expected_files(task)}")
 

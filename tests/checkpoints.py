@@ -56,3 +56,15 @@ def rewrite(folder, edit):
     """Apply edit(state) -> state to the checkpoint's model.safetensors (to mimic other hub layouts)."""
     path = Path(folder) / "model.safetensors"
     save_file({k: v.contiguous() for k, v in edit(load_file(path)).items()}, path)
+
+
+def tiny_bert(folder, dropout=0.1):
+    """A random 4-layer BERT (d=32) with the real MiniLM WordPiece tokenizer: no pre-trained knowledge at all."""
+    import shutil
+    torch.manual_seed(0)
+    hf.BertModel(hf.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                               intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                               attention_probs_dropout_prob=dropout)).save_pretrained(folder)
+    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
+        shutil.copy(MINILM / name, folder)
+    return folder

@@ -3,12 +3,10 @@ reports its metrics in results.json; a tiny random model with SSMLoRA adapters r
 RACE-shaped data (the multiple-choice head included), with RACE's articles cut to fit --max-len."""
 import json
 import random
-import shutil
 
 import pytest
-import torch
-import transformers as hf
 
+import checkpoints
 import race
 import superglue
 import train
@@ -94,14 +92,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A random 4-layer BERT (d=32) with the real MiniLM WordPiece tokenizer: no pre-trained knowledge at all."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    hf.BertModel(hf.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
-        shutil.copy(MINILM / name, folder)
-    return folder
+    return checkpoints.tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def run(task, model, files, out, *extra):

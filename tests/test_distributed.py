@@ -10,18 +10,16 @@ import json
 import math
 import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import transformers as hf
 from safetensors.torch import load_file
 
+import checkpoints
 import train
-from checkpoints import MINILM
 from glue_fixtures import write_glue_task
 from test_train import sentiment_rows
 
@@ -42,16 +40,9 @@ def glue(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A random 4-layer BERT (d=32) without dropout: processes draw their own dropout masks, so only a model
-    without dropout can give the same numbers in one process and in two."""
-    folder = tmp_path_factory.mktemp("tiny-bert-no-dropout")
-    torch.manual_seed(0)
-    hf.BertModel(hf.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                               attention_probs_dropout_prob=0.0)).save_pretrained(folder)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
-        shutil.copy(MINILM / name, folder)
-    return folder
+    """Without dropout: processes draw their own dropout masks, so only a model without dropout can give the same
+    numbers in one process and in two."""
+    return checkpoints.tiny_bert(tmp_path_factory.mktemp("tiny-bert-no-dropout"), dropout=0.0)
 
 
 def flags(model, glue, out, *extra, epochs=2):

@@ -13,6 +13,7 @@ import transformers as hf
 from safetensors.torch import load_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+import checkpoints
 import train
 from checkpoints import MINILM
 from data import batches, load_tokenizer
@@ -49,14 +50,7 @@ def glue(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory):
-    """A random 4-layer BERT (d=32) with the real MiniLM WordPiece tokenizer: no pre-trained knowledge at all."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    hf.BertModel(hf.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
-    for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"):
-        shutil.copy(MINILM / name, folder)
-    return folder
+    return checkpoints.tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def decoder_checkpoint(folder, family, own_pad=False):
