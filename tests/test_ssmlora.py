@@ -658,3 +658,16 @@ def test_forward_does_not_loop_over_examples_or_tokens(method):
             m(ids(B, T))
         counts.append(c.n)
     assert counts[0] == counts[1] > 0
+
+
+def test_whole_adapted_model_traces_as_one_graph():
+    """No graph break anywhere in the forward (no device-to-host read, no data-dependent Python branch): what
+    torch.compile and CUDA graphs need to fuse the Time Module's small kernels. The eager backend traces without
+    compiling, so this stays fast on a CPU."""
+    m = build("gpt2", method="ssmlora", targets="query,value,ffn_in")  # causal: the mask path has the most to trace
+    randomise(m)
+    x, mask = ids(2, 9), torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    compiled = torch.compile(m, fullgraph=True, backend="eager")  # fullgraph: a graph break is an error
+    for attention_mask in (mask, None):
+        torch.testing.assert_close(compiled(x, attention_mask)[0], m(x, attention_mask)[0], atol=1e-6, rtol=0)
