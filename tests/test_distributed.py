@@ -84,7 +84,7 @@ def assert_close_runs(a, b):
 
 
 def test_two_processes_equal_one_process_with_twice_the_batch(tiny_bert, glue, tmp_path):
-    common = ("--method", "lora", "--dropout", "0", "--eval-every", "9", "--epochs", "15")
+    common = ("--method", "lora", "--dropout", "0", "--eval-every", "9", "--epochs", "4")
     p = torchrun("train.py", flags(tiny_bert, glue, tmp_path / "two", "--batch-size", "8", *common))
     assert p.returncode == 0, p.stderr[-3000:]
     one = train.run(train.get_args(flags(tiny_bert, glue, tmp_path / "one", "--batch-size", "16", *common)))
@@ -96,12 +96,14 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_bert, glue, t
                           "15 steps an epoch") == 1
     assert p.stdout.count("best accuracy") == 1 and p.stdout.count("trainable") == 1
     two = json.loads((tmp_path / "two" / "results.json").read_text())
-    assert two["processes"] == 2 and two["examples_per_step"] == 16 and two["steps"] == one["steps"] == 225
+    assert two["processes"] == 2 and two["examples_per_step"] == 16 and two["steps"] == one["steps"] == 60
 
-    # every 9 steps and at each epoch's end (every 15 steps); steps 45, 90, ... are both, and evaluated once
-    assert [x["step"] for x in evals(tmp_path / "two")] == sorted({*range(9, 226, 9), *range(15, 226, 15)})
+    # every 9 steps and at each epoch's end (every 15 steps); step 45 is both, and evaluated once
+    assert [x["step"] for x in evals(tmp_path / "two")] == sorted({*range(9, 61, 9), *range(15, 61, 15)})
     assert_close_runs(tmp_path / "two", tmp_path / "one")
-    assert two["best"]["dev"]["accuracy"] > 0.7  # it learned (chance is 0.5), so the equality means something
+    # the adapters really moved (W_b starts at zero), so the equality covers 60 real steps; a sharding mistake
+    # (a process on the wrong rows, a wrong weight) shows at the first step, far above the tolerance
+    assert max(float(t.abs().max()) for k, t in adapters(tmp_path / "two").items() if k.endswith("W_b")) > 1e-2
 
     # one process accumulating the same two passes of 8 adds the same numbers in the same order: bit for bit
     train.run(train.get_args(flags(tiny_bert, glue, tmp_path / "accum", "--batch-size", "8", "--grad-accum", "2",
