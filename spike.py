@@ -16,12 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 import train
-from data import load_tokenizer
-from glue import get_task, load_glue
-from hub import resolve
 
 KINDS = ("W_a", "W_b", "W_c", "W_d", "head")
 POS = "good great excellent wonderful lovely superb fine delightful".split()
@@ -50,44 +45,41 @@ def kind(name):
 
 
 def run(mode, args, data_dir, out):
-    """One fine-tuning run through train.fit; returns per-step logs."""
+    """One fine-tuning run through train.run, recording per step: the training loss, the gradient norms before
+    clipping and the update sizes."""
     targs = train.get_args(["--task", args.task, "--model", args.model, "--data-dir", str(data_dir), "--out", str(out),
                             "--epochs", str(args.epochs), "--clip-mode", mode, "--seed", str(args.seed),
-                            "--max-train", str(args.max_train), "--patience", "0", "--lr", str(args.lr)])
-    task = get_task(targs.task)
-    torch.manual_seed(targs.seed)
-    model = train.build_model(targs, task.num_labels)
-    tok = load_tokenizer(resolve(model.source), family=model.cfg.family)
-    data = load_glue(task, targs.data_dir)
-    encoded = {split: tok.encode(rows[:targs.max_train] if split == "train" else rows, 128)
-               for split, rows in data.items()}
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    log = {"loss": [], "grad": [], "update": []}
+                            "--max-train", str(args.max_train), "--patience", "0", "--lr", str(args.lr),
+                            "--max-len", "128"])
+    log, before, params = {"loss": [], "grad": [], "update": []}, {}, {}
+    build, clip = train.build_model, train.clip_gradients
 
-    forward = model.forward
+    def recording_build(*a, **k):  # the model train.run builds, its forward wrapped to keep each step's loss
+        model = build(*a, **k)
+        params.update((n, p) for n, p in model.named_parameters() if p.requires_grad)
+        forward = model.forward
 
-    def recording_forward(*a, **k):  # the training loss of each step
-        logits, loss = forward(*a, **k)
-        if model.training and loss is not None:
-            log["loss"].append(loss.item())
-        return logits, loss
-    model.forward = recording_forward
-
-    clip = train.clip_gradients
+        def recording_forward(*fa, **fk):
+            logits, loss = forward(*fa, **fk)
+            if model.training and loss is not None:
+                log["loss"].append(loss.item())
+            return logits, loss
+        model.forward = recording_forward
+        return model
 
     def recording_clip(others, state, max_norm, how):  # gradient norms per kind, before clipping
         log["grad"].append(norms({n: p.grad for n, p in params.items() if p.grad is not None}))
         before.update({n: p.detach().clone() for n, p in params.items()})
         return clip(others, state, max_norm, how)
-    before = {}
 
     def after_step(step):  # the size of the update each kind of tensor took
         log["update"].append(norms({n: p.detach() - before[n] for n, p in params.items()}))
-    train.clip_gradients = recording_clip
+    train.build_model, train.clip_gradients = recording_build, recording_clip
     try:
-        results = train.fit(model, encoded, task, targs, torch.device("cpu"), on_step=after_step)
+        results = train.run(targs, on_step=after_step)
     finally:
-        train.clip_gradients = clip
+        train.build_model, train.clip_gradients = build, clip
+    task = train.get_task(targs.task)
     lines = [json.loads(line) for line in (Path(out) / "eval.jsonl").read_text().splitlines()]
     log["dev"] = [line[task.dev[0]][task.select] for line in lines]
     log["results"] = results

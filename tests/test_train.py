@@ -160,6 +160,19 @@ def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path):
     assert moves["global"][1] < 0.05 * moves["state"][1]
 
 
+def test_spike_tool_runs_both_clipping_modes_through_train(tmp_path, capsys):
+    """spike.py, the README's measurement of the W_d spike, drives train.run: it must keep working as train.py
+    changes. Two steps a mode: step 1 leaves W_d at zero, step 2 (after W_b left zero) moves it."""
+    import spike
+    spike.main(["--model", str(MINILM), "--max-train", "32", "--epochs", "1", "--json", str(tmp_path / "s.json")])
+    logs = json.loads((tmp_path / "s.json").read_text())
+    assert set(logs) == {"global", "state"}
+    for log in logs.values():
+        assert len(log["loss"]) == len(log["update"]) == 2 and len(log["dev"]) == 1
+        assert log["update"][0]["W_d"] == 0 and log["update"][1]["W_d"] > 0
+    assert "W_d update norm at step" in capsys.readouterr().out
+
+
 def test_regression_task_learns(tiny_bert, glue, tmp_path):
     r = train.run(train.get_args(argv("stsb", tiny_bert, glue, tmp_path, "--epochs", "20", "--lr", "1e-2",
                                       "--dropout", "0")))
