@@ -13,17 +13,18 @@ prints one JSON line per example: {"label": ..., "probability": ...} (a "score" 
 """
 import json
 import sys
-from pathlib import Path
+from argparse import Namespace
 from typing import NamedTuple
 
 import torch
 
-from adapter_file import add_adapters_from_file, read_run
-from data import DataError, Example, batches, load_tokenizer
 import glue
+import train
+from adapter_file import read_run
+from data import DataError, Example, batches, load_tokenizer
 from glue import get_task
-from hub import config_from_hf, read_config, resolve
-from model import Model, check_inputs, from_pretrained, preset
+from hub import resolve
+from model import Model
 from util import OneLineParser, UserError, pick_device
 
 
@@ -44,13 +45,10 @@ def load(adapters, model=None, tokenizer=None, device="auto"):
         raise UserError(f"{adapters} was trained on {run['task']}: predict.py runs GLUE tasks; evaluate SuperGLUE and "
                         f"RACE adapters with python train.py --eval-only {adapters}")
     task, name = get_task(run["task"]), model or run["model"]
-    with torch.device("cpu"):
-        if run.get("random_init"):  # the base weights were random: only a preset or a config.json rebuilds them
-            base = Model(config_from_hf(read_config(name), task.num_labels) if Path(name).is_dir()
-                         else preset(name, head="cls", num_labels=task.num_labels))
-        else:
-            base = from_pretrained(name, num_labels=task.num_labels)
-    m = add_adapters_from_file(base, adapters).eval()
+    # train.py's own builder: the base (a checkpoint, or for --random-init runs a preset or config.json), then the
+    # adapters and head rebuilt from the file
+    m = train.build_model(Namespace(model=name, random_init=run.get("random_init", False), eval_only=adapters),
+                          task).eval()
     source = tokenizer or run.get("tokenizer") or (name if run.get("random_init") else m.source)
     device = pick_device(device)
     return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device)
@@ -65,8 +63,7 @@ def predict(p, texts_a, texts_b=None, batch_size=32, max_len=512):
     examples = [Example(a, None if texts_b is None else texts_b[i], label) for i, a in enumerate(texts_a)]
     out = []
     for batch in batches(p.tok.encode(examples, min(max_len, p.model.cfg.max_tokens)), batch_size):
-        check_inputs(p.model.cfg, batch["input_ids"], batch["attention_mask"])
-        batch = {k: v if v is None else v.to(p.device) for k, v in batch.items()}
+        batch = train.to_device(batch, p.model.cfg, p.device)
         logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         if p.task.is_regression:
             out += [{"score": s} for s in logits.float().squeeze(-1).tolist()]
