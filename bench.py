@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
-from hub import config_to_hf
-from model import PRESETS, Model, from_pretrained, preset
+from files import atomic_write
+from files.hub import config_to_hf, from_pretrained
+from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
-from util import OneLineParser, UserError, atomic_write
+from training.cli import OneLineParser
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
 REF = "transformers"
@@ -327,7 +328,7 @@ def run(args):
                  **({"n_layer": args.layers} if args.layers else {}))
     cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
     if max(args.lengths) > cfg.max_tokens:
-        raise UserError(f"--lengths: {max(args.lengths)} is longer than this model's {cfg.max_tokens} positions")
+        raise ValueError(f"--lengths: {max(args.lengths)} is longer than this model's {cfg.max_tokens} positions")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes on the cores skew timings
     model_name = (f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
                   f"{f' ({cfg.n_layer} layers)' if args.layers else ''}")
@@ -363,7 +364,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     try:
         return run(args)
-    except (UserError, ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
+    except (ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
         sys.exit(f"error: {e}")
     finally:  # main may be called in-process (the tests): give the caller its setting back
         torch.set_num_threads(threads)

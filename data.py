@@ -1,9 +1,10 @@
 """
-The data machinery every benchmark shares: downloading an official archive once into a cache (atomically),
-the checkpoint's own tokenizer, and padded batches. Each benchmark's reader turns its official files into examples
-(glue.py: Examples; superglue.py, race.py: Pairs and Choices); metrics.py scores predictions.
+The data machinery every benchmark shares: finding its official files or downloading them once into a cache
+(atomically), the checkpoint's own tokenizer, and padded batches. Each reader in benchmarks/ turns its official
+files into examples (GLUE: Examples; SuperGLUE, RACE: Pairs and Choices); benchmarks/metrics.py scores predictions.
 
     Example(text_a, text_b, label)            text_b None for single texts; label a class id or a float score
+    benchmark_folder(what, folder, ...)       data_dir/folder, or cache_dir/folder downloaded once: every reader's
     fetch_once(cache_dir, folder, build)      cache_dir/folder, built by build(tmp) the first time, atomically
     download(url, dest), download_zip(url, into, name), untar(archive, url, into)
     Pair(text_a, text_b, label, group), Choice(context, choices, gold, ...)   the reading benchmarks' shapes
@@ -31,11 +32,11 @@ import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tqdm import tqdm
 
-from util import UserError
 
 
-class DataError(UserError):
-    """Missing or malformed data files, a failed download, an unusable tokenizer folder."""
+class DataError(ValueError):
+    """Missing or malformed data files, a failed download, an unusable tokenizer folder (a ValueError: the entry
+    points print it as one line)."""
 
 
 class Example(NamedTuple):
@@ -70,6 +71,40 @@ class Choice(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- downloading once, into a cache
+
+def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expected, official, env):
+    """The folder that holds a benchmark's files, found or downloaded once; every reader in benchmarks/ uses this.
+    With data_dir (offline): data_dir/<folder>, where the official archive unpacks, or data_dir itself. Without:
+    cache_dir/<folder> (default $SSMLORA_<env>_CACHE, else ~/.cache/ssmlora/<env>), built by build(tmp) the first
+    time (fetch_once: all or nothing). complete(folder): whether it holds every file; expected: those files, for the
+    messages; official: the official URLs, for the way to work offline."""
+    if data_dir is not None:
+        for candidate in (os.path.join(data_dir, folder), data_dir):
+            if complete(candidate):
+                return candidate
+        raise DataError(f"{what}: --data-dir {data_dir} lacks {expected}. Put the official files there (as they "
+                        "unpack), or leave --data-dir out to download them into the cache.")
+    cache_dir = cache_dir or os.environ.get(f"SSMLORA_{env.upper()}_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "ssmlora", env)
+    final = os.path.join(cache_dir, folder)
+    if not complete(final):
+        print(f"data: downloading {what} into {cache_dir}")
+        try:
+            fetch_once(cache_dir, folder, build)
+        except DataError as e:
+            raise DataError(f"Could not get {what}: {e}. Nothing was written to the cache. To work offline, fetch "
+                            f"{' + '.join(official)} on a machine with internet, put {'them' if len(official) > 1 else 'it'}"
+                            f" in a folder and set SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir "
+                            f"with a folder that holds {expected}.") from None
+    return final
+
+
+def mirror(name, base_url, env, official):
+    """The URL of a benchmark file: base_url or $SSMLORA_<env>_URL (a folder that serves every file by its plain
+    name) when given, else the official one."""
+    base_url = base_url or os.environ.get(f"SSMLORA_{env.upper()}_URL")
+    return f"{base_url.rstrip('/')}/{name}" if base_url else official
+
 
 def fetch_once(cache_dir, folder, build):
     """cache_dir/folder, built the first time by build(tmp), which must create tmp/folder. All or nothing: it is

@@ -10,20 +10,20 @@ Every attention block has *separate* query, key, value and output projections (n
 can wrap `blocks[i].attn.query` or `.value` directly. GPT-2's fused Conv1D `c_attn` is split at load time;
 Attention.fuse_qkv() joins the three again when one adapter must span them (GPT-2 as the paper adapted it).
 
-from_pretrained() loads original Hugging Face checkpoints; hub.py fetches them and reads their files.
+convert_state_dict() maps an original Hugging Face checkpoint's tensor names onto ours; files/hub.py finds the
+checkpoint, reads its files and calls it (from_pretrained). This file imports only the standard library and torch.
 """
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from util import UserError
 
-
-class ModelError(UserError):
-    """Bad checkpoint, bad config or bad input: the message says what was wrong and how to fix it."""
+class ModelError(ValueError):
+    """Bad checkpoint, bad config or bad input: the message says what was wrong and how to fix it. A ValueError:
+    every entry point prints it as one `error: ...` line."""
 
 
 @dataclass
@@ -337,7 +337,7 @@ def _init_weights(module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# loading original Hugging Face checkpoints (hub.py finds the files and reads them)
+# the names of original Hugging Face checkpoints (files/hub.py finds the files, reads them and loads them)
 
 # Hugging Face name -> our name. Applied with re.fullmatch after the family prefix is stripped.
 _ENCODER_NAMES = [
@@ -420,32 +420,6 @@ def convert_state_dict(state, family):
         raise ModelError(f"unexpected tensors in the {family} checkpoint: {', '.join(unexpected[:10])}"
                          f"{' ...' if len(unexpected) > 10 else ''}")
     return out
-
-
-def from_pretrained(name_or_dir, num_labels=None, **overrides):
-    """
-    Load an original Hugging Face BERT / RoBERTa / GPT-2 / LLaMA checkpoint: a local folder or a hub name.
-    num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
-    a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
-    (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
-    checkpoint has one). overrides: Config fields to change (e.g. dropout=0.0).
-    """
-    import hub  # downloads, file formats and their errors
-    folder = hub.resolve(name_or_dir)
-    hf = hub.read_config(folder)
-    state = convert_state_dict(hub.read_weights(folder), hf["model_type"])
-    cfg = replace(hub.config_from_hf(hf, num_labels, head_labels(state)), **overrides)
-    if cfg.head not in ("cls", "choice"):  # e.g. BERT's pooler, which only the task heads use
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    if cfg.family == "roberta" and cfg.head == "cls":  # RoBERTa's classification head does not use the pooler
-        state = {k: v for k, v in state.items() if not k.startswith("head.pooler.")}
-    if cfg.head != "lm" or cfg.tied_lm_head:  # LLaMA's LM head when a classifier is asked for, or a tied copy
-        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
-    model = Model(cfg)
-    new = hub.check_state(model.state_dict(), state, folder)  # every tensor loaded, or a head that is new
-    model.load_state_dict({**model.state_dict(), **state})  # strict: every tensor of ours is either loaded or new
-    model.new_head, model.source = new, str(folder)  # source: where the tokenizer files are
-    return model.eval()  # like transformers: call .train() to fine-tune
 
 
 def head_labels(state):

@@ -13,19 +13,17 @@ prints one JSON line per example: {"label": ..., "probability": ...} (a "score" 
 """
 import json
 import sys
-from argparse import Namespace
 from typing import NamedTuple
 
 import torch
 
-import glue
-import train
-from adapter_file import read_run
+from benchmarks import glue
 from data import DataError, Example, batches, load_tokenizer
-from glue import get_task
-from hub import resolve
+from files.adapters import read_run
+from files.hub import resolve
 from model import Model
-from util import OneLineParser, UserError, pick_device
+from training.build import build_model, to_device
+from training.cli import OneLineParser, UserError, pick_device
 
 
 class Predictor(NamedTuple):
@@ -44,11 +42,10 @@ def load(adapters, model=None, tokenizer=None, device="auto"):
     if run["task"] not in glue.TASKS:
         raise UserError(f"{adapters} was trained on {run['task']}: predict.py runs GLUE tasks; evaluate SuperGLUE and "
                         f"RACE adapters with python train.py --eval-only {adapters}")
-    task, name = get_task(run["task"]), model or run["model"]
+    task, name = glue.TASKS[run["task"]], model or run["model"]
     # train.py's own builder: the base (a checkpoint, or for --random-init runs a preset or config.json), then the
     # adapters and head rebuilt from the file
-    m = train.build_model(Namespace(model=name, random_init=run.get("random_init", False), eval_only=adapters),
-                          task).eval()
+    m = build_model(task, name, run.get("random_init", False), adapter_file=adapters).eval()
     source = tokenizer or run.get("tokenizer") or (name if run.get("random_init") else m.source)
     device = pick_device(device)
     return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device)
@@ -63,7 +60,7 @@ def predict(p, texts_a, texts_b=None, batch_size=32, max_len=512):
     examples = [Example(a, None if texts_b is None else texts_b[i], label) for i, a in enumerate(texts_a)]
     out = []
     for batch in batches(p.tok.encode(examples, min(max_len, p.model.cfg.max_tokens)), batch_size):
-        batch = train.to_device(batch, p.model.cfg, p.device)
+        batch = to_device(batch, p.model.cfg, p.device)
         logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         if p.task.is_regression:
             out += [{"score": s} for s in logits.float().squeeze(-1).tolist()]
@@ -92,7 +89,7 @@ def main(argv=None):
         p = load(args.adapters, args.model, args.tokenizer, args.device)
         for result in predict(p, [r[0] for r in rows], texts_b):
             print(json.dumps(result))
-    except (UserError, OSError) as e:
+    except (ValueError, OSError) as e:  # every error class here is a ValueError
         sys.exit(f"error: {e}")
 
 

@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from authors import CarriedAxes
 from model import ModelError
 
 METHODS = ("ssmlora", "lora", "bitfit", "full", "none")  # none = frozen body, head only (benchmarks)
@@ -33,7 +32,7 @@ TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn",
            "ffn_out": ("mlp", "fc_out"), "head": ("head", None)}
 ALTERNATING = ("query", "key", "value", "qkv")  # sparse insertion alternates these; other targets are dense (§3.4)
 ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d")
-STATES = ("reset", "carry")  # carry: the authors' state lifetime, in authors.py (decision 10)
+STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eq. (8) runs in float32
 
 
@@ -146,13 +145,13 @@ class SSMLoRALinear(LowRankLinear):
     """SSMLoRA's Time Module (§3.1): W_a, W_b as LoRA, plus W_c, W_d (r x r) for the state. `axes` hands it h_t
     from the module before it on its time axis (`axis`, `position`) and passes its h_t+1 on."""
 
-    def __init__(self, base, rank, alpha, dropout, axes, axis, position, layer):
+    def __init__(self, base, rank, alpha, dropout, axes, axis, position):
         super().__init__(base, rank, alpha)
         kw = dict(device=base.weight.device, dtype=base.weight.dtype)
         self.W_c = nn.Parameter(torch.zeros(rank, rank, **kw))  # zero, as W_b (decision 5)
         self.W_d = nn.Parameter(torch.zeros(rank, rank, **kw))
         self.drop_h = nn.Dropout(dropout)  # on h_norm, where the authors put it (decision 7)
-        self.axes, self.axis, self.position, self.layer = axes, axis, position, layer
+        self.axes, self.axis, self.position = axes, axis, position
 
     @torch.no_grad()
     def init_W_a(self):
@@ -203,9 +202,11 @@ class TimeAxes:
 # ----------------------------------------------------------------------------------------------------------
 # adapting a model
 
-def add_adapters(model, adapters=None, **settings):
+def add_adapters(model, adapters=None, time_axes=None, **settings):
     """Adapt a model.Model in place and return it: add_adapters(m, Adapters(...)) or add_adapters(m, rank=4, ...).
-    Freezes everything but what the method trains (see is_trained) and records the settings in model.adapters."""
+    Freezes everything but what the method trains (see is_trained) and records the settings in model.adapters.
+    time_axes: what carries SSMLoRA's states (default TimeAxes; state="carry" needs the authors' lifetime,
+    reproduce.authors.add_adapters, which passes its own)."""
     if adapters is not None and settings:
         raise ValueError(f"pass either an Adapters object or keyword settings, not both (got {', '.join(settings)})")
     adapters = adapters if adapters is not None else Adapters(**settings)
@@ -215,7 +216,10 @@ def add_adapters(model, adapters=None, **settings):
         if "qkv" in adapters.targets:  # one adapter over the fused projection: the paper's GPT-2 (decision 12)
             for block in model.blocks:
                 block.attn.fuse_qkv()
-        model.time_axes = CarriedAxes() if adapters.state == "carry" else TimeAxes()  # carry: decision 10
+        if adapters.method == "ssmlora" and (adapters.state == "carry") != (time_axes is not None):  # decision 10
+            raise ModelError("state carry is the authors' lifetime: build it with reproduce.authors.add_adapters; "
+                             "the default state reset needs no time_axes")
+        model.time_axes = time_axes or TimeAxes()
         positions = {}
         plan = insertion_plan(model.cfg.n_layer, adapters.targets, adapters.sparse) + head_plan(model, adapters)
         for i, target in plan:
@@ -226,7 +230,7 @@ def add_adapters(model, adapters=None, **settings):
             else:  # position on its axis: how many modules of this kind come before it (decision 8)
                 positions[target] = positions.get(target, -1) + 1
                 module = SSMLoRALinear(base, adapters.rank, adapters.alpha, adapters.dropout, model.time_axes,
-                                       target, positions[target], i)
+                                       target, positions[target])
             setattr(parent, name, module.train(base.training))  # a new module is in train mode: follow the model
     model.adapters = adapters
     frozen = frozen_head(model)

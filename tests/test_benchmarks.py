@@ -7,9 +7,11 @@ import random
 import pytest
 
 import checkpoints
-import race
-import superglue
+from benchmarks import race
+from benchmarks import superglue
 import train
+from benchmarks import get_task
+from training.flags import parse as parse_args
 from checkpoints import MINILM
 from superglue_fixtures import (boolq, cb, copa, multirc, race_article, record, wic, write_race, write_superglue_task,
                                 wsc)
@@ -96,14 +98,14 @@ def tiny_bert(tmp_path_factory):
 
 
 def run(task, model, files, out, *extra):
-    return train.run(train.get_args(["--task", task, "--model", str(model), "--data-dir", str(files), "--out", str(out),
+    return train.run(parse_args(["--task", task, "--model", str(model), "--data-dir", str(files), "--out", str(out),
                                      "--max-len", "32", "--batch-size", "8", *extra]))
 
 
 @pytest.mark.parametrize("task", list(superglue.TASKS) + ["race"])
 def test_every_task_trains_end_to_end_and_reports_its_metrics(task, tiny_bert, files, tmp_path):
     r = run(task, tiny_bert, files, tmp_path, "--max-steps", "2", "--max-train", "16")
-    t = train.get_task(task)
+    t = get_task(task)
     saved = json.loads((tmp_path / "results.json").read_text())
     metrics = saved["best"][t.dev[0]]
     assert list(metrics) == list(t.metrics) and all(0 <= v <= 1 for v in metrics.values()), metrics
@@ -118,14 +120,14 @@ def test_every_task_trains_end_to_end_and_reports_its_metrics(task, tiny_bert, f
 def test_tiny_random_model_learns_multiple_choice(task, floor, tiny_bert, files, tmp_path, capsys):
     """The multiple-choice head on a random frozen model: only SSMLoRA's adapters and the head learn."""
     r = run(task, tiny_bert, files, tmp_path, "--epochs", "8", "--lr", "1e-2", "--dropout", "0", "--patience", "0")
-    score = r["best"][train.get_task(task).dev[0]][r["select"]]
+    score = r["best"][get_task(task).dev[0]][r["select"]]
     assert score >= floor, (task, score)    # chance: 0.5 (COPA), 0.25 (RACE); measured 0.86 and 0.73
     if task == "race":
         assert set(r["best"]["dev"]) == {"all", "middle", "high"}
         out = capsys.readouterr().out
         assert "data: dev: the passage was cut to fit --max-len 32 in 256 of 256 rows" in out   # 64 questions x 4
         assert r["passage_cut"]["train"] == {"rows": 768, "passage_cut": 768, "text_cut": 0}
-        again = train.run(train.get_args(["--eval-only", str(tmp_path / "adapters.safetensors"), "--data-dir",
+        again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors"), "--data-dir",
                                           str(files), "--max-len", "32"]))
         assert again["eval"]["dev"] == r["best"]["dev"]      # the saved choice head and adapters, rebuilt
         assert f"best all {score:.4f} (middle " in out

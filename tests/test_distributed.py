@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 import checkpoints
 import train
+from training.flags import parse as parse_args
 from glue_fixtures import write_glue_task
 from test_train import sentiment_rows
 
@@ -87,7 +88,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_bert, glue, t
     common = ("--method", "lora", "--dropout", "0", "--eval-every", "9", "--epochs", "4")
     p = torchrun("train.py", flags(tiny_bert, glue, tmp_path / "two", "--batch-size", "8", *common))
     assert p.returncode == 0, p.stderr[-3000:]
-    one = train.run(train.get_args(flags(tiny_bert, glue, tmp_path / "one", "--batch-size", "16", *common)))
+    one = train.run(parse_args(flags(tiny_bert, glue, tmp_path / "one", "--batch-size", "16", *common)))
 
     # one set of outputs, written by rank 0 alone; rank 0 alone printed
     assert sorted(f.name for f in (tmp_path / "two").iterdir()) == \
@@ -106,7 +107,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_bert, glue, t
     assert max(float(t.abs().max()) for k, t in adapters(tmp_path / "two").items() if k.endswith("W_b")) > 1e-2
 
     # one process accumulating the same two passes of 8 adds the same numbers in the same order: bit for bit
-    train.run(train.get_args(flags(tiny_bert, glue, tmp_path / "accum", "--batch-size", "8", "--grad-accum", "2",
+    train.run(parse_args(flags(tiny_bert, glue, tmp_path / "accum", "--batch-size", "8", "--grad-accum", "2",
                                    *common)))
     a, b = adapters(tmp_path / "two"), adapters(tmp_path / "accum")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -114,7 +115,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tiny_bert, glue, t
 
 def test_gradient_accumulation_equals_the_whole_batch(tiny_bert, glue, tmp_path):
     def run(name, batch, accum):
-        r = train.run(train.get_args(flags(tiny_bert, glue, tmp_path / name, "--method", "lora", "--dropout", "0",
+        r = train.run(parse_args(flags(tiny_bert, glue, tmp_path / name, "--method", "lora", "--dropout", "0",
                                            "--batch-size", str(batch), "--grad-accum", str(accum))))
         assert r["examples_per_step"] == batch * accum and r["steps"] == 2 * math.ceil(N_TRAIN / (batch * accum))
         return tmp_path / name
@@ -153,7 +154,7 @@ def test_interrupted_two_process_run_resumes_exactly(tiny_bert, glue, tmp_path):
     ck = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ck["progress"]["step"] == 20 and len(ck["rng"]) == 2 and not torch.equal(*ck["rng"])
     with pytest.raises(train.TrainError, match="processes: checkpoint 2, now 1"):  # one process cannot resume it
-        train.run(train.get_args(flags(tiny_bert, glue, tmp_path / "cut", *common, "--resume")))
+        train.run(parse_args(flags(tiny_bert, glue, tmp_path / "cut", *common, "--resume")))
 
     resumed = torchrun("train.py", flags(tiny_bert, glue, tmp_path / "cut", *common, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-import glue
+from benchmarks import get_task, glue
 from data import DataError, Example
 from glue_fixtures import glue_zip, msr_files, write_glue_task
 
@@ -17,9 +17,9 @@ QUOTED = ['He said "hello', '"Quoted" at the start', "it's a 'test'", 'a """ b']
 
 def test_task_names():
     for name in ["SST-2", "sst-2", "STS-B", "sts_b", "MNLI", "CoLA"]:
-        assert glue.get_task(name).name == name.lower().replace("-", "").replace("_", "")
-    with pytest.raises(DataError, match="Valid names: cola, sst2"):
-        glue.get_task("squad")
+        assert get_task(name).name == name.lower().replace("-", "").replace("_", "")
+    with pytest.raises(DataError, match="Unknown task 'nosuch'. Valid names: GLUE: cola sst2"):
+        get_task("nosuch")
 
 
 # ----------------------------------------------------------------------------- parsing

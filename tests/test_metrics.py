@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-import metrics
-from glue import get_task
+from benchmarks import metrics
+from benchmarks import get_task
 
 
 def no_warnings(fn, *args):

@@ -9,6 +9,7 @@ import torch
 import transformers as hf
 
 import model as M
+from files import hub
 from checkpoints import KINDS, MINILM, make, rewrite
 
 B, T = 3, 12
@@ -33,7 +34,7 @@ def inputs(kind, seed=1):
                                   "llama-cls"])
 def test_parity_with_transformers(kind, fmt, tmp_path):
     ref = make(kind, tmp_path, fmt)
-    ours = M.from_pretrained(tmp_path).eval()
+    ours = hub.from_pretrained(tmp_path).eval()
     ids, mask, types = inputs(kind)
     kw = {"token_type_ids": types} if types is not None else {}
     with torch.no_grad():
@@ -51,7 +52,7 @@ def test_multiple_choice_parity_with_transformers(kind, tmp_path):
     """*ForMultipleChoice loads into our choice head exactly: 3 questions x 4 choices (padded rows included), then
     the same questions with 4, 3 and 2 choices in one batch, as ReCoRD's variable candidate lists."""
     ref = make(kind, tmp_path)
-    ours = M.from_pretrained(tmp_path)
+    ours = hub.from_pretrained(tmp_path)
     assert ours.cfg.head == "choice"
     rows = [inputs(kind, seed) for seed in (1, 2, 3, 4)]         # choice c of question q: row q of batch c
     ids, mask, types = (torch.stack([r[i] for r in rows], 1) if rows[0][i] is not None else None for i in range(3))
@@ -73,7 +74,7 @@ def test_multiple_choice_parity_with_transformers(kind, tmp_path):
 
 def test_gpt2_multiple_choice_scores_each_row_at_its_last_token(tmp_path):
     ref = make("gpt2-score", tmp_path)                          # a 1-output score head, read as a choice head
-    ours = M.from_pretrained(tmp_path, head="choice")
+    ours = hub.from_pretrained(tmp_path, head="choice")
     ids, mask, _ = inputs("gpt2-score")
     with torch.no_grad():
         scores = ref(input_ids=ids, attention_mask=mask).logits[:, 0]
@@ -87,7 +88,7 @@ def test_losses_match_transformers(tmp_path):
                          ("gpt2-lm", None), ("llama-lm", None), ("llama-cls", torch.tensor([2, 0, 1]))]:
         folder = tmp_path / kind
         ref = make(kind, folder)
-        ours = M.from_pretrained(folder).eval()
+        ours = hub.from_pretrained(folder).eval()
         ids, mask, _ = inputs(kind)
         if labels is None:  # LM: labels are the ids, padding ignored
             labels = ids.masked_fill(mask == 0, -100)
@@ -100,14 +101,14 @@ def test_gpt2_hub_layout(tmp_path):
     ref = make("gpt2-lm", tmp_path)
     n = ref.config.n_positions
 
-    def hub(state):
+    def hub_layout(state):
         state = {k.removeprefix("transformer."): v for k, v in state.items()}
         for i in range(ref.config.n_layer):
             state[f"h.{i}.attn.bias"] = torch.ones(1, 1, n, n).tril()
             state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
         return state
-    rewrite(tmp_path, hub)
-    ours = M.from_pretrained(tmp_path).eval()
+    rewrite(tmp_path, hub_layout)
+    ours = hub.from_pretrained(tmp_path).eval()
     ids, mask, _ = inputs("gpt2-lm")
     with torch.no_grad():
         assert (ours(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max() < 1e-5
@@ -120,9 +121,9 @@ def test_roberta_masked_lm_checkpoint_gets_a_new_head(tmp_path):
     rewrite(tmp_path, lambda s: {**s, "roberta.pooler.dense.weight": torch.randn(d, d),
                                  "roberta.pooler.dense.bias": torch.randn(d),
                                  "roberta.embeddings.position_ids": torch.arange(40)[None]})
-    base = M.from_pretrained(tmp_path).eval()
+    base = hub.from_pretrained(tmp_path).eval()
     assert base.cfg.head == "none" and base.head is None
-    ours = M.from_pretrained(tmp_path, num_labels=3).eval()
+    ours = hub.from_pretrained(tmp_path, num_labels=3).eval()
     assert sorted(ours.new_head) == ["head.dense.bias", "head.dense.weight", "head.out_proj.bias",
                                      "head.out_proj.weight"] and base.new_head == []
     assert ours.head.out_proj.weight.shape == (3, d)
@@ -144,7 +145,7 @@ def test_bert_layouts(layout, tmp_path):
     else:
         rewrite(tmp_path, lambda s: {k.replace("LayerNorm.weight", "LayerNorm.gamma")
                                      .replace("LayerNorm.bias", "LayerNorm.beta"): v for k, v in s.items()})
-    ours = M.from_pretrained(tmp_path, num_labels=2).eval()
+    ours = hub.from_pretrained(tmp_path, num_labels=2).eval()
     base = ref if layout == "sentence-transformers" else ref.bert
     ids, mask, types = inputs("bert")
     with torch.no_grad():
@@ -164,21 +165,21 @@ def test_llama_older_layouts(tmp_path):
     inv_freq = 1.0 / theta ** (torch.arange(0, 8, 2).float() / 8)
     buffers = {f"model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq.clone() for i in range(2)}
     rewrite(tmp_path, lambda s: {**s, **buffers})
-    ours = M.from_pretrained(tmp_path).eval()
+    ours = hub.from_pretrained(tmp_path).eval()
     assert ours.cfg.rope_theta == 500.0 and ours.cfg.kv_heads == 2 and ours.lm_head is not None
     ids, mask, _ = inputs("llama-lm")
     with torch.no_grad():
         assert (ours(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max() < 1e-5
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
     with pytest.raises(M.ModelError, match="unsupported rotary scaling 'linear'"):
-        M.from_pretrained(tmp_path)
+        hub.from_pretrained(tmp_path)
 
 
 def test_real_minilm_matches_transformers():
     """The real pretrained all-MiniLM-L6-v2 (BERT architecture) on real sentences."""
     tok = hf.AutoTokenizer.from_pretrained(MINILM)
     ref = hf.BertModel.from_pretrained(MINILM).eval()
-    ours = M.from_pretrained(MINILM).eval()
+    ours = hub.from_pretrained(MINILM).eval()
     sentences = ["A man is playing a guitar on the street.", "The new movie is awesome!",
                  "It was the best of times, it was the worst of times, it was the age of wisdom."]
     batch = tok(sentences, padding=True, return_tensors="pt")
@@ -217,7 +218,7 @@ def test_random_preset_runs_and_sdpa_fast_path_equals_masked_path():
 
 def test_errors_name_the_problem(tmp_path):
     make("roberta-2", tmp_path / "ok")
-    m = M.from_pretrained(tmp_path / "ok").eval()
+    m = hub.from_pretrained(tmp_path / "ok").eval()
 
     with pytest.raises(M.ModelError, match="longer than this model's position table"):
         M.check_inputs(m.cfg, torch.full((1, 39), 5))  # RoBERTa: 39 tokens need positions up to 40 (pad + 39)
@@ -234,27 +235,27 @@ def test_errors_name_the_problem(tmp_path):
     shutil.copytree(tmp_path / "ok", empty)
     os.remove(empty / "model.safetensors")
     with pytest.raises(M.ModelError, match="no weights in .*expected one of model.safetensors, pytorch_model.bin"):
-        M.from_pretrained(empty)
+        hub.from_pretrained(empty)
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tmp_path / "ok", corrupt)
     data = (corrupt / "model.safetensors").read_bytes()
     (corrupt / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(M.ModelError, match="corrupt or truncated"):
-        M.from_pretrained(corrupt)
+        hub.from_pretrained(corrupt)
     os.remove(corrupt / "model.safetensors")
     (corrupt / "pytorch_model.bin").write_bytes(b"not a pickle at all")
     with pytest.raises(M.ModelError, match="corrupt or truncated"):
-        M.from_pretrained(corrupt)
+        hub.from_pretrained(corrupt)
 
     t5 = tmp_path / "t5"
     shutil.copytree(tmp_path / "ok", t5)
     (t5 / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}))
     with pytest.raises(M.ModelError, match="unsupported architecture.*t5"):
-        M.from_pretrained(t5)
+        hub.from_pretrained(t5)
 
     with pytest.raises(M.ModelError, match="not a checkpoint folder"):
-        M.from_pretrained(tmp_path / "nowhere")
+        hub.from_pretrained(tmp_path / "nowhere")
 
 
 def test_every_tensor_is_accounted_for(tmp_path):
@@ -272,17 +273,17 @@ def test_every_tensor_is_accounted_for(tmp_path):
         (tmp_path / "model.safetensors").write_bytes(original)
         rewrite(tmp_path, edit)
         with pytest.raises(M.ModelError, match=message):
-            M.from_pretrained(tmp_path)
+            hub.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(original)
     with pytest.raises(M.ModelError, match="classification head has 2 labels, not the 3 asked for"):
-        M.from_pretrained(tmp_path, num_labels=3)
+        hub.from_pretrained(tmp_path, num_labels=3)
 
 
 def test_hub_name_offline_and_uncached_says_what_to_download(tmp_path, monkeypatch):
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(M.ModelError, match="Download config.json, model.safetensors.*pass that folder"):
-        M.from_pretrained("roberta-base")
+        hub.from_pretrained("roberta-base")
 
 
 def test_hub_name_loads_from_the_cache_offline(tmp_path, monkeypatch):
@@ -294,7 +295,7 @@ def test_hub_name_loads_from_the_cache_offline(tmp_path, monkeypatch):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    m = M.from_pretrained("someone/tiny-roberta")
+    m = hub.from_pretrained("someone/tiny-roberta")
     assert m.cfg.num_labels == 2 and m.source.endswith(commit)
 
 
@@ -310,7 +311,7 @@ def test_sharded_safetensors_checkpoint(tmp_path):
         save_file({k: state[k] for k in keys}, tmp_path / file)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}))
-    ours = M.from_pretrained(tmp_path).eval()
+    ours = hub.from_pretrained(tmp_path).eval()
     ids, mask, types = inputs("bert")
     with torch.no_grad():
         assert (ours(ids, mask, types)[0] - ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits).abs().max() < 1e-5

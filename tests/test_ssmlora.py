@@ -8,9 +8,10 @@ import torch.nn as nn
 import transformers as hf
 from torch.overrides import TorchFunctionMode
 
-import adapter_file as F
-import authors
+from files import adapters as F
+from reproduce import authors
 import model
+from files import hub
 import ssmlora as S
 from checkpoints import TINY_GPT2
 
@@ -27,6 +28,8 @@ def build(family="roberta", base_seed=0, adapter_seed=1, cfg=None, **settings):
     torch.manual_seed(base_seed)
     m = model.Model(cfg or tiny(family))
     torch.manual_seed(adapter_seed)
+    if settings.get("state") == "carry":  # the authors' lifetime plugs in from outside the method
+        return authors.add_adapters(m, S.Adapters(**settings)).eval()
     return S.add_adapters(m, **settings).eval() if settings else m.eval()
 
 
@@ -50,12 +53,13 @@ class Spy:
 
     def __init__(self, m):
         self.axes, self.reads, self.writes = m.time_axes, [], []
+        self.layer = {mod: i for i, block in enumerate(m.blocks) for mod in block.modules()}
         read, write = self.axes.read, self.axes.write
         self.axes.read = lambda mod, x_new: self._log(self.reads, mod, read(mod, x_new))
         self.axes.write = lambda mod, h: (self._log(self.writes, mod, h), write(mod, h))[1]
 
     def _log(self, log, mod, h):
-        log.append(((mod.axis, mod.position, mod.layer), h))
+        log.append(((mod.axis, mod.position, self.layer.get(mod)), h))
         return h
 
     def take(self):
@@ -93,7 +97,7 @@ def test_fused_qkv_target_at_init_matches_transformers(method, tmp_path):
     torch.manual_seed(0)
     ref = hf.GPT2ForSequenceClassification(hf.GPT2Config(**TINY_GPT2, num_labels=2)).eval()
     ref.save_pretrained(tmp_path)
-    ours = S.add_adapters(model.from_pretrained(tmp_path), method=method, targets="qkv,head")
+    ours = S.add_adapters(hub.from_pretrained(tmp_path), method=method, targets="qkv,head")
     assert all(b.attn.query is None and b.attn.qkv.weight.shape == (96, 32) for b in ours.blocks)
     x, mask = ids(3, 9), torch.ones(3, 9, dtype=torch.long)
     mask[1, 6:] = 0
@@ -128,7 +132,7 @@ def test_fused_qkv_ssmlora_matches_a_hand_computation(tmp_path):
     torch.manual_seed(0)
     ref = hf.GPT2ForSequenceClassification(hf.GPT2Config(**{**TINY_GPT2, "n_layer": 4}, num_labels=2)).eval()
     ref.save_pretrained(tmp_path)
-    ours = S.add_adapters(model.from_pretrained(tmp_path), method="ssmlora", targets="qkv", dropout=0.0).eval()
+    ours = S.add_adapters(hub.from_pretrained(tmp_path), method="ssmlora", targets="qkv", dropout=0.0).eval()
     randomise(ours)
     adapted = [i for i, b in enumerate(ours.blocks) if isinstance(b.attn.qkv, S.SSMLoRALinear)]
     assert adapted == [0, 2] and [ours.blocks[i].attn.qkv.position for i in adapted] == [0, 1]
@@ -155,7 +159,7 @@ def test_time_module_matches_hand_computation():
     d_in, d_out, r, alpha = 6, 5, 3, 4.0
     base = nn.Linear(d_in, d_out)
     axes = S.TimeAxes()
-    m = S.SSMLoRALinear(base, r, alpha, 0.0, axes, axis="value", position=1, layer=3)
+    m = S.SSMLoRALinear(base, r, alpha, 0.0, axes, axis="value", position=1)
     with torch.no_grad():
         for p in (m.W_a, m.W_b, m.W_c, m.W_d):
             p.copy_(torch.randn(p.shape))
@@ -183,7 +187,7 @@ def test_time_module_matches_hand_computation():
 def test_time_module_dropout_acts_on_h_norm_only():
     torch.manual_seed(0)
     axes = S.TimeAxes()
-    m = S.SSMLoRALinear(nn.Linear(6, 5), 4, 8.0, 0.5, axes, axis="query", position=0, layer=0)
+    m = S.SSMLoRALinear(nn.Linear(6, 5), 4, 8.0, 0.5, axes, axis="query", position=0)
     with torch.no_grad():
         m.W_b.normal_()
         m.W_d.normal_()
@@ -203,7 +207,7 @@ def test_time_module_dropout_acts_on_h_norm_only():
 
 def test_fp16_state_at_init_is_not_nan():
     axes = S.TimeAxes()
-    m = S.SSMLoRALinear(nn.Linear(8, 8), 4, 16.0, 0.0, axes, axis="query", position=0, layer=0).half()
+    m = S.SSMLoRALinear(nn.Linear(8, 8), 4, 16.0, 0.0, axes, axis="query", position=0).half()
     with torch.no_grad():
         m.W_b.normal_()
     h_norm = m.next_state(torch.randn(2, 3, 4).half(), torch.zeros(2, 3, 4).half())  # h constant: 0 / eps
@@ -469,7 +473,7 @@ def test_lora_and_ssmlora_initialise_W_a_each_as_its_paper():
     flat = torch.histc(lora, bins=10, min=-bound, max=bound) / lora.numel()        # uniform: 10% in each bin
     assert float((flat - 0.1).abs().max()) < 0.01
     assert abs(float(lora.std()) / (bound / math.sqrt(3)) - 1) < 0.02
-    ssm = S.SSMLoRALinear(nn.Linear(d_in, 4), r, 16.0, 0.0, S.TimeAxes(), "query", 0, 0).W_a.detach().flatten()
+    ssm = S.SSMLoRALinear(nn.Linear(d_in, 4), r, 16.0, 0.0, S.TimeAxes(), "query", 0).W_a.detach().flatten()
     sd = 1 / math.sqrt(r)
     assert abs(float(ssm.std()) / sd - 1) < 0.02 and abs(float(ssm.mean())) < 0.01 * sd
     assert abs(float((ssm.abs() > 2 * sd).float().mean()) - 0.0455) < 0.005     # normal tails, which uniform lacks

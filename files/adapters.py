@@ -11,11 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ssmlora import Adapters, adapter_modules, add_adapters, frozen_head, is_trained, reset_state
-from util import UserError, atomic_write
+from files import atomic_write
 
 
-class AdapterFileError(UserError):
-    """An adapter file that cannot be read, or that does not fit the model it is loaded into."""
+class AdapterFileError(ValueError):
+    """An adapter file that cannot be read, or that does not fit the model it is loaded into (a ValueError: the entry
+    points print it as one line)."""
 
 
 BASE_KEYS = ("family", "n_layer", "d_model", "num_labels", "head")  # the base model's identity
@@ -86,11 +87,12 @@ def load_adapters(model, path):
     return model
 
 
-def add_adapters_from_file(model, path):
-    """Add to a bare model the adapters described in the file, then load them (e.g. for --eval-only)."""
+def add_adapters_from_file(model, path, add=add_adapters):
+    """Add to a bare model the adapters described in the file, then load them (e.g. for --eval-only). add: how to add
+    them (training.build.attach knows every method and state lifetime; ssmlora.add_adapters the paper's own)."""
     adapters, base = read_settings(path)
     _check_base(model, base, path)
-    return load_adapters(add_adapters(model, adapters), path)
+    return load_adapters(add(model, adapters), path)
 
 
 def _require_adapters(model):

@@ -1,11 +1,19 @@
 """
-Every benchmark train.py runs, by name: GLUE (glue.py), SuperGLUE (superglue.py) and RACE (race.py), each task's
-recipe, and the one place that tells their two shapes of data apart (GLUE's text pairs; the reading tasks'
-passage-first rows, which data.encode_rows cuts to fit).
+The benchmarks of the paper's tables, read from their official files. This file is the one registry of task names
+(get_task), their recipes, and the one place that tells their shapes of data apart (load_data, encode). Imported by
+train.py, predict.py and training/.
+
+    task.py       the one Task type every table below is made of
+    glue.py       GLUE (Tables 1, 6, 7): TSV files, MRPC assembled as GLUE's own script does
+    superglue.py  SuperGLUE (Table 8): JSONL files, each task cast as a passage-first pair or a multiple choice
+    race.py       RACE (Table 4): multiple choice, accuracy for All, Middle and High
+    metrics.py    the official metrics, in numpy
+
+Each reader finds its files in --data-dir or downloads them once into a cache with data.benchmark_folder.
 """
-import glue
-import race
-import superglue
+from benchmarks import glue, race, superglue
+from benchmarks.metrics import compute_metrics
+from benchmarks.task import Task
 from data import Choice, DataError, encode_rows
 
 # Learning rate and epochs per task for RoBERTa-base with LoRA, batch 16, warm-up ratio 0.06, max length 512:
@@ -22,36 +30,32 @@ RECIPE = {"mnli": (5e-4, 30), "sst2": (5e-4, 60), "mrpc": (4e-4, 30), "cola": (4
           "wic": (5e-4, 40), "wsc": (5e-4, 80), "race": (5e-4, 10)}
 FULL_RECIPE = (2e-5, 10)
 TASK_NAMES = (f"GLUE: {' '.join(glue.TASKS)}; SuperGLUE: {' '.join(superglue.TASKS)} (RTE: GLUE's rte); race")
+TASKS = {**glue.TASKS, **superglue.TASKS, race.TASK.name: race.TASK}
 
 
 def get_task(name):
-    """A GLUE, SuperGLUE or RACE task by name (GLUE's official spellings, SST-2, work too)."""
+    """A task by name: GLUE, SuperGLUE or RACE (GLUE's official spellings, SST-2 or STS-B, work too)."""
+    if isinstance(name, Task):
+        return name
     key = str(name).lower()
-    if key in superglue.TASKS or key == "race":
-        return superglue.TASKS.get(key, race.TASK)
-    try:
-        return glue.get_task(name)
-    except DataError:
-        raise DataError(f"Unknown task {name!r}. Valid names: {TASK_NAMES}") from None
-
-
-def is_reading(task):
-    """SuperGLUE and RACE: passage-first rows (data.Pair, data.Choice), scored by the task with its examples."""
-    return not isinstance(task, glue.Task)
+    key = key if key in TASKS else key.replace("-", "").replace("_", "")
+    if key not in TASKS:
+        raise DataError(f"Unknown task {name!r}. Valid names: {TASK_NAMES}")
+    return TASKS[key]
 
 
 def load_data(task, args):
     """{split: examples} for train and the task's dev split(s), from --data-dir or the download cache."""
-    if task is race.TASK:
+    if task.benchmark == "race":
         return race.load_race(args.data_dir, args.cache_dir)
-    load = superglue.load_superglue if is_reading(task) else glue.load_glue
+    load = {"glue": glue.load_glue, "superglue": superglue.load_superglue}[task.benchmark]
     return load(task, args.data_dir, args.cache_dir)
 
 
 def encode(tok, task, examples, max_len, split, report):
     """GLUE as before; the reading tasks as rows whose passage is cut to fit, never the question or option. How
     many rows had their passage cut goes into report[split] (and results.json)."""
-    if not is_reading(task):
+    if not task.is_reading:
         return tok.encode(examples, max_len)
     if split == "train":  # a ReCoRD query whose answer is none of the passage's entities cannot be learned
         kept = [e for e in examples if not isinstance(e, Choice) or e.gold]

@@ -1,10 +1,11 @@
 """
-The W_d gradient spike and gradient clipping, measured: fine-tune a checkpoint with SSMLoRA through train.py's own
-loop once per --clip-mode and print, side by side, the training loss, the gradient norms before clipping and the
-size of each step's update, per kind of trained tensor (W_a, W_b, W_c, W_d, head), plus the dev accuracy.
+The W_d gradient spike and gradient clipping, measured: fine-tune a checkpoint with SSMLoRA once per --clip-mode,
+with train.py's recipe (its optimizer, schedule, clipping and evaluation, from training/), and print side by side the
+training loss, the gradient norms before clipping and the size of each step's update, per kind of trained tensor
+(W_a, W_b, W_c, W_d, head), plus the dev accuracy.
 
-    python spike.py --model path/to/all-MiniLM-L6-v2      # a synthetic SST-2, written to a temporary folder
-    python spike.py --model roberta-base --data-dir glue --task sst2 --max-train 4096
+    python -m reproduce.spike --model path/to/all-MiniLM-L6-v2      # a synthetic SST-2, in a temporary folder
+    python -m reproduce.spike --model roberta-base --data-dir glue --task sst2 --max-train 4096
 
 Synthetic data (no --data-dir): sentences of filler words with one sentiment word; the label is its polarity.
 """
@@ -16,7 +17,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import train
+import torch
+
+from benchmarks import encode, get_task, load_data
+from data import collate, load_tokenizer
+from files.hub import resolve
+from ssmlora import Adapters
+from training.build import build_model
+from training.evaluate import evaluate
+from training.optim import clip_gradients, lr_lambda, make_optimizer
 
 KINDS = ("W_a", "W_b", "W_c", "W_d", "head")
 POS = "good great excellent wonderful lovely superb fine delightful".split()
@@ -44,45 +53,40 @@ def kind(name):
     return "head" if name.startswith("head.") else name.rsplit(".", 1)[-1]
 
 
-def run(mode, args, data_dir, out):
-    """One fine-tuning run through train.run, recording per step: the training loss, the gradient norms before
-    clipping and the update sizes."""
-    targs = train.get_args(["--task", args.task, "--model", args.model, "--data-dir", str(data_dir), "--out", str(out),
-                            "--epochs", str(args.epochs), "--clip-mode", mode, "--seed", str(args.seed),
-                            "--max-train", str(args.max_train), "--patience", "0", "--lr", str(args.lr),
-                            "--max-len", "128"])
-    log, before, params = {"loss": [], "grad": [], "update": []}, {}, {}
-    build, clip = train.build_model, train.clip_gradients
-
-    def recording_build(*a, **k):  # the model train.run builds, its forward wrapped to keep each step's loss
-        model = build(*a, **k)
-        params.update((n, p) for n, p in model.named_parameters() if p.requires_grad)
-        forward = model.forward
-
-        def recording_forward(*fa, **fk):
-            logits, loss = forward(*fa, **fk)
-            if model.training and loss is not None:
-                log["loss"].append(loss.item())
-            return logits, loss
-        model.forward = recording_forward
-        return model
-
-    def recording_clip(others, state, max_norm, how):  # gradient norms per kind, before clipping
-        log["grad"].append(norms({n: p.grad for n, p in params.items() if p.grad is not None}))
-        before.update({n: p.detach().clone() for n, p in params.items()})
-        return clip(others, state, max_norm, how)
-
-    def after_step(step):  # the size of the update each kind of tensor took
-        log["update"].append(norms({n: p.detach() - before[n] for n, p in params.items()}))
-    train.build_model, train.clip_gradients = recording_build, recording_clip
-    try:
-        results = train.run(targs, on_step=after_step)
-    finally:
-        train.build_model, train.clip_gradients = build, clip
-    task = train.get_task(targs.task)
-    lines = [json.loads(line) for line in (Path(out) / "eval.jsonl").read_text().splitlines()]
-    log["dev"] = [line[task.dev[0]][task.select] for line in lines]
-    log["results"] = results
+def run(mode, args, data_dir):
+    """One fine-tuning run (batch 16, warm-up 6%, weight decay 0.01, clip 1, 128 tokens, as train.py's defaults),
+    recording per step the training loss, the gradient norms before clipping and the update sizes."""
+    task = get_task(args.task)
+    torch.manual_seed(args.seed)
+    model = build_model(task, args.model, adapters=Adapters("ssmlora", 8, 16.0, 0.1, "query,value")).train()
+    tok = load_tokenizer(resolve(model.source), family=model.cfg.family)
+    data = load_data(task, argparse.Namespace(data_dir=str(data_dir), cache_dir=None))
+    train_set = encode(tok, task, data["train"][:args.max_train], 128, "train", {})
+    dev = {s: encode(tok, task, data[s], 128, s, {}) for s in task.dev}
+    steps_per_epoch = math.ceil(len(train_set) / 16)
+    total = args.epochs * steps_per_epoch
+    opt = make_optimizer(model, args.lr, 0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(math.ceil(0.06 * total), total))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    state = [p for n, p in params.items() if n.endswith((".W_c", ".W_d"))]
+    others = [p for n, p in params.items() if not n.endswith((".W_c", ".W_d"))]
+    log = {"loss": [], "grad": [], "update": [], "dev": []}
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch))
+        for i in range(steps_per_epoch):
+            batch = collate(train_set, order[i * 16:(i + 1) * 16].numpy())
+            _, loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
+            loss.backward()
+            log["loss"].append(loss.item())
+            log["grad"].append(norms({n: p.grad for n, p in params.items() if p.grad is not None}))
+            before = {n: p.detach().clone() for n, p in params.items()}
+            clip_gradients(others, state, 1.0, mode)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            log["update"].append(norms({n: p.detach() - before[n] for n, p in params.items()}))
+        metrics = evaluate(model, dev[task.dev[0]], task, 16, torch.device("cpu"), data[task.dev[0]])
+        log["dev"].append(metrics[task.select])
     return log
 
 
@@ -95,7 +99,7 @@ def norms(tensors):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reproduce.spike", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="checkpoint folder or hub name")
     p.add_argument("--task", default="sst2")
     p.add_argument("--data-dir", default=None, help="a GLUE folder; default: synthetic SST-2")
@@ -111,10 +115,9 @@ def main(argv=None):
         if data_dir is None:
             data_dir = Path(tmp) / "glue"
             synthetic_sst2(data_dir, args.max_train, 256)
-        logs = {m: run(m, args, data_dir, Path(tmp) / m) for m in args.modes.split(",")}
+        logs = {m: run(m, args, data_dir) for m in args.modes.split(",")}
     if args.json:
-        Path(args.json).write_text(json.dumps({m: {k: v for k, v in log.items() if k != "results"}
-                                               for m, log in logs.items()}))
+        Path(args.json).write_text(json.dumps(logs))
     report(logs)
 
 

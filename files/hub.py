@@ -1,21 +1,48 @@
 """
-Getting Hugging Face checkpoints for model.from_pretrained: a local folder or a hub name (downloaded once into
-huggingface_hub's cache), its config.json mapped to our Config and back, and its weight files read, with an error
-that says what to do for every way this can go wrong.
+Loading original Hugging Face checkpoints into model.Model: from_pretrained() finds the folder (a local folder, or a
+hub name downloaded once into huggingface_hub's cache), maps its config.json to our Config (and back, for the
+tests' reference models), reads its weight files, renames them with model.convert_state_dict and checks that every
+tensor is accounted for, with an error that says what to do for every way this can go wrong.
 """
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
-from model import FAMILIES, Config, ModelError, head_labels
+from model import FAMILIES, Config, Model, ModelError, convert_state_dict, head_labels
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
                    "special_tokens_map.json")
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+
+
+def from_pretrained(name_or_dir, num_labels=None, **overrides):
+    """
+    Load an original Hugging Face BERT / RoBERTa / GPT-2 / LLaMA checkpoint: a local folder or a hub name.
+    num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
+    a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
+    (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
+    checkpoint has one). overrides: Config fields to change (e.g. dropout=0.0).
+    """
+    folder = resolve(name_or_dir)
+    hf = read_config(folder)
+    state = convert_state_dict(read_weights(folder), hf["model_type"])
+    cfg = replace(config_from_hf(hf, num_labels, head_labels(state)), **overrides)
+    if cfg.head not in ("cls", "choice"):  # e.g. BERT's pooler, which only the task heads use
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if cfg.family == "roberta" and cfg.head == "cls":  # RoBERTa's classification head does not use the pooler
+        state = {k: v for k, v in state.items() if not k.startswith("head.pooler.")}
+    if cfg.head != "lm" or cfg.tied_lm_head:  # LLaMA's LM head when a classifier is asked for, or a tied copy
+        state = {k: v for k, v in state.items() if not k.startswith("lm_head.")}
+    model = Model(cfg)
+    new = check_state(model.state_dict(), state, folder)  # every tensor loaded, or a head that is new
+    model.load_state_dict({**model.state_dict(), **state})  # strict: every tensor of ours is either loaded or new
+    model.new_head, model.source = new, str(folder)  # source: where the tokenizer files are
+    return model.eval()  # like transformers: call .train() to fine-tune
 
 
 # ----------------------------------------------------------------------------------------------------------

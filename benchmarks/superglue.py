@@ -1,5 +1,5 @@
 """SuperGLUE v2 (Wang et al. 2019): the task table, readers for the official JSONL files, and each task's scoring
-with its official metrics (metrics.py).
+with its official metrics (benchmarks/metrics.py).
 
 Each task is cast the way the literature does, into one of the two shapes of data.py that tokenization and batching
 share: Pair(text_a, text_b, label, group), a passage and a text classified together (group: MultiRC's question,
@@ -19,11 +19,10 @@ official field names); the model is selected and reported on val, as the paper d
 """
 import json
 import os
-from dataclasses import dataclass
-from typing import Callable
 
-from data import Choice, DataError, Pair, download_zip, fetch_once
-from metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
+from benchmarks.metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
+from benchmarks.task import Task
+from data import Choice, DataError, Pair, benchmark_folder, download_zip, mirror
 
 
 # ----------------------------------------------------------------------------- readers: one JSON object -> examples
@@ -122,42 +121,21 @@ def record_scores(preds, examples):
 
 # ----------------------------------------------------------------------------- the task table
 
-@dataclass(frozen=True)
-class Task:
-    name: str                  # our key: "boolq"
-    folder: str                # folder in the official archive and under data_dir: "BoolQ"
-    read: Callable             # one JSON object -> a list of Pair or Choice
-    scores: Callable           # (predictions, examples) -> {metric: value}
-    shape: str                 # "pair" or "choice"
-    num_labels: int            # classes of a pair task; 1 (a logit per choice) for multiple choice
-    metrics: tuple             # what is reported, in the paper's order
-    select: str                # the metric used for model selection / early stopping
-    dev: tuple = ("val",)      # the split(s) evaluated, file names without .jsonl
-
-    @property
-    def splits(self):
-        return ("train",) + self.dev
-
-    def score(self, preds, examples):
-        if len(preds) != len(examples) or not len(examples):
-            raise DataError(f"{self.name}: {len(preds)} predictions for {len(examples)} examples")
-        return self.scores(list(map(int, preds)), examples)
-
-    @property
-    def archive(self):         # the task's own zip on the official server, holding <folder>/train.jsonl, ...
-        return self.folder + ".zip"
+def superglue_task(name, folder, read, scores, shape, num_labels, metrics, select):
+    return Task(name=name, benchmark="superglue", folder=folder, read=read, scores=scores, shape=shape,
+                num_labels=num_labels, metrics=metrics, select=select, dev=("val",), archive=folder + ".zip")
 
 
 # CB selects on macro-F1, which does not reward predicting its majority class; ReCoRD on F1, MultiRC on F1a: the
 # first number the paper reports.
 TASKS = {t.name: t for t in [
-    Task("boolq", "BoolQ", read_boolq, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
-    Task("cb", "CB", read_cb, cb_scores, "pair", 3, ("accuracy", "macro_f1"), "macro_f1"),
-    Task("copa", "COPA", read_copa, accuracy_of, "choice", 1, ("accuracy",), "accuracy"),
-    Task("multirc", "MultiRC", read_multirc, multirc_scores, "pair", 2, ("f1a", "em"), "f1a"),
-    Task("record", "ReCoRD", read_record, record_scores, "choice", 1, ("f1", "em"), "f1"),
-    Task("wic", "WiC", read_wic, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
-    Task("wsc", "WSC", read_wsc, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
+    superglue_task("boolq", "BoolQ", read_boolq, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
+    superglue_task("cb", "CB", read_cb, cb_scores, "pair", 3, ("accuracy", "macro_f1"), "macro_f1"),
+    superglue_task("copa", "COPA", read_copa, accuracy_of, "choice", 1, ("accuracy",), "accuracy"),
+    superglue_task("multirc", "MultiRC", read_multirc, multirc_scores, "pair", 2, ("f1a", "em"), "f1a"),
+    superglue_task("record", "ReCoRD", read_record, record_scores, "choice", 1, ("f1", "em"), "f1"),
+    superglue_task("wic", "WiC", read_wic, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
+    superglue_task("wsc", "WSC", read_wsc, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
 ]}
 
 
@@ -192,65 +170,28 @@ def read_split(task, path):
     return examples
 
 
-def get_task(name):
-    if isinstance(name, Task):
-        return name
-    key = str(name).lower()
-    if key not in TASKS:
-        raise DataError(f"Unknown SuperGLUE task {name!r}. Valid names: {', '.join(TASKS)} (RTE: GLUE's rte).")
-    return TASKS[key]
-
-
-# ----------------------------------------------------------------------------- where the files come from
-
 SUPERGLUE_URL = "https://dl.fbaipublicfiles.com/glue/superglue/data/v2/"   # one zip per task: BoolQ.zip, ...
-
-
-def default_cache_dir():
-    return (os.environ.get("SSMLORA_SUPERGLUE_CACHE")
-            or os.path.join(os.path.expanduser("~"), ".cache", "ssmlora", "superglue"))
 
 
 def _complete(task, folder):
     return all(os.path.isfile(os.path.join(folder, s + ".jsonl")) for s in task.splits)
 
 
-def _expected_files(task):
-    return ", ".join(f"{task.folder}/{s}.jsonl" for s in task.splits)
-
-
 def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
-    """data_dir/<Folder> (the root of a SuperGLUE download) or data_dir itself (the task folder); without data_dir,
-    cache_dir/<Folder>, downloaded once from the official zip (base_url or $SSMLORA_SUPERGLUE_URL: a mirror)."""
-    if data_dir is not None:
-        for folder in (os.path.join(data_dir, task.folder), data_dir):
-            if _complete(task, folder):
-                return folder
-        raise DataError(f"SuperGLUE task {task.name}: --data-dir {data_dir} lacks {_expected_files(task)}. Put the "
-                        f"files of the official {task.archive} there, or leave --data-dir out to download them.")
-    cache_dir = cache_dir or default_cache_dir()
-    folder = os.path.join(cache_dir, task.folder)
-    if not _complete(task, folder):
-        url = (base_url or os.environ.get("SSMLORA_SUPERGLUE_URL") or SUPERGLUE_URL).rstrip("/") + "/" + task.archive
-        print(f"data: downloading SuperGLUE {task.folder} into {cache_dir}")
-        try:
-            fetch_once(cache_dir, task.folder, lambda tmp: _unpack(url, task, tmp))
-        except DataError as e:
-            raise DataError(f"Could not get SuperGLUE task {task.folder}: {e}. Nothing was written to the cache. To "
-                            f"work offline, fetch {SUPERGLUE_URL}{task.archive} on a machine with internet, put it in "
-                            "a folder and set SSMLORA_SUPERGLUE_URL=file:///that/folder; or unzip it and pass "
-                            f"--data-dir with the folder that holds {task.folder}/.") from None
-    return folder
+    """The folder of a task's JSONL files: in data_dir, or downloaded once into the cache (data.benchmark_folder)."""
+    expected = ", ".join(f"{task.folder}/{s}.jsonl" for s in task.splits)
+    url = mirror(task.archive, base_url, "superglue", SUPERGLUE_URL + task.archive)
 
-
-def _unpack(url, task, tmp):
-    download_zip(url, tmp, task.archive)
-    if not _complete(task, os.path.join(tmp, task.folder)):
-        raise DataError(f"{url} does not contain {_expected_files(task)}")
+    def build(tmp):
+        download_zip(url, tmp, task.archive)
+        if not _complete(task, os.path.join(tmp, task.folder)):
+            raise DataError(f"{url} does not contain {expected}")
+    return benchmark_folder(f"SuperGLUE task {task.folder}", task.folder, data_dir, cache_dir,
+                            lambda f: _complete(task, f), build, expected, [SUPERGLUE_URL + task.archive], "superglue")
 
 
 def load_superglue(task, data_dir=None, cache_dir=None, base_url=None):
     """{split: [Pair or Choice]} for "train" and "val"; test files are never read (no labels)."""
-    task = get_task(task)
+    task = TASKS[task.lower()] if isinstance(task, str) else task
     folder = task_folder(task, data_dir, cache_dir, base_url)
     return {s: read_split(task, os.path.join(folder, s + ".jsonl")) for s in task.splits}

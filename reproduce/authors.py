@@ -18,19 +18,29 @@ Only the lifetime, the keys and the patching are theirs: the scaling (alpha / r,
 """
 import torch
 
+import ssmlora
+
 H0_ROWS = 12  # their TimeAxis allocates h_0 with 12 rows whatever the batch size
 PER_LAYER = ("query", "key", "value")  # the targets they key per layer
+
+
+def add_adapters(model, adapters):
+    """ssmlora.add_adapters with the authors' state lifetime (adapters.state "carry") plugged in."""
+    axes = CarriedAxes()
+    ssmlora.add_adapters(model, adapters, time_axes=axes)
+    axes.layer = {m: i for i, block in enumerate(model.blocks) for m in block.modules()
+                  if isinstance(m, ssmlora.SSMLoRALinear)}  # the per-layer keys need each module's layer
+    return model
 
 
 class CarriedAxes:
     """Drop-in for ssmlora.TimeAxes: the same read / write / clear, with the authors' lifetime."""
 
     def __init__(self):
-        self.h = {}
+        self.h, self.layer = {}, {}
 
-    @staticmethod
-    def key(m):
-        return f"{m.axis}_{m.layer}" if m.axis in PER_LAYER else m.axis
+    def key(self, m):
+        return f"{m.axis}_{self.layer[m]}" if m.axis in PER_LAYER else m.axis
 
     def read(self, m, x_new):
         B, T, r = x_new.shape

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from data import Choice, DataError, download, fetch_once, untar
-from superglue import Task
+from benchmarks.task import Task
+from data import Choice, DataError, benchmark_folder, download, mirror, untar
 
 LEVELS = ("middle", "high")
 RACE_URL = "http://www.cs.cmu.edu/~glai1/data/race/RACE.tar.gz"
@@ -26,7 +26,8 @@ def levels_accuracy(preds, examples):
     return {"all": acc(np.ones_like(right)), "middle": acc(level == "middle"), "high": acc(level == "high")}
 
 
-TASK = Task("race", "RACE", None, levels_accuracy, "choice", 1, ("all", "middle", "high"), "all", dev=("dev",))
+TASK = Task(name="race", benchmark="race", folder="RACE", shape="choice", scores=levels_accuracy, num_labels=1,
+            metrics=("all", "middle", "high"), select="all")
 
 
 def fill(question, option):
@@ -58,37 +59,15 @@ def read_file(path, level):
         raise DataError(f"{path}: {e}; is this an official RACE file?") from None
 
 
-def default_cache_dir():
-    return os.environ.get("SSMLORA_RACE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssmlora", "race")
-
-
 def _complete(folder):
     return all(os.path.isdir(os.path.join(folder, s, lv)) for s in TASK.splits for lv in LEVELS)
 
 
 def race_folder(data_dir=None, cache_dir=None, base_url=None):
-    """data_dir/RACE (where the official archive unpacks) or data_dir itself; without data_dir, cache_dir/RACE,
-    downloaded once from the official RACE.tar.gz (base_url or $SSMLORA_RACE_URL: a folder that serves it)."""
-    if data_dir is not None:
-        for folder in (os.path.join(data_dir, "RACE"), data_dir):
-            if _complete(folder):
-                return folder
-        raise DataError(f"RACE: --data-dir {data_dir} lacks the folders RACE/{{train,dev}}/{{middle,high}} of the "
-                        "official release (RACE.tar.gz unpacked there), or leave --data-dir out to download it.")
-    cache_dir = cache_dir or default_cache_dir()
-    folder = os.path.join(cache_dir, "RACE")
-    if not _complete(folder):
-        base = base_url or os.environ.get("SSMLORA_RACE_URL")
-        url = f"{base.rstrip('/')}/RACE.tar.gz" if base else RACE_URL
-        print(f"data: downloading RACE into {cache_dir}")
-        try:
-            fetch_once(cache_dir, "RACE", lambda tmp: _unpack(url, tmp))
-        except DataError as e:
-            raise DataError(f"Could not get RACE: {e}. Nothing was written to the cache. To work offline, fetch "
-                            f"{RACE_URL} on a machine with internet, put it in a folder and set "
-                            "SSMLORA_RACE_URL=file:///that/folder; or unpack it and pass --data-dir with the folder "
-                            "that holds RACE/.") from None
-    return folder
+    """The RACE folder: in data_dir, or downloaded once into the cache from the official RACE.tar.gz."""
+    url = mirror("RACE.tar.gz", base_url, "race", RACE_URL)
+    return benchmark_folder("RACE", "RACE", data_dir, cache_dir, _complete, lambda tmp: _unpack(url, tmp),
+                            "the folders RACE/{train,dev}/{middle,high} of the official release", [RACE_URL], "race")
 
 
 def _unpack(url, tmp):

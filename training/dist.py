@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as td
 
-from util import UserError
+from training.cli import UserError
 
 
 class Stopped(UserError):

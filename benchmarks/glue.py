@@ -2,7 +2,7 @@
 GLUE: the task table, the official files (downloaded once into a cache, MRPC assembled as GLUE's script does) and
 their exact TSV parsing.
 
-    TASKS, get_task(name)       cola sst2 mrpc stsb qqp mnli qnli rte wnli (official spellings such as SST-2 work)
+    TASKS                       cola sst2 mrpc stsb qqp mnli qnli rte wnli
     load_glue(task, data_dir=None, cache_dir=None, base_url=None) -> {split: [Example, ...]}
 
 Where the files come from: data_dir (a local GLUE folder, data_dir/SST-2/train.tsv; fully offline), else a cache
@@ -11,67 +11,35 @@ folder (cache_dir, $SSMLORA_GLUE_CACHE, default ~/.cache/ssmlora/glue) filled on
 """
 import math
 import os
-from dataclasses import dataclass
 
-from data import DataError, Example, download, download_zip, fetch_once
+from benchmarks.task import Task
+from data import DataError, Example, benchmark_folder, download, download_zip, mirror
 
 
-@dataclass(frozen=True)
-class Task:
-    name: str                        # our key: "sst2"
-    folder: str                      # folder in the official zip and under data_dir: "SST-2"
-    archive: str | None              # official zip; None for MRPC, which GLUE builds from Microsoft's files
-    text_a: str                      # header names of the columns holding the text(s) and the label
-    text_b: str | None
-    label: str
-    labels: tuple | None             # label values as written in the files; class id = position. None: regression
-    metrics: tuple                   # what is reported, in the paper's order
-    select: str                      # the metric used for model selection / early stopping
-    dev: tuple = ("dev",)            # dev split names (= file names without .tsv)
-    columns: tuple | None = None     # the columns of a header-less file (CoLA)
-    skip_broken: bool = False        # rows with missing fields are a known defect of the official file: skip
-
-    @property
-    def splits(self):
-        return ("train",) + self.dev
-
-    @property
-    def is_regression(self):
-        return self.labels is None
-
-    @property
-    def num_labels(self):
-        return 1 if self.labels is None else len(self.labels)
+def glue_task(name, folder, archive, text_a, text_b, label, labels, metrics, select, **kw):
+    return Task(name=name, benchmark="glue", folder=folder, shape="text", archive=archive, text_a=text_a,
+                text_b=text_b, label=label, labels=labels, metrics=metrics, select=select,
+                num_labels=1 if labels is None else len(labels), **kw)
 
 
 # Selection: MRPC and QQP select on F1 (the first number the paper reports, and the one that does not reward
 # predicting the majority class); STS-B selects on Pearson (reported first, and the one LoRA's paper uses).
 TASKS = {t.name: t for t in [
-    Task("cola", "CoLA", "CoLA.zip", "sentence", None, "label", ("0", "1"), ("mcc",), "mcc",
+    glue_task("cola", "CoLA", "CoLA.zip", "sentence", None, "label", ("0", "1"), ("mcc",), "mcc",
          columns=("source", "label", "original_label", "sentence")),
-    Task("sst2", "SST-2", "SST-2.zip", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy"),
-    Task("mrpc", "MRPC", None, "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"), "f1"),
-    Task("stsb", "STS-B", "STS-B.zip", "sentence1", "sentence2", "score", None, ("pearson", "spearman"), "pearson"),
-    Task("qqp", "QQP", "QQP-clean.zip", "question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"),
+    glue_task("sst2", "SST-2", "SST-2.zip", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy"),
+    glue_task("mrpc", "MRPC", None, "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"), "f1"),
+    glue_task("stsb", "STS-B", "STS-B.zip", "sentence1", "sentence2", "score", None, ("pearson", "spearman"), "pearson"),
+    glue_task("qqp", "QQP", "QQP-clean.zip", "question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"),
          "f1", skip_broken=True),
-    Task("mnli", "MNLI", "MNLI.zip", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
+    glue_task("mnli", "MNLI", "MNLI.zip", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
          ("accuracy",), "accuracy", dev=("dev_matched", "dev_mismatched")),
-    Task("qnli", "QNLI", "QNLIv2.zip", "question", "sentence", "label", ("entailment", "not_entailment"),
+    glue_task("qnli", "QNLI", "QNLIv2.zip", "question", "sentence", "label", ("entailment", "not_entailment"),
          ("accuracy",), "accuracy"),
-    Task("rte", "RTE", "RTE.zip", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),
+    glue_task("rte", "RTE", "RTE.zip", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),
          ("accuracy",), "accuracy"),
-    Task("wnli", "WNLI", "WNLI.zip", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",), "accuracy"),
+    glue_task("wnli", "WNLI", "WNLI.zip", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",), "accuracy"),
 ]}
-
-
-def get_task(name):
-    if isinstance(name, Task):
-        return name
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in TASKS:
-        raise DataError(f"Unknown GLUE task {name!r}. Valid names: {', '.join(TASKS)} "
-                        "(official spellings such as SST-2 or STS-B work too).")
-    return TASKS[key]
 
 
 # ----------------------------------------------------------------------------- where the files come from
@@ -88,51 +56,22 @@ OFFICIAL_URLS = {**{t.archive: GLUE_URL + t.archive for t in TASKS.values() if t
                  "mrpc_dev_ids.tsv": GLUE_URL + "mrpc_dev_ids.tsv"}
 
 
-def default_cache_dir():
-    return os.environ.get("SSMLORA_GLUE_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "ssmlora", "glue")
-
-
-def _url(name, base_url):
-    base_url = base_url or os.environ.get("SSMLORA_GLUE_URL")
-    return f"{base_url.rstrip('/')}/{name}" if base_url else OFFICIAL_URLS[name]
-
-
 def _complete(task, folder):
     return all(os.path.isfile(os.path.join(folder, s + ".tsv")) for s in task.splits)
 
 
+def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
+    """The folder of a task's TSV files: in data_dir, or downloaded once into the cache (data.benchmark_folder)."""
+    names = [task.archive] if task.archive else list(MSR_FILES)
+    url = lambda name: mirror(name, base_url, "glue", OFFICIAL_URLS[name])  # noqa: E731
+    build = (lambda tmp: _unpack(url(task.archive), task, tmp)) if task.archive else \
+        (lambda tmp: _assemble_mrpc({n: url(n) for n in names}, tmp))
+    return benchmark_folder(f"GLUE task {task.folder}", task.folder, data_dir, cache_dir, lambda f: _complete(task, f),
+                            build, _expected_files(task), [OFFICIAL_URLS[n] for n in names], "glue")
+
+
 def _expected_files(task):
     return ", ".join(f"{task.folder}/{s}.tsv" for s in task.splits)
-
-
-def _task_folder(task, data_dir, cache_dir, base_url):
-    if data_dir is not None:
-        for folder in (os.path.join(data_dir, task.folder), data_dir):   # the GLUE root, or the task folder itself
-            if _complete(task, folder):
-                return folder
-        raise DataError(f"GLUE task {task.name}: --data-dir {data_dir} lacks {_expected_files(task)}. Put the "
-                        f"files of the official {task.folder} download there (GLUE layout: {task.folder}/train.tsv "
-                        "under the folder), or leave --data-dir out to download them into the cache.")
-    cache_dir = cache_dir or default_cache_dir()
-    folder = os.path.join(cache_dir, task.folder)
-    if not _complete(task, folder):
-        _fetch(task, cache_dir, base_url)
-    return folder
-
-
-def _fetch(task, cache_dir, base_url):
-    """Download a task into cache_dir/<folder>, all or nothing (data.fetch_once)."""
-    names = [task.archive] if task.archive else list(MSR_FILES)
-    print(f"data: downloading GLUE {task.folder} into {cache_dir}")
-    try:
-        fetch_once(cache_dir, task.folder, lambda tmp: _unpack(_url(task.archive, base_url), task, tmp)
-                   if task.archive else _assemble_mrpc({n: _url(n, base_url) for n in names}, tmp))
-    except DataError as e:
-        raise DataError(
-            f"Could not get GLUE task {task.folder}: {e}. Nothing was written to the cache. To work offline, fetch "
-            f"{' + '.join(OFFICIAL_URLS[n] for n in names)} on a machine with internet, put them in a folder and "
-            "set SSMLORA_GLUE_URL=file:///that/folder; or pass --data-dir with a folder that holds "
-            f"{_expected_files(task)} as the GLUE download scripts write them.") from None
 
 
 def _unpack(url, task, tmp):
@@ -238,6 +177,6 @@ def _read_split(task, path):
 
 def load_glue(task, data_dir=None, cache_dir=None, base_url=None):
     """{split: [Example]} for "train" and the task's dev split(s); test files are never read (no labels)."""
-    task = get_task(task)
-    folder = _task_folder(task, data_dir, cache_dir, base_url)
+    task = TASKS[task.lower().replace("-", "").replace("_", "")] if isinstance(task, str) else task  # SST-2 too
+    folder = task_folder(task, data_dir, cache_dir, base_url)
     return {split: _read_split(task, os.path.join(folder, split + ".tsv")) for split in task.splits}

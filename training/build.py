@@ -1,0 +1,47 @@
+"""
+A model from a run's settings, the way train.py and predict.py both build it: the base (a checkpoint, or random
+weights of a preset or a folder's config.json), its task head, then the method's adapters, new or from a file.
+"""
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from files.adapters import add_adapters_from_file
+from files.hub import config_from_hf, from_pretrained, read_config
+from model import Model, check_inputs, preset
+from reproduce import authors
+from ssmlora import add_adapters
+
+
+def attach(model, adapters):
+    """Add the adapters a run asks for: the paper's (ssmlora.add_adapters), with the authors' state lifetime
+    plugged in from outside the method when asked for (--state carry, decision 10)."""
+    if adapters.method == "ssmlora" and adapters.state == "carry":
+        return authors.add_adapters(model, adapters)
+    return add_adapters(model, adapters)
+
+
+def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False):
+    """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
+    task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file. meta: no weights (counts)."""
+    head = "choice" if task.shape == "choice" else "cls"
+    with torch.device("meta" if meta else "cpu"):
+        if random_init and Path(model).is_dir():
+            base = Model(replace(config_from_hf(read_config(model), task.num_labels), head=head))
+        elif random_init:
+            base = Model(preset(model, head=head, num_labels=task.num_labels))
+        else:
+            base = from_pretrained(model, num_labels=task.num_labels, head=head)
+    if adapter_file is not None:
+        return add_adapters_from_file(base, adapter_file, add=attach)
+    if getattr(base, "new_head", None):
+        what = "multiple-choice" if head == "choice" else f"{task.num_labels}-label classification"
+        print(f"{model}: the checkpoint has no {what} head; initialised a new one ({', '.join(base.new_head)})")
+    return attach(base, adapters)
+
+
+def to_device(batch, cfg, device):
+    """The batch checked (on the CPU, before the forward pass, so the forward never reads the device) and moved."""
+    check_inputs(cfg, batch["input_ids"], batch["attention_mask"])
+    return {k: v if v is None else v.to(device, non_blocking=True) for k, v in batch.items()}

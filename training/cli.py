@@ -1,0 +1,32 @@
+"""What the entry points (train.py, predict.py, bench.py) share at the command line: the error users see, the
+one-line argument parser and the device choice."""
+import argparse
+import sys
+
+import torch
+
+
+class UserError(ValueError):
+    """Something the user can fix (a flag, a file, a download). Like model.ModelError and data.DataError it is a
+    ValueError: every entry point prints a ValueError or an OSError as one `error: ...` line, never a traceback."""
+
+
+class TrainError(UserError):
+    """A run that cannot go on (a non-finite loss, a checkpoint of another run, an --out that holds an earlier run):
+    the message says what to do."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump: the mistake is what a user needs to see
+        sys.exit(f"error: {message} (see python {self.prog} --help)")
+
+
+def pick_device(name):
+    """torch.device for --device auto|cpu|cuda."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
+    return torch.device(name)

@@ -1,0 +1,136 @@
+"""
+train.py's command line: every flag with its default and its help, the checks that turn a mistake into one line,
+and, for --eval-only, the settings the adapter file recorded.
+"""
+from pathlib import Path
+
+from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task
+from files.adapters import read_run
+from model import PRESETS
+from ssmlora import METHODS, STATES
+from training import dist
+from training.cli import OneLineParser, UserError
+
+CLIP_MODES = ("state", "global")
+DESCRIPTION = "Fine-tune a transformer on a GLUE, SuperGLUE or RACE task with SSMLoRA or one of the paper's baselines."
+
+
+ADAPTER_FLAGS = {"rank": 8, "alpha": 16.0, "dropout": 0.1, "targets": "query,value", "state": "reset"}
+
+
+def parse(argv=None):
+    """The run's settings from the command line, checked and completed with the task's recipe."""
+    p = OneLineParser(prog="train.py", description=DESCRIPTION)
+    p.add_argument("--task", help=f"{TASK_NAMES} (with --eval-only: the file's own)")
+    p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
+                   f"{', '.join(PRESETS)} (default: roberta-base; with --eval-only: the file's own)")
+    p.add_argument("--method", default="ssmlora", choices=METHODS[:4], help="default: ssmlora")
+    a = p.add_argument_group("adapters (--method ssmlora or lora only)")
+    a.add_argument("--rank", type=int, help="r, the rank of W_a and W_b (default: 8)")
+    a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16). The authors' code scales "
+                   "by alpha itself: pass their alpha times the rank to match it")
+    a.add_argument("--dropout", type=float, help="adapter dropout: on h_norm for SSMLoRA, on x for LoRA (default: 0.1)")
+    a.add_argument("--targets", help="comma-separated, of query,key,value,attn_out,ffn_in,ffn_out; qkv (query, key "
+                   "and value as one projection: GPT-2 as the paper adapts it); ffn_gate (LLaMA's gate); head (an "
+                   "adapter on the task head's last linear, which then stays frozen) (default: query,value)")
+    g = a.add_mutually_exclusive_group()
+    g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
+                   help="alternate the attention targets over the layers: query in even layers, value in odd; "
+                   "a single one, every other layer (SSMLoRA's default)")
+    g.add_argument("--dense", dest="sparse", action="store_false",
+                   help="every target in every layer (LoRA's default)")
+    a.add_argument("--state", help=f"SSMLoRA state lifetime: {' or '.join(STATES)} (the authors' code; "
+                   "default: reset)")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--lr", type=float, help="learning rate (default: the task's recipe, see README)")
+    o.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, in each process "
+                   "(default: 16)")
+    o.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimizer step: a step sees "
+                   "batch-size x processes x grad-accum examples (default: 1)")
+    o.add_argument("--epochs", type=int, help="at most this many epochs (default: the task's recipe)")
+    o.add_argument("--max-len", type=int, default=512, help="tokens per example, special tokens included "
+                   "(default: 512, or fewer if the model's position table is shorter)")
+    o.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up, in [0, 1) "
+                   "(default: 0.06)")
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: 0.01)")
+    o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
+    o.add_argument("--clip-mode", default="state", choices=CLIP_MODES, help="state: SSMLoRA's W_c, W_d first clipped "
+                   "on their own to at most the norm of the other gradients, then everything together; global: one "
+                   "norm over every trained tensor (default: state; README: the W_d gradient spike)")
+    o.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
+                   "on the task's selection metric; 0: never (default: 5)")
+    o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order (default: 0)")
+    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    o.add_argument("--max-train", type=int, help="use only the first N training examples")
+    o.add_argument("--eval-every", type=int, default=0, help="also evaluate every N optimizer steps; 0: only at "
+                   "the end of each epoch (default: 0)")
+    f = p.add_argument_group("files and machine")
+    f.add_argument("--data-dir", help="local data folder, offline: GLUE's (data-dir/SST-2/train.tsv), SuperGLUE's "
+                   "(data-dir/BoolQ/train.jsonl) or RACE's (data-dir/RACE/train/middle/1.txt)")
+    f.add_argument("--cache-dir", help="where downloaded files are kept (default: ~/.cache/ssmlora/glue, "
+                   "superglue or race)")
+    f.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
+    f.add_argument("--out", help="output folder (default: out/<task>-<method>[-r<rank>])")
+    f.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    f.add_argument("--threads", type=int, help="CPU threads (default: torch's own). On a machine that other work "
+                   "is using, fewer threads than cores avoids waiting for a busy core")
+    f.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps, and every epoch "
+                   "(default: 500)")
+    f.add_argument("--log-every", type=int, default=100, help="when output is not a terminal, a progress line every "
+                   "N steps or every minute, whichever comes first (default: 100)")
+    r = p.add_argument_group("modes")
+    r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
+    r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
+    r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors on the dev set")
+    args = p.parse_args(argv)
+    if args.eval_only:
+        from_file(args)
+    if args.task is None:
+        p.error("the following arguments are required: --task")
+    args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
+    args.model = args.model or "roberta-base"
+    adapted = args.method in ("ssmlora", "lora")
+    given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
+        args.sparse is not None)
+    if given and not adapted and not args.eval_only:
+        p.error(f"{', '.join(given)} apply to --method ssmlora or lora only, not {args.method}")
+    for k, v in ADAPTER_FLAGS.items():
+        setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
+    lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
+    args.lr = lr if args.lr is None else args.lr
+    args.epochs = epochs if args.epochs is None else args.epochs
+    args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
+    if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
+        p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
+                f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
+    checks = [("batch-size", args.batch_size >= 1), ("grad-accum", args.grad_accum >= 1), ("epochs", args.epochs >= 1),
+              ("max-len", args.max_len >= 1), ("save-every", args.save_every >= 1), ("log-every", args.log_every >= 1),
+              ("max-steps", args.max_steps is None or args.max_steps >= 1),
+              ("max-train", args.max_train is None or args.max_train >= 1),
+              ("threads", args.threads is None or args.threads >= 1)]
+    for flag, ok in checks:
+        if not ok:
+            p.error(f"--{flag} must be at least 1, got {getattr(args, flag.replace('-', '_'))}")
+    if not 0 <= args.warmup < 1:
+        p.error(f"--warmup is a fraction of the steps, in [0, 1), got {args.warmup}")
+    if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0:
+        p.error("--patience and --weight-decay must be at least 0, --lr and --clip above 0")
+    if args.eval_every < 0:
+        p.error(f"--eval-every must be at least 0 (0: only at the end of each epoch), got {args.eval_every}")
+    if args.state == "carry" and dist.world() > 1:
+        p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
+                "single-process behaviour: run it as one process (python train.py)")
+    return args
+
+
+def from_file(args):
+    """--eval-only: the task, base model and tokenizer the adapters were trained with, unless given again."""
+    run = read_run(args.eval_only)
+    if args.task and run.get("task") and get_task(args.task).name != run["task"]:
+        raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
+                        f"{run['task']} (leave --task out)")
+    for k in ("task", "model", "tokenizer"):
+        if getattr(args, k) is None:
+            setattr(args, k, run.get(k))
+    args.random_init = args.random_init or run.get("random_init", False)

@@ -1,0 +1,52 @@
+"""checkpoint.pt: everything a killed training run needs to go on and end exactly where an uninterrupted one would
+(the trained tensors, the optimizer and schedule, the progress, every process's random state, a carried state)."""
+import torch
+
+from files import atomic_write
+from training import dist
+from training.cli import TrainError
+
+
+RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
+            "grad_accum", "world_size", "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed",
+            "max_steps", "max_train", "random_init")
+
+
+def save_checkpoint(path, model, opt, sched, progress, args):
+    """Called by every process (each one's random state is kept, for its own dropout masks); rank 0 writes."""
+    rng = dist.gather_objects(torch.get_rng_state())
+    cuda_rng = dist.gather_objects(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+    if not dist.is_main():
+        return
+    trained = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    carried = dict(model.time_axes.h) if getattr(model, "time_axes", None) and model.adapters.state == "carry" else {}
+    obj = {"run": {k: getattr(args, k) for k in RUN_KEYS}, "trained": trained, "optimizer": opt.state_dict(),
+           "scheduler": sched.state_dict(), "progress": progress, "carried_state": carried, "rng": rng,
+           "cuda_rng": cuda_rng}
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a kill during the save leaves the previous one whole
+
+
+def load_checkpoint(path, model, opt, sched, args):
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainError(f"could not read {path} ({type(e).__name__}); it is corrupt: delete it to start over") from None
+    flag = lambda k: "processes" if k == "world_size" else f"--{k.replace('_', '-')}"
+    diff = [f"{flag(k)}: checkpoint {v!r}, now {getattr(args, k)!r}" for k, v in ck["run"].items()
+            if v != getattr(args, k)]
+    if diff:
+        raise TrainError(f"{path} belongs to a run with other settings ({'; '.join(diff)}); "
+                         f"resume with the same flags or choose another --out")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in ck["trained"].items():
+            params[n].copy_(t)
+    opt.load_state_dict(ck["optimizer"])
+    sched.load_state_dict(ck["scheduler"])
+    if ck["carried_state"]:
+        device = next(model.parameters()).device
+        model.time_axes.h.update({k: v.to(device) for k, v in ck["carried_state"].items()})
+    torch.set_rng_state(ck["rng"][dist.rank()])
+    if ck["cuda_rng"][dist.rank()] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"][dist.rank()])
+    return ck["progress"]
