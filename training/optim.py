@@ -1,5 +1,5 @@
 """The optimizer train.py steps: AdamW with BERT's weight-decay groups, linear warm-up then decay, and gradient
-clipping that keeps SSMLoRA's W_d spike from eating the step (README: the W_d gradient spike)."""
+clipping that keeps SSMLoRA's W_d spike from eating the step (docs/differences.md: the W_d gradient spike)."""
 import torch
 
 
@@ -24,7 +24,7 @@ def make_optimizer(model, lr, weight_decay):
 def clip_gradients(others, state, clip, mode):
     """Gradient-norm clipping; `state` holds SSMLoRA's W_c and W_d, `others` every other trained tensor. While
     W_c = W_d = 0, eq. (8) divides by eps alone, so on the step after W_b leaves zero W_d's gradient is some 1e3-1e6
-    times any other (README: the W_d gradient spike). One global norm ("global") would then shrink every other
+    times any other (docs/differences.md: the W_d gradient spike). One global norm ("global") would then shrink every other
     gradient of that step by as much and lose the step. "state" first clips the state matrices on their own, to at
     most the norm of all the other gradients: the spike can no longer dominate the global norm, and AdamW's second
     moment of W_d takes in a bounded value (its first step, normalised by AdamW, is the same either way)."""
