@@ -7,7 +7,7 @@ training loss, the gradient norms before clipping and the size of each step's up
     python -m reproduce.spike --model path/to/all-MiniLM-L6-v2      # a synthetic SST-2, in a temporary folder
     python -m reproduce.spike --model roberta-base --data-dir glue --task sst2 --max-train 4096
 
-Synthetic data (no --data-dir): sentences of filler words with one sentiment word; the label is its polarity.
+Synthetic data (no --data-dir): reproduce/synthetic.py's SST-2, sentences of filler words with one sentiment word.
 """
 import argparse
 import json
@@ -22,33 +22,13 @@ import torch
 from benchmarks import encode, get_task, load_data
 from data import collate, load_tokenizer
 from files.hub import resolve
+from reproduce.synthetic import write_sst2
 from ssmlora import Adapters
 from training.build import build_model
 from training.evaluate import evaluate
 from training.optim import clip_gradients, lr_lambda, make_optimizer
 
 KINDS = ("W_a", "W_b", "W_c", "W_d", "head")
-POS = "good great excellent wonderful lovely superb fine delightful".split()
-NEG = "bad awful terrible horrible poor dreadful boring lousy".split()
-FILL = "the movie was a and it film story plot acting really quite very".split()
-
-
-def synthetic_sst2(folder, n_train, n_dev, seed=0):
-    """SST-2's official layout (SST-2/train.tsv, dev.tsv) holding the sentiment rows described above."""
-    rng = random.Random(seed)
-
-    def rows(n):
-        out = []
-        for _ in range(n):
-            y, words = rng.randrange(2), [rng.choice(FILL) for _ in range(rng.randint(3, 8))]
-            words.insert(rng.randrange(len(words) + 1), rng.choice(POS if y else NEG))
-            out.append(f"{' '.join(words)} \t{y}")
-        return "sentence\tlabel\n" + "\n".join(out) + "\n"
-    (Path(folder) / "SST-2").mkdir(parents=True, exist_ok=True)
-    (Path(folder) / "SST-2" / "train.tsv").write_text(rows(n_train))
-    (Path(folder) / "SST-2" / "dev.tsv").write_text(rows(n_dev))
-
-
 def kind(name):
     return "head" if name.startswith("head.") else name.rsplit(".", 1)[-1]
 
@@ -114,7 +94,7 @@ def main(argv=None):
         data_dir = args.data_dir
         if data_dir is None:
             data_dir = Path(tmp) / "glue"
-            synthetic_sst2(data_dir, args.max_train, 256)
+            write_sst2(data_dir, args.max_train, 256, random.Random(0))
         logs = {m: run(m, args, data_dir) for m in args.modes.split(",")}
     if args.json:
         Path(args.json).write_text(json.dumps(logs))

@@ -13,20 +13,13 @@ import train
 from benchmarks import get_task
 from training.flags import parse as parse_args
 from checkpoints import MINILM
+from reproduce.synthetic import FILL, NEG, POS, filler
 from superglue_fixtures import (boolq, cb, copa, multirc, race_article, record, wic, write_race, write_superglue_task,
                                 wsc)
 
-POS = "good great excellent wonderful lovely superb fine delightful".split()
-NEG = "bad awful terrible horrible poor dreadful boring lousy".split()
-FILL = "the movie was a and it film story plot acting really quite very".split()
 
 
-def text(rng, n, word=None):
-    """n filler words, with `word` put somewhere among them."""
-    words = [rng.choice(FILL) for _ in range(n)]
-    if word:
-        words.insert(rng.randrange(n + 1), word)
-    return " ".join(words)
+text = filler
 
 
 def polar(rng, positive):

@@ -22,7 +22,7 @@ import checkpoints
 import train
 from training.flags import parse as parse_args
 from glue_fixtures import write_glue_task
-from test_train import sentiment_rows
+from reproduce.synthetic import sentiment_rows
 
 REPO = Path(__file__).parent.parent
 # 229 training rows: in steps of 16, 14 full steps and one of 5 examples, shared 3 and 2 between processes or

@@ -22,24 +22,8 @@ from data import batches, load_tokenizer
 from benchmarks import get_task
 from benchmarks.glue import load_glue
 from glue_fixtures import write_glue_task
+from reproduce.synthetic import FILL, NEG, POS, sentiment_rows
 
-POS = "good great excellent wonderful lovely superb fine delightful".split()
-NEG = "bad awful terrible horrible poor dreadful boring lousy".split()
-FILL = "the movie was a and it film story plot acting really quite very".split()
-
-
-def sentiment_rows(n, rng, graded=False):
-    """Filler words plus sentiment words: the label is the sentiment (SST-2), or for graded rows a similarity-like
-    score that grows with the number of sentiment words, signed by their polarity (STS-B, 0 to 5)."""
-    rows = []
-    for _ in range(n):
-        y, k = rng.randrange(2), rng.randint(0, 3) if graded else 1
-        words = [rng.choice(FILL) for _ in range(rng.randint(3, 8))]
-        for _ in range(k):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(POS if y else NEG))
-        text = " ".join(words)
-        rows.append((text, " ".join(reversed(words)), 2.5 + (k if y else -k) * 2.5 / 3) if graded else (text, None, y))
-    return rows
 
 
 @pytest.fixture(scope="module")
