@@ -92,9 +92,9 @@ def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expecte
         try:
             fetch_once(cache_dir, folder, build)
         except DataError as e:
+            them = "them" if len(official) > 1 else "it"
             raise DataError(f"Could not get {what}: {e}. Nothing was written to the cache. To work offline, fetch "
-                            f"{' + '.join(official)} on a machine with internet, put {'them' if len(official) > 1 else 'it'}"
-                            f" in a folder and set SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir "
+                            f"{' + '.join(official)} on a machine with internet, put {them} in a folder and set SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir "
                             f"with a folder that holds {expected}.") from None
     return final
 

@@ -26,18 +26,19 @@ def glue_task(name, folder, archive, text_a, text_b, label, labels, metrics, sel
 # predicting the majority class); STS-B selects on Pearson (reported first, and the one LoRA's paper uses).
 TASKS = {t.name: t for t in [
     glue_task("cola", "CoLA", "CoLA.zip", "sentence", None, "label", ("0", "1"), ("mcc",), "mcc",
-         columns=("source", "label", "original_label", "sentence")),
+              columns=("source", "label", "original_label", "sentence")),
     glue_task("sst2", "SST-2", "SST-2.zip", "sentence", None, "label", ("0", "1"), ("accuracy",), "accuracy"),
     glue_task("mrpc", "MRPC", None, "#1 String", "#2 String", "Quality", ("0", "1"), ("f1", "accuracy"), "f1"),
-    glue_task("stsb", "STS-B", "STS-B.zip", "sentence1", "sentence2", "score", None, ("pearson", "spearman"), "pearson"),
-    glue_task("qqp", "QQP", "QQP-clean.zip", "question1", "question2", "is_duplicate", ("0", "1"), ("f1", "accuracy"),
-         "f1", skip_broken=True),
-    glue_task("mnli", "MNLI", "MNLI.zip", "sentence1", "sentence2", "gold_label", ("entailment", "neutral", "contradiction"),
-         ("accuracy",), "accuracy", dev=("dev_matched", "dev_mismatched")),
+    glue_task("stsb", "STS-B", "STS-B.zip", "sentence1", "sentence2", "score", None, ("pearson", "spearman"),
+              "pearson"),
+    glue_task("qqp", "QQP", "QQP-clean.zip", "question1", "question2", "is_duplicate", ("0", "1"),
+              ("f1", "accuracy"), "f1", skip_broken=True),
+    glue_task("mnli", "MNLI", "MNLI.zip", "sentence1", "sentence2", "gold_label",
+              ("entailment", "neutral", "contradiction"), ("accuracy",), "accuracy", dev=("dev_matched", "dev_mismatched")),
     glue_task("qnli", "QNLI", "QNLIv2.zip", "question", "sentence", "label", ("entailment", "not_entailment"),
-         ("accuracy",), "accuracy"),
+              ("accuracy",), "accuracy"),
     glue_task("rte", "RTE", "RTE.zip", "sentence1", "sentence2", "label", ("entailment", "not_entailment"),
-         ("accuracy",), "accuracy"),
+              ("accuracy",), "accuracy"),
     glue_task("wnli", "WNLI", "WNLI.zip", "sentence1", "sentence2", "label", ("0", "1"), ("accuracy",), "accuracy"),
 ]}
 

@@ -24,8 +24,8 @@ def make_optimizer(model, lr, weight_decay):
 def clip_gradients(others, state, clip, mode):
     """Gradient-norm clipping; `state` holds SSMLoRA's W_c and W_d, `others` every other trained tensor. While
     W_c = W_d = 0, eq. (8) divides by eps alone, so on the step after W_b leaves zero W_d's gradient is some 1e3-1e6
-    times any other (docs/differences.md: the W_d gradient spike). One global norm ("global") would then shrink every other
-    gradient of that step by as much and lose the step. "state" first clips the state matrices on their own, to at
+    times any other (docs/differences.md: the W_d gradient spike). One global norm ("global") would then shrink every
+    other gradient of that step by as much and lose the step. "state" first clips the state matrices on their own, to at
     most the norm of all the other gradients: the spike can no longer dominate the global norm, and AdamW's second
     moment of W_d takes in a bounded value (its first step, normalised by AdamW, is the same either way)."""
     if mode == "state" and state:
