@@ -1,0 +1,132 @@
+"""DeBERTa-v2/v3 (the fifth family): parity with transformers' DebertaV2* on tiny random checkpoints, for settings that
+exercise every term of the disentangled attention; adapters on it; its SentencePiece tokenizer converted offline."""
+import pytest
+import torch
+import transformers as hf
+
+import model
+import ssmlora
+
+TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            relative_attention=True, position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
+            norm_rel_ebd="layer_norm", pad_token_id=0)
+# position buckets on (8: sequences of 20 tokens reach the log buckets) and off; shared and own position
+# projections; both position terms and each alone. One model class per setting.
+SETTINGS = [
+    ("model", dict(pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)),
+    ("cls", dict(pos_att_type="p2c|c2p", position_buckets=-1, max_relative_positions=-1, share_att_key=False)),
+    ("choice", dict(pos_att_type="c2p", position_buckets=8, share_att_key=False)),
+    ("cls", dict(pos_att_type="p2c", position_buckets=-1, max_relative_positions=24, share_att_key=True,
+                 norm_rel_ebd="none", position_biased_input=True, type_vocab_size=2, embedding_size=24)),
+]
+CLASSES = {"model": hf.DebertaV2Model, "cls": hf.DebertaV2ForSequenceClassification,
+           "choice": hf.DebertaV2ForMultipleChoice}
+
+
+def make(kind, folder, seed=0, **settings):
+    """A random DeBERTa-v2 checkpoint saved by transformers, with random norms and biases (a mis-mapped tensor
+    cannot hide behind 1s and 0s)."""
+    torch.manual_seed(seed)
+    ref = CLASSES[kind](hf.DebertaV2Config(**{**TINY, **settings}, num_labels=3)).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+    ref.save_pretrained(folder)
+    return ref
+
+
+def batch(rows=3, T=20, seed=1):
+    """Padded rows: lengths T, T - 7, 5 (right padding), token types 0 then 1."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 100, (rows, T), generator=g)
+    mask = torch.ones(rows, T, dtype=torch.long)
+    for i, n in enumerate([T, T - 7, 5][:rows]):
+        mask[i, n:] = 0
+    types = (torch.arange(T) >= T // 2).long().expand(rows, T).contiguous()
+    return ids.masked_fill(mask == 0, 0), mask, types
+
+
+@pytest.mark.parametrize("kind,settings", SETTINGS, ids=["model-buckets-shared-both", "cls-exact-own-both",
+                                                        "choice-buckets-own-c2p", "cls-exact-shared-p2c-table"])
+def test_parity_with_transformers(tmp_path, kind, settings):
+    ref = make(kind, tmp_path, **settings)
+    ours = model.from_pretrained(tmp_path)
+    assert ours.cfg.head == {"model": "none", "cls": "cls", "choice": "choice"}[kind]
+    ids, mask, types = batch()
+    types = types if settings.get("type_vocab_size") else None
+    with torch.no_grad():
+        if kind == "choice":  # one question, three (context, choice) rows
+            want = ref(ids[None], attention_mask=mask[None]).logits
+            got, _ = ours(ids, mask, choices=torch.tensor([[0, 1, 2]]))
+        else:
+            want = ref(ids, attention_mask=mask, token_type_ids=types)
+            want = want.logits if kind == "cls" else want.last_hidden_state
+            got, _ = ours(ids, mask, types)
+    if kind == "model":  # padded positions differ by design (DeBERTa masks their queries too); real ones must not
+        want, got = want[mask.bool()], got[mask.bool()]
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_log_buckets_match_transformers():
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+    cfg = model.Config(family="deberta-v2", position_buckets=256, max_relative_positions=512, n_positions=512)
+    x = torch.zeros(1, 512, 1)
+    want = build_relative_position(x, x, bucket_size=256, max_position=512)[0]
+    got = model.relative_positions(512, cfg, "cpu") - cfg.rel_span
+    assert torch.equal(got, want)
+    assert got.min() == -255 and got.max() == 255 and got[0, 100] == -100  # exact up to 128, log-bucketed beyond
+
+
+@pytest.mark.parametrize("method,sparse", [("ssmlora", True), ("ssmlora", False), ("lora", False)])
+def test_adapters_start_at_the_base_and_learn(tmp_path, method, sparse):
+    make("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)
+    ids, mask, _ = batch()
+    base = model.from_pretrained(tmp_path, dropout=0.0, attn_dropout=0.0, head_dropout=0.0)
+    m = ssmlora.add_adapters(model.from_pretrained(tmp_path, dropout=0.0, attn_dropout=0.0, head_dropout=0.0),
+                             method=method, rank=4, targets="query,value", sparse=sparse, dropout=0.0)
+    adapted = [n for n, mod in m.named_modules() if isinstance(mod, ssmlora.LowRankLinear)]
+    assert adapted == (["blocks.0.attn.query", "blocks.1.attn.value"] if sparse else
+                       ["blocks.0.attn.query", "blocks.0.attn.value", "blocks.1.attn.query", "blocks.1.attn.value"])
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids, mask)[0], base(ids, mask)[0], atol=0, rtol=0)
+    m.train()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    _, loss = m(ids, mask, labels=torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert m.blocks[0].attn.query.W_b.grad.abs().sum() > 0
+    opt.step()
+    m.eval()
+    with torch.no_grad():
+        assert (m(ids, mask)[0] - base(ids, mask)[0]).abs().max() > 1e-4
+
+
+def test_lora_on_the_shared_position_projection_merges_exactly(tmp_path):
+    """share_att_key: the query / key linears project the relative embeddings too, with LoRA's update (as PEFT on
+    transformers' DeBERTa), so merging LoRA into W0 changes nothing."""
+    make("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)
+    m = ssmlora.add_adapters(model.from_pretrained(tmp_path), method="lora", rank=4, targets="query,key")
+    with torch.no_grad():
+        for mod in ssmlora.adapter_modules(m):
+            mod.W_b.normal_()
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        before = m(ids, mask)[0]
+        ssmlora.merge_lora(m)
+        torch.testing.assert_close(m(ids, mask)[0], before, atol=1e-5, rtol=1e-5)
+
+
+def test_presets_and_config_round_trip():
+    from hub import config_from_hf, config_to_hf
+    for name in ("deberta-v3-base", "deberta-v3-large"):
+        cfg = model.preset(name, dropout=0.0, attn_dropout=0.0, head_dropout=0.0)
+        assert config_from_hf(config_to_hf(cfg).to_dict(), cfg.num_labels) == cfg
+    cfg = model.preset("deberta-v3-base", head="none")
+    with torch.device("meta"):
+        m, ref = model.Model(cfg), hf.DebertaV2Model(config_to_hf(cfg))
+    # 98.4M of embeddings (128100 x 768) + 85.4M in the blocks: DeBERTaV3-base's published "86M + 98M"
+    assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in ref.parameters()) == 183_831_552
+    with pytest.raises(model.ModelError, match="qkv"):
+        ssmlora.add_adapters(m, method="lora", targets="qkv")
