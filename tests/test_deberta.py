@@ -130,3 +130,60 @@ def test_presets_and_config_round_trip():
     assert sum(p.numel() for p in m.parameters()) == sum(p.numel() for p in ref.parameters()) == 183_831_552
     with pytest.raises(model.ModelError, match="qkv"):
         ssmlora.add_adapters(m, method="lora", targets="qkv")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the tokenizer: spm.model converted to a `tokenizers` Tokenizer
+
+CORPUS = ["The quick brown fox jumps over the lazy dog.", "A second line, with commas; and: punctuation!",
+          "Numbers 12345 and UNICODE café naïve", "DeBERTa uses disentangled attention over relative positions."]
+TEXTS = ["The quick brown fox", "  leading, and   many spaces  ", "tab\there\nnewline", "café naïve Ünicode",
+         "unknown ☃ snowman zzz", "ｆｕｌｌ width ＡＢＣ", "", "jumps over 12345 lazy dogs!"]
+
+
+@pytest.fixture(scope="module")
+def spm_folder(tmp_path_factory):
+    """A tiny SentencePiece Unigram model with DeBERTa-v3's special pieces ([PAD] 0, [CLS] 1, [SEP] 2, [UNK] 3)."""
+    import sentencepiece
+    folder = tmp_path_factory.mktemp("spm")
+    (folder / "corpus.txt").write_text("\n".join(CORPUS * 20))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"), model_prefix=str(folder / "spm"), vocab_size=120, model_type="unigram",
+        pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3,
+        unk_piece="[UNK]", control_symbols=["[MASK]"], minloglevel=2, hard_vocab_limit=False)
+    return folder
+
+
+def test_spm_tokenizer_segments_as_sentencepiece(spm_folder, tmp_path, monkeypatch):
+    import sentencepiece
+
+    import data
+    from files import spm
+    monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path))
+    tok = data.load_tokenizer(spm_folder)
+    assert (tok.family, tok.pad_id) == ("deberta-v2", 0)
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_folder / "spm.model"))
+    for text in TEXTS:  # SentencePiece itself (what DeBERTa's own code runs), NFKC and spaces included
+        assert tok.tokenizer.encode(text).ids == [1] + sp.encode(text) + [2], text
+    pair = tok.tokenizer.encode("The quick fox", "a lazy dog")
+    a, b = sp.encode("The quick fox"), sp.encode("a lazy dog")
+    assert pair.ids == [1] + a + [2] + b + [2]
+    assert pair.type_ids == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+    # transformers' DebertaV2Tokenizer on the same pieces and scores agrees where its normaliser (NFC, no
+    # character map) does, and writes [CLS] in a text as the special token, as ours
+    ref = hf.DebertaV2Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())])
+    for text in [t for t in TEXTS if t.isascii()] + ["[CLS] inside"]:
+        assert tok.tokenizer.encode(text).ids == ref(text)["input_ids"], text
+    assert tok.tokenizer.encode("The quick", "dog").ids == ref("The quick", "dog")["input_ids"]
+    # converted once: the second load reads the cache
+    assert len(list(tmp_path.glob("spm-*.json"))) == 1
+    monkeypatch.setattr(spm, "convert", lambda data: pytest.fail("converted again"))
+    assert data.load_tokenizer(spm_folder).tokenizer.encode(TEXTS[0]).ids == [1] + sp.encode(TEXTS[0]) + [2]
+
+
+def test_spm_tokenizer_errors(tmp_path, monkeypatch):
+    import data
+    monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "spm.model").write_bytes(b"\x0a\x05short")  # a truncated proto
+    with pytest.raises(data.DataError, match="not a SentencePiece Unigram model.*tokenizer.json"):
+        data.load_tokenizer(tmp_path)
