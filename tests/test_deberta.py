@@ -187,3 +187,39 @@ def test_spm_tokenizer_errors(tmp_path, monkeypatch):
     (tmp_path / "spm.model").write_bytes(b"\x0a\x05short")  # a truncated proto
     with pytest.raises(data.DataError, match="not a SentencePiece Unigram model.*tokenizer.json"):
         data.load_tokenizer(tmp_path)
+
+
+def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypatch):
+    """train.py on RTE-format files: a random tiny DeBERTa with a SentencePiece tokenizer of the words, SSMLoRA on
+    query / value, learns which word (good or bad) the premise holds."""
+    import random
+
+    import sentencepiece
+
+    import train
+    from glue_fixtures import write_glue_task
+    monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path / "cache"))
+    rng = random.Random(0)
+    pos, neg, fill = "good great fine lovely".split(), "bad awful poor dull".split(), "the film was a it plot".split()
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            y, words = rng.randrange(2), [rng.choice(fill) for _ in range(rng.randint(3, 6))]
+            words.insert(rng.randrange(len(words) + 1), rng.choice(pos if y else neg))
+            out.append((" ".join(words), "it was " + rng.choice(fill), y))
+        return out
+    write_glue_task(tmp_path / "glue", "rte", rows(160), rows(64))
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(rng.sample(pos + neg + fill, 10)) for _ in range(100)))
+    ckpt = tmp_path / "ckpt"
+    torch.manual_seed(0)
+    hf.DebertaV2Model(hf.DebertaV2Config(**TINY, pos_att_type="p2c|c2p", position_buckets=8,
+                                         share_att_key=True)).save_pretrained(ckpt)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(tmp_path / "corpus.txt"), model_prefix=str(ckpt / "spm"), vocab_size=50, model_type="unigram",
+        pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3,
+        unk_piece="[UNK]", minloglevel=2, hard_vocab_limit=False)
+    r = train.run(train.get_args(["--task", "rte", "--model", str(ckpt), "--random-init", "--data-dir",
+                                  str(tmp_path / "glue"), "--out", str(tmp_path / "out"), "--epochs", "12",
+                                  "--lr", "1e-2", "--dropout", "0"]))
+    assert r["best"]["dev"]["accuracy"] >= 0.75  # chance is 0.5; measured 0.98
