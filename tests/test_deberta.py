@@ -132,6 +132,16 @@ def test_presets_and_config_round_trip():
         ssmlora.add_adapters(m, method="lora", targets="qkv")
 
 
+@pytest.mark.parametrize("method,adapter", [("ssmlora", 148_992), ("lora", 294_912)])
+def test_deberta_v3_base_adapter_counts(method, adapter, capsys):
+    """README's parameter table: r 8 on query and value (SSMLoRA sparse, LoRA dense), a 2-label head."""
+    import train
+    train.run(train.get_args(["--task", "rte", "--random-init", "--dry-run", "--model", "deberta-v3-base",
+                              "--method", method]))
+    out = capsys.readouterr().out
+    assert f"adapter      {adapter:>11,}" in out and "head             592,130" in out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # the tokenizer: spm.model converted to a `tokenizers` Tokenizer
 
