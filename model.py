@@ -51,7 +51,8 @@ class Config:
     num_labels: int = 2          # 1 means regression (STS-B)
     # what LLaMA changes; the defaults are BERT's, RoBERTa's and GPT-2's
     norm: str = "layernorm"      # "layernorm" | "rmsnorm"
-    positions: str = "learned"   # "learned" (a table added to the embeddings) | "rotary" (q and k rotated)
+    positions: str = "learned"   # "learned" (a table added to the embeddings) | "rotary" (q and k rotated) |
+                                 # "relative" (DeBERTa: relative positions inside attention only, no table)
     mlp: str = "plain"           # "plain": fc_out(act(fc_in x)) | "gated": fc_out(act(fc_gate x) * fc_in x)
     n_kv_head: int = None        # key / value heads (grouped-query attention); None: n_head
     rope_theta: float = 10000.0  # rotary base
