@@ -233,3 +233,26 @@ def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypa
                                   str(tmp_path / "glue"), "--out", str(tmp_path / "out"), "--epochs", "12",
                                   "--lr", "1e-2", "--dropout", "0"]))
     assert r["best"]["dev"]["accuracy"] >= 0.75  # chance is 0.5; measured 0.98
+
+
+def test_pretraining_checkpoint_layout_loads(tmp_path):
+    """microsoft/deberta-v3-base's layout: "deberta." names, the masked-LM head (lm_predictions), the
+    replaced-token-detection head (mask_predictions) and an unused position table, which are left out; a task head
+    is new."""
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    ref = hf.DebertaV2ForMaskedLM(hf.DebertaV2Config(**TINY, pos_att_type="p2c|c2p", position_buckets=8,
+                                                     share_att_key=True, legacy=False)).eval()
+    ref.save_pretrained(tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    assert any(k.startswith("lm_predictions.") for k in state)
+    state.update({"mask_predictions.dense.weight": torch.zeros(32, 32), "mask_predictions.classifier.weight":
+                  torch.zeros(1, 32), "deberta.embeddings.position_embeddings.weight": torch.zeros(64, 32)})
+    save_file(state, tmp_path / "model.safetensors")
+    ours = model.from_pretrained(tmp_path, num_labels=2)
+    assert ours.new_head == ["head.pooler.weight", "head.pooler.bias", "head.classifier.weight",
+                             "head.classifier.bias"]
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        want = ref.deberta(ids, attention_mask=mask).last_hidden_state
+        torch.testing.assert_close(ours.encode(ids, mask)[mask.bool()], want[mask.bool()], atol=1e-5, rtol=1e-5)
