@@ -13,7 +13,7 @@ import struct
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from util import atomic_write
+from files import atomic_write
 
 VERSION = 1  # of the conversion: part of the cache key, so a fixed conversion never reads an old cache
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED = 1, 2, 3, 4  # SentencePiece.Type

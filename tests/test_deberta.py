@@ -6,6 +6,7 @@ import transformers as hf
 
 import model
 import ssmlora
+from files import hub
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -52,7 +53,7 @@ def batch(rows=3, T=20, seed=1):
                                                         "choice-buckets-own-c2p", "cls-exact-shared-p2c-table"])
 def test_parity_with_transformers(tmp_path, kind, settings):
     ref = make(kind, tmp_path, **settings)
-    ours = model.from_pretrained(tmp_path)
+    ours = hub.from_pretrained(tmp_path)
     assert ours.cfg.head == {"model": "none", "cls": "cls", "choice": "choice"}[kind]
     ids, mask, types = batch()
     types = types if settings.get("type_vocab_size") else None
@@ -84,8 +85,8 @@ def test_log_buckets_match_transformers():
 def test_adapters_start_at_the_base_and_learn(tmp_path, method, sparse):
     make("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)
     ids, mask, _ = batch()
-    base = model.from_pretrained(tmp_path, dropout=0.0, attn_dropout=0.0, head_dropout=0.0)
-    m = ssmlora.add_adapters(model.from_pretrained(tmp_path, dropout=0.0, attn_dropout=0.0, head_dropout=0.0),
+    base = hub.from_pretrained(tmp_path, dropout=0.0, attn_dropout=0.0, head_dropout=0.0)
+    m = ssmlora.add_adapters(hub.from_pretrained(tmp_path, dropout=0.0, attn_dropout=0.0, head_dropout=0.0),
                              method=method, rank=4, targets="query,value", sparse=sparse, dropout=0.0)
     adapted = [n for n, mod in m.named_modules() if isinstance(mod, ssmlora.LowRankLinear)]
     assert adapted == (["blocks.0.attn.query", "blocks.1.attn.value"] if sparse else
@@ -107,7 +108,7 @@ def test_lora_on_the_shared_position_projection_merges_exactly(tmp_path):
     """share_att_key: the query / key linears project the relative embeddings too, with LoRA's update (as PEFT on
     transformers' DeBERTa), so merging LoRA into W0 changes nothing."""
     make("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)
-    m = ssmlora.add_adapters(model.from_pretrained(tmp_path), method="lora", rank=4, targets="query,key")
+    m = ssmlora.add_adapters(hub.from_pretrained(tmp_path), method="lora", rank=4, targets="query,key")
     with torch.no_grad():
         for mod in ssmlora.adapter_modules(m):
             mod.W_b.normal_()
@@ -119,7 +120,7 @@ def test_lora_on_the_shared_position_projection_merges_exactly(tmp_path):
 
 
 def test_presets_and_config_round_trip():
-    from hub import config_from_hf, config_to_hf
+    from files.hub import config_from_hf, config_to_hf
     for name in ("deberta-v3-base", "deberta-v3-large"):
         cfg = model.preset(name, dropout=0.0, attn_dropout=0.0, head_dropout=0.0)
         assert config_from_hf(config_to_hf(cfg).to_dict(), cfg.num_labels) == cfg
@@ -136,7 +137,8 @@ def test_presets_and_config_round_trip():
 def test_deberta_v3_base_adapter_counts(method, adapter, capsys):
     """README's parameter table: r 8 on query and value (SSMLoRA sparse, LoRA dense), a 2-label head."""
     import train
-    train.run(train.get_args(["--task", "rte", "--random-init", "--dry-run", "--model", "deberta-v3-base",
+    from training.flags import parse
+    train.run(parse(["--task", "rte", "--random-init", "--dry-run", "--model", "deberta-v3-base",
                               "--method", method]))
     out = capsys.readouterr().out
     assert f"adapter      {adapter:>11,}" in out and "head             592,130" in out
@@ -207,6 +209,7 @@ def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypa
     import sentencepiece
 
     import train
+    from training.flags import parse
     from glue_fixtures import write_glue_task
     monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path / "cache"))
     rng = random.Random(0)
@@ -229,7 +232,7 @@ def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypa
         input=str(tmp_path / "corpus.txt"), model_prefix=str(ckpt / "spm"), vocab_size=50, model_type="unigram",
         pad_id=0, pad_piece="[PAD]", bos_id=1, bos_piece="[CLS]", eos_id=2, eos_piece="[SEP]", unk_id=3,
         unk_piece="[UNK]", minloglevel=2, hard_vocab_limit=False)
-    r = train.run(train.get_args(["--task", "rte", "--model", str(ckpt), "--random-init", "--data-dir",
+    r = train.run(parse(["--task", "rte", "--model", str(ckpt), "--random-init", "--data-dir",
                                   str(tmp_path / "glue"), "--out", str(tmp_path / "out"), "--epochs", "12",
                                   "--lr", "1e-2", "--dropout", "0"]))
     assert r["best"]["dev"]["accuracy"] >= 0.75  # chance is 0.5; measured 0.98
@@ -249,7 +252,7 @@ def test_pretraining_checkpoint_layout_loads(tmp_path):
     state.update({"mask_predictions.dense.weight": torch.zeros(32, 32), "mask_predictions.classifier.weight":
                   torch.zeros(1, 32), "deberta.embeddings.position_embeddings.weight": torch.zeros(64, 32)})
     save_file(state, tmp_path / "model.safetensors")
-    ours = model.from_pretrained(tmp_path, num_labels=2)
+    ours = hub.from_pretrained(tmp_path, num_labels=2)
     assert ours.new_head == ["head.pooler.weight", "head.pooler.bias", "head.classifier.weight",
                              "head.classifier.bias"]
     ids, mask, _ = batch()
