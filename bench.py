@@ -109,7 +109,8 @@ def reference_pair(cfg):
     import transformers as hf  # test-only dependency: imported only when asked for
     hf.utils.logging.disable_progress_bar()
     cls = {"gpt2": hf.GPT2ForSequenceClassification, "roberta": hf.RobertaForSequenceClassification,
-           "bert": hf.BertForSequenceClassification, "llama": hf.LlamaForSequenceClassification}[cfg.family]
+           "bert": hf.BertForSequenceClassification, "llama": hf.LlamaForSequenceClassification,
+           "deberta-v2": hf.DebertaV2ForSequenceClassification}[cfg.family]
     torch.manual_seed(0)
     ref = cls(config_to_hf(cfg)).eval()
     with tempfile.TemporaryDirectory() as tmp:  # through a real checkpoint folder: the path users take

@@ -167,7 +167,8 @@ def download_zip(url, into, name):
 
 # The padding token, when the tokenizer declares none of its own: GPT-2 and LLaMA have none and pad with their
 # end-of-text token, which the attention mask hides anyway (and the head pools the last real token).
-PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>", "llama": "</s>"}
+PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>", "llama": "</s>", "deberta-v2": "[PAD]"}
+TYPED = ("bert", "deberta-v2")  # the families whose pairs have token types 0 then 1
 SPECIAL_TOKENS = {"bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
                   "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
 
@@ -244,12 +245,16 @@ def load_tokenizer(folder, family=None):
         raise DataError(f"Unknown model family {family!r}: use one of {', '.join(PAD_TOKENS)}.")
     has = lambda name: os.path.isfile(os.path.join(folder, name))
     bpe = has("vocab.json") and has("merges.txt")
-    if not (has("tokenizer.json") or bpe or has("vocab.txt")):
+    if not (has("tokenizer.json") or bpe or has("vocab.txt") or has("spm.model")):
         raise DataError(f"No tokenizer in {folder}: expected tokenizer.json (LLaMA: only that), or vocab.json + "
-                        "merges.txt (RoBERTa, GPT-2), or vocab.txt (BERT), as in a Hugging Face checkpoint folder.")
+                        "merges.txt (RoBERTa, GPT-2), or vocab.txt (BERT), or spm.model (DeBERTa), as in a Hugging "
+                        "Face checkpoint folder.")
     try:
         if has("tokenizer.json"):
             tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))   # brings its own special tokens
+        elif has("spm.model"):                    # DeBERTa's SentencePiece model, converted once and cached
+            from files import spm
+            tok, family = spm.tokenizer(folder), family or "deberta-v2"
         elif bpe:
             tok, family = _byte_level_bpe(folder, family)
         elif family in (None, "bert"):
@@ -322,7 +327,7 @@ class Tok:
             types.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int8))
         offsets = np.r_[0, np.cumsum(np.concatenate(lengths))]
         flat_types = np.concatenate(types)
-        if self.family != "bert":         # RoBERTa has a single token type and GPT-2 none: all zeros
+        if self.family not in TYPED:      # RoBERTa has a single token type and GPT-2 none: all zeros
             flat_types[:] = 0
         is_float = bool(examples) and isinstance(examples[0].label, float)
         labels = np.array([e.label for e in examples], dtype=np.float32 if is_float else np.int64)
@@ -412,7 +417,7 @@ def encode_rows(tok, examples, max_len):
     if choice:
         gold = np.zeros(n, bool)
         gold[np.array([offsets[i] + g for i, e in enumerate(examples) for g in e.gold], np.int64)] = True
-    types = np.array(types if tok.family == "bert" else [0] * 5, np.int64)   # RoBERTa: one type; GPT-2: none
+    types = np.array(types if tok.family in TYPED else [0] * 5, np.int64)   # RoBERTa: one type; GPT-2: none
     return Rows(np.concatenate([specials, ids]), starts, lens, types, offsets,
                 np.array([e.label for e in examples], np.int64), gold, tok.pad_id,
                 int(np.sum(a_len < lengths[a])), int(np.sum(b_len < lengths[b])))

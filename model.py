@@ -1,10 +1,13 @@
 """
-One hand-written transformer for the four families SSMLoRA is evaluated on:
+One hand-written transformer for the five families SSMLoRA is evaluated on:
 
   BERT / RoBERTa  encoder, bidirectional attention, post-LayerNorm, erf GELU, learned positions
   GPT-2           decoder, causal attention, pre-LayerNorm, tanh GELU ("gelu_new"), learned positions
   LLaMA           decoder, causal attention, pre-RMSNorm, rotary positions, SwiGLU MLP, grouped-query
                   attention, no biases
+  DeBERTa-v2/v3   encoder as BERT, but disentangled attention (He et al.): content and relative-position terms,
+                  log-bucketed relative positions, no absolute position table (family "deberta-v2", config.json's
+                  model_type)
 
 Every attention block has *separate* query, key, value and output projections (nn.Linear), so an adapter
 can wrap `blocks[i].attn.query` or `.value` directly. GPT-2's fused Conv1D `c_attn` is split at load time;
@@ -48,12 +51,20 @@ class Config:
     num_labels: int = 2          # 1 means regression (STS-B)
     # what LLaMA changes; the defaults are BERT's, RoBERTa's and GPT-2's
     norm: str = "layernorm"      # "layernorm" | "rmsnorm"
-    positions: str = "learned"   # "learned" (a table added to the embeddings) | "rotary" (q and k rotated)
+    positions: str = "learned"   # "learned" (a table added to the embeddings) | "rotary" (q and k rotated) |
+                                 # "relative" (DeBERTa: relative positions inside attention only, no table)
     mlp: str = "plain"           # "plain": fc_out(act(fc_in x)) | "gated": fc_out(act(fc_gate x) * fc_in x)
     n_kv_head: int = None        # key / value heads (grouped-query attention); None: n_head
     rope_theta: float = 10000.0  # rotary base
     bias: bool = True            # biases in the block linears (LLaMA has none)
     tied_lm_head: bool = True    # the "lm" head reuses the token embeddings (GPT-2) or has its own (LLaMA)
+    # what DeBERTa-v2/v3 adds: disentangled attention over relative positions (positions "relative": no table)
+    embedding_size: int = None   # token embeddings narrower than d_model, projected up (None: d_model)
+    pos_att_type: str = ""       # the position terms besides content-to-content: "p2c|c2p", "c2p", "p2c"
+    position_buckets: int = -1   # relative positions log-bucketed into 2 x this many (-1: exact)
+    max_relative_positions: int = 512  # the farthest relative position (the bucketing's log range)
+    share_att_key: bool = False  # positions projected by the query / key linears (else their own pos_query / pos_key)
+    norm_rel_ebd: bool = False   # LayerNorm over the relative position embeddings ("layer_norm")
 
     @property
     def causal(self):
@@ -62,6 +73,10 @@ class Config:
     @property
     def pre_ln(self):
         return self.family in ("gpt2", "llama")
+
+    @property
+    def rel_span(self):  # DeBERTa: relative positions run over [-span, span), one embedding row each
+        return self.position_buckets if self.position_buckets > 0 else self.max_relative_positions
 
     @property
     def kv_heads(self):
@@ -81,6 +96,9 @@ _GPT2 = dict(family="gpt2", vocab_size=50257, n_positions=1024, type_vocab_size=
 _LLAMA = dict(family="llama", vocab_size=32000, n_positions=4096, type_vocab_size=0, pad_token_id=0, ln_eps=1e-5,
               activation="silu", dropout=0.0, attn_dropout=0.0, head_dropout=0.0, norm="rmsnorm",
               positions="rotary", mlp="gated", bias=False, tied_lm_head=False)  # Llama-2's config.json
+_DEBERTA3 = dict(family="deberta-v2", vocab_size=128100, n_positions=512, type_vocab_size=0, pad_token_id=0,
+                 ln_eps=1e-7, activation="gelu", positions="relative", pos_att_type="p2c|c2p", position_buckets=256,
+                 max_relative_positions=512, share_att_key=True, norm_rel_ebd=True)  # microsoft/deberta-v3-*
 _BASE = dict(n_layer=12, n_head=12, d_model=768, d_ff=3072)
 _LARGE = dict(n_layer=24, n_head=16, d_model=1024, d_ff=4096)
 
@@ -94,10 +112,12 @@ PRESETS = {
     "gpt2-large": {**_GPT2, "n_layer": 36, "n_head": 20, "d_model": 1280, "d_ff": 5120},
     "llama2-7b": {**_LLAMA, "n_layer": 32, "n_head": 32, "d_model": 4096, "d_ff": 11008},
     "llama2-13b": {**_LLAMA, "n_layer": 40, "n_head": 40, "d_model": 5120, "d_ff": 13824},
+    "deberta-v3-base": {**_DEBERTA3, **_BASE},
+    "deberta-v3-large": {**_DEBERTA3, **_LARGE},
 }
 
 
-FAMILIES = ("bert", "roberta", "gpt2", "llama")
+FAMILIES = ("bert", "roberta", "gpt2", "llama", "deberta-v2")
 
 
 def preset(name, **overrides):
@@ -121,9 +141,11 @@ class Embeddings(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = nn.Embedding(cfg.n_positions, cfg.d_model) if cfg.positions == "learned" else None
-        self.typ = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        e = cfg.embedding_size or cfg.d_model
+        self.tok = nn.Embedding(cfg.vocab_size, e)
+        self.pos = nn.Embedding(cfg.n_positions, e) if cfg.positions == "learned" else None
+        self.typ = nn.Embedding(cfg.type_vocab_size, e) if cfg.type_vocab_size else None
+        self.proj = nn.Linear(e, cfg.d_model, bias=False) if e != cfg.d_model else None  # DeBERTa's embed_proj
         self.ln = None if cfg.pre_ln else norm(cfg)  # post-LN embeds are normed
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -140,6 +162,8 @@ class Embeddings(nn.Module):
             x = x + self.pos(self.position_ids(input_ids))
         if self.typ is not None:
             x = x + self.typ(token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids))
+        if self.proj is not None:
+            x = self.proj(x)
         if self.ln is not None:
             x = self.ln(x)
         return self.drop(x)
@@ -160,6 +184,35 @@ def rotate(x, cos, sin):
     return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
 
 
+def relative_positions(T, cfg, device):
+    """(T, T): the row of the relative position embeddings for query i and key j. delta = i - j, exact up to
+    position_buckets / 2 and log-bucketed beyond, up to max_relative_positions (DeBERTaV3); shifted by the span."""
+    i = torch.arange(T, device=device)
+    delta = i[:, None] - i[None, :]
+    if cfg.position_buckets > 0:
+        mid = cfg.position_buckets // 2
+        far = delta.abs().clamp(min=mid)  # only |delta| > mid is used: clamped, so that log() sees no 0
+        log_range = torch.log(torch.tensor((cfg.max_relative_positions - 1) / mid))  # float32, as DeBERTa's
+        log_pos = torch.ceil(torch.log(far / mid) / log_range * (mid - 1)) + mid
+        delta = torch.where(delta.abs() <= mid, delta, (log_pos * delta.sign()).long())
+    return (delta + cfg.rel_span).clamp(0, 2 * cfg.rel_span - 1)
+
+
+def reached_rows(T, cfg):
+    """[lo, hi): the rows of the relative embeddings that T tokens reach. Short sequences reach only |delta| < T
+    (exact, unbucketed): projecting just those rows gives the same scores for less work (half, at 128 of 512)."""
+    span = cfg.rel_span
+    if cfg.position_buckets > 0 and T - 1 > cfg.position_buckets // 2:  # log buckets reach the far rows
+        return 0, 2 * span
+    return max(span - (T - 1), 0), min(span + T, 2 * span)
+
+
+def project(linear, r):
+    """A linear of the attention applied to the relative embeddings r. An adapter applies its low-rank update
+    without state (ssmlora.LowRankLinear.lora): the Time Module's state runs over tokens, and r holds none."""
+    return getattr(linear, "lora", linear)(r)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -170,12 +223,23 @@ class Attention(nn.Module):
         self.qkv = None  # query, key and value as one linear, after fuse_qkv()
         self.sizes = (d, kv, kv)
         self.p_drop, self.causal = cfg.attn_dropout, cfg.causal
+        self.scale, self.terms = None, ()  # SDPA's 1 / sqrt(head_dim)
+        if cfg.family == "deberta-v2":
+            self.terms = tuple(t for t in ("c2p", "p2c") if t in cfg.pos_att_type.split("|"))
+            self.scale = (self.head_dim * (1 + len(self.terms))) ** -0.5  # 1 / sqrt(3d) with both terms (eq. 4)
+            self.pos_drop = nn.Dropout(cfg.dropout)
+            own = not cfg.share_att_key  # else the positions go through query and key themselves
+            self.pos_key = nn.Linear(d, d) if own and "c2p" in self.terms else None
+            self.pos_query = nn.Linear(d, d) if own and "p2c" in self.terms else None
 
     @torch.no_grad()
     def fuse_qkv(self):
         """Join query, key and value into one linear d -> d + 2 kv, GPT-2's c_attn exactly (same weights), so one
         adapter can span all three (the paper's GPT-2 setting). Separate projections are the default: every other
         target wraps one of them, and every family's checkpoint maps onto them."""
+        if self.terms:
+            raise ModelError("target qkv: DeBERTa projects its relative positions with the query and key linears "
+                             "apart; adapt query,key,value instead")
         parts = (self.query, self.key, self.value)
         fused = nn.Linear(self.sizes[0], sum(self.sizes), bias=self.query.bias is not None, device="meta")
         fused.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=self.query.weight.requires_grad)
@@ -183,7 +247,23 @@ class Attention(nn.Module):
             fused.bias = nn.Parameter(torch.cat([p.bias for p in parts]), requires_grad=self.query.bias.requires_grad)
         self.qkv, self.query, self.key, self.value = fused.train(self.query.training), None, None, None
 
-    def forward(self, x, mask, rope=None):
+    def position_scores(self, q, k, r, idx):
+        """DeBERTa's content-to-position plus position-to-content scores (He et al., eq. 4), scaled as the content
+        term. r: the relative position embeddings (2 span, d); idx (T, T): the row of r for each (i, j)."""
+        B, H, T, hd = q.shape
+        r = self.pos_drop(r)
+        heads = lambda t: t.view(-1, H, hd).transpose(0, 1)  # (2 span, d) -> (heads, 2 span, head_dim)
+        idx = idx.expand(B, H, T, T)
+        s = 0
+        if "c2p" in self.terms:  # c2p: query i . position key of delta(i, j)
+            k_r = heads(project(self.key if self.pos_key is None else self.pos_key, r))
+            s = s + torch.gather(q @ k_r.transpose(-1, -2), -1, idx)
+        if "p2c" in self.terms:  # p2c: key j . position query of delta(i, j), gathered key-major then transposed
+            q_r = heads(project(self.query if self.pos_query is None else self.pos_query, r))
+            s = s + torch.gather(k @ q_r.transpose(-1, -2), -1, idx.transpose(-1, -2)).transpose(-1, -2)
+        return s * self.scale
+
+    def forward(self, x, mask, rope=None, rel=None):
         B, T, _ = x.shape
         if self.qkv is not None:
             q, k, v = self.qkv(x).split(self.sizes, dim=-1)
@@ -192,9 +272,13 @@ class Attention(nn.Module):
         q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, head_dim)
         if rope is not None:  # LLaMA: positions enter here, as rotations of q and k
             q, k = rotate(q, *rope), rotate(k, *rope)
+        if rel is not None:  # DeBERTa: the position terms, added to the content term q k^T as a float mask
+            bias = self.position_scores(q, k, *rel)
+            mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         # mask is None when nothing is padded: SDPA can then use its fused causal / flash kernels
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_drop if self.training else 0.0,
-                                           is_causal=self.causal and mask is None, enable_gqa=k.shape[1] != q.shape[1])
+                                           is_causal=self.causal and mask is None, scale=self.scale,
+                                           enable_gqa=k.shape[1] != q.shape[1])
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -221,11 +305,11 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.pre_ln = cfg.pre_ln
 
-    def forward(self, x, mask, rope=None):
+    def forward(self, x, mask, rope=None, rel=None):
         if self.pre_ln:  # GPT-2, LLaMA: normalise the input of each branch
             x = x + self.drop(self.attn(self.ln_attn(x), mask, rope))
             return x + self.drop(self.mlp(self.ln_mlp(x)))
-        x = self.ln_attn(x + self.drop(self.attn(x, mask)))  # BERT / RoBERTa: normalise after the residual
+        x = self.ln_attn(x + self.drop(self.attn(x, mask, rel=rel)))  # encoders: normalise after the residual
         return self.ln_mlp(x + self.drop(self.mlp(x)))
 
 
@@ -237,11 +321,13 @@ class Head(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         d, n = cfg.d_model, 1 if cfg.head == "choice" else cfg.num_labels
-        self.kind = {"bert": "pooler", "roberta": "dense" if cfg.head == "cls" else "pooler"}.get(cfg.family, "last")
+        self.kind = {"bert": "pooler", "roberta": "dense" if cfg.head == "cls" else "pooler",
+                     "deberta-v2": "pooler"}.get(cfg.family, "last")
         self.drop = nn.Dropout(cfg.head_dropout)
+        self.act = nn.GELU() if cfg.family == "deberta-v2" else nn.Tanh()  # DeBERTa's ContextPooler: GELU
         if self.kind == "dense":       # RoBERTa classification: first token -> dense -> tanh -> out_proj
             self.dense, self.out_proj = nn.Linear(d, d), nn.Linear(d, n)
-        elif self.kind == "pooler":    # BERT, RoBERTa multiple choice: pooler (dense + tanh on [CLS]) -> classifier
+        elif self.kind == "pooler":    # BERT, RoBERTa choice, DeBERTa: pooler (dense + act on [CLS]) -> classifier
             self.pooler, self.classifier = nn.Linear(d, d), nn.Linear(d, n)
         else:                          # GPT-2, LLaMA: score the last real token (it has seen the whole text)
             self.score = nn.Linear(d, n, bias=False)
@@ -255,7 +341,7 @@ class Head(nn.Module):
         if self.kind == "dense":
             return self.out_proj(self.drop(torch.tanh(self.dense(self.drop(x[:, 0])))))
         if self.kind == "pooler":
-            return self.classifier(self.drop(torch.tanh(self.pooler(x[:, 0]))))
+            return self.classifier(self.drop(self.act(self.pooler(x[:, 0]))))
         if attention_mask is None:  # nothing padded: the last position
             last = torch.full((x.shape[0],), x.shape[1] - 1, device=x.device)
         else:  # index of the last attended position, for right or left padding alike
@@ -275,6 +361,9 @@ class Model(nn.Module):
         self.embed = Embeddings(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = norm(cfg) if cfg.pre_ln else None
+        if cfg.family == "deberta-v2":  # relative position embeddings, shared by every layer, and their norm
+            self.rel = nn.Embedding(2 * cfg.rel_span, cfg.d_model)
+            self.ln_rel = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.norm_rel_ebd else None
         self.head = Head(cfg) if cfg.head in ("cls", "choice") else None
         # GPT-2's "lm" head is tied to embed.tok; LLaMA's has its own weights
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) \
@@ -292,9 +381,14 @@ class Model(nn.Module):
                 mask = mask & torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
         rope = rotary(T, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_theta, input_ids.device) \
             if self.cfg.positions == "rotary" else None
+        rel = None
+        if self.cfg.family == "deberta-v2" and self.blocks[0].attn.terms:  # (embeddings, row of each (i, j))
+            lo, hi = reached_rows(T, self.cfg)
+            r = self.rel.weight[lo:hi]
+            rel = r if self.ln_rel is None else self.ln_rel(r), relative_positions(T, self.cfg, input_ids.device) - lo
         x = self.embed(input_ids, token_type_ids)
         for block in self.blocks:
-            x = block(x, mask, rope)
+            x = block(x, mask, rope, rel)
         return self.ln_f(x) if self.ln_f is not None else x
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None, choices=None):
@@ -367,6 +461,13 @@ _NAMES = {
         (r"h\.(\d+)\.mlp\.c_proj\.(\w+)", r"blocks.\1.mlp.fc_out.\2"),
         (r"ln_f\.(\w+)", r"ln_f.\1"), (r"score\.weight", "head.score.weight"),
     ],
+    "deberta-v2": _ENCODER_NAMES + [  # DeBERTa's own names; the encoder's LayerNorm is that of rel_embeddings
+        (r"embeddings\.embed_proj\.weight", "embed.proj.weight"),
+        (r"encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)_proj\.(\w+)", r"blocks.\1.attn.\2.\3"),
+        (r"encoder\.layer\.(\d+)\.attention\.self\.pos_(query|key)_proj\.(\w+)", r"blocks.\1.attn.pos_\2.\3"),
+        (r"encoder\.rel_embeddings\.weight", "rel.weight"), (r"encoder\.LayerNorm\.(\w+)", r"ln_rel.\1"),
+        (r"pooler\.dense\.(\w+)", r"head.pooler.\1"),  # ContextPooler
+        (r"classifier\.(weight|bias)", r"head.classifier.\1")],
     "llama": [
         (r"embed_tokens\.weight", "embed.tok.weight"),
         (r"layers\.(\d+)\.self_attn\.q_proj\.(\w+)", r"blocks.\1.attn.query.\2"),
@@ -390,8 +491,13 @@ _IGNORED = {
     "gpt2": [r"h\.\d+\.attn\.(bias|masked_bias)",    # causal-mask buffers of old checkpoints
              r"lm_head\.weight"],                    # tied to wte
     "llama": [r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq"],  # a buffer of old checkpoints, computed here
+    "deberta-v2": [r"embeddings\.position_ids",     # a buffer (arange), not a weight
+                   r"lm_predictions\..*",          # masked-LM head of pre-training (DebertaV2ForMaskedLM)
+                   r"cls\..*",                     # the same, in its legacy layout
+                   r"mask_predictions\..*"],       # DeBERTaV3's replaced-token-detection head (ELECTRA-style)
 }
-_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer.", "llama": "model."}
+_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer.", "llama": "model.",
+             "deberta-v2": "deberta."}
 
 
 def convert_state_dict(state, family):

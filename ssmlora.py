@@ -101,6 +101,12 @@ class LowRankLinear(nn.Linear):
         self.W_b = nn.Parameter(torch.zeros(rank, base.out_features, **kw))  # zero: adapted == base at init
         self.scaling = alpha / rank  # s = alpha / r, LoRA's convention for both methods (decision 6)
 
+    def lora(self, x):
+        """x W0 + s x W_a W_b (eq. 1), no dropout, no state: what DeBERTa's relative position embeddings go through
+        when they share this projection (model.project); they are no tokens, so no time axis runs over them."""
+        y = F.linear(x, self.weight, self.bias)
+        return y if getattr(self, "merged", False) else y + (x @ self.W_a * self.scaling) @ self.W_b
+
     def extra_repr(self):
         return f"{super().extra_repr()}, rank={self.W_a.shape[1]}, scaling={self.scaling:g}"
 

@@ -16,13 +16,14 @@ from model import FAMILIES, Config, Model, ModelError, convert_state_dict, head_
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "special_tokens_map.json")
+                   "special_tokens_map.json", "spm.model")  # spm.model: DeBERTa's SentencePiece (files/spm.py)
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
 
 def from_pretrained(name_or_dir, num_labels=None, **overrides):
     """
-    Load an original Hugging Face BERT / RoBERTa / GPT-2 / LLaMA checkpoint: a local folder or a hub name.
+    Load an original Hugging Face checkpoint of one of the FAMILIES (BERT, RoBERTa, GPT-2, LLaMA, DeBERTa-v2/v3): a
+    local folder or a hub name.
     num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
     a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
     (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
@@ -32,6 +33,8 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     hf = read_config(folder)
     state = convert_state_dict(read_weights(folder), hf["model_type"])
     cfg = replace(config_from_hf(hf, num_labels, head_labels(state)), **overrides)
+    if cfg.positions != "learned":  # DeBERTa with position_biased_input false: a table some checkpoints carry unused
+        state = {k: v for k, v in state.items() if not k.startswith("embed.pos.")}
     if cfg.head not in ("cls", "choice"):  # e.g. BERT's pooler, which only the task heads use
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if cfg.family == "roberta" and cfg.head == "cls":  # RoBERTa's classification head does not use the pooler
@@ -125,6 +128,8 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
     num_labels = head_labels if num_labels is None else num_labels
     if family == "llama":
         return _llama_config(hf, num_labels)
+    if family == "deberta-v2":
+        return _deberta_config(hf, num_labels, head_labels)
     gpt = family == "gpt2"
     act = hf.get("activation_function" if gpt else "hidden_act", "gelu_new" if gpt else "gelu")
     if act not in ACTIVATIONS:
@@ -176,6 +181,42 @@ def _llama_config(hf, num_labels):
         head="cls" if num_labels is not None else "lm", num_labels=num_labels or 2)
 
 
+def _deberta_config(hf, num_labels, head_labels):
+    """DebertaV2Config's config.json (DeBERTa-v2 and v3): BERT's fields plus the disentangled attention's."""
+    terms = hf.get("pos_att_type") or []
+    terms = [t.strip() for t in terms.lower().split("|")] if isinstance(terms, str) else list(terms)
+    if not hf.get("relative_attention") or not terms or set(terms) - {"c2p", "p2c"}:
+        raise ModelError(f"unsupported DeBERTa variant in config.json (relative_attention "
+                         f"{hf.get('relative_attention')}, pos_att_type {hf.get('pos_att_type')}): this code needs "
+                         "relative attention with c2p and / or p2c terms, as DeBERTa-v3")
+    if hf.get("conv_kernel_size", 0) or hf.get("attention_head_size", hf["hidden_size"] // hf["num_attention_heads"]) \
+            != hf["hidden_size"] // hf["num_attention_heads"]:
+        raise ModelError("unsupported DeBERTa variant in config.json (the convolution of deberta-v2-xlarge / xxlarge, "
+                         "or an attention_head_size other than hidden_size / num_attention_heads)")
+    if hf.get("hidden_act", "gelu") != "gelu" or hf.get("pooler_hidden_act", "gelu") != "gelu" or \
+            hf.get("pooler_dropout", 0) or hf.get("pooler_hidden_size", hf["hidden_size"]) != hf["hidden_size"]:
+        raise ModelError("unsupported DeBERTa variant in config.json (hidden_act and pooler_hidden_act must be gelu, "
+                         "pooler_dropout 0, pooler_hidden_size hidden_size, as in every DeBERTa-v3 checkpoint)")
+    norm_rel = [t.strip() for t in str(hf.get("norm_rel_ebd", "none")).lower().split("|")]
+    n_pos, hidden_drop = hf.get("max_position_embeddings", 512), hf.get("hidden_dropout_prob", 0.1)
+    max_rel = hf.get("max_relative_positions", -1)
+    multiple_choice = any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or [])
+    head = "none" if num_labels is None else "choice" if multiple_choice and num_labels == head_labels else "cls"
+    cls_drop = hf.get("cls_dropout")
+    return Config(
+        family="deberta-v2", vocab_size=hf["vocab_size"], n_positions=n_pos, n_layer=hf["num_hidden_layers"],
+        n_head=hf["num_attention_heads"], d_model=hf["hidden_size"], d_ff=hf["intermediate_size"],
+        type_vocab_size=hf.get("type_vocab_size", 0), pad_token_id=hf.get("pad_token_id") or 0,
+        ln_eps=hf.get("layer_norm_eps", 1e-7), activation="gelu", dropout=hidden_drop,
+        attn_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        head_dropout=hidden_drop if cls_drop is None else cls_drop, head=head, num_labels=num_labels or 2,
+        positions="learned" if hf.get("position_biased_input", True) else "relative",
+        embedding_size=None if hf.get("embedding_size") in (None, hf["hidden_size"]) else hf["embedding_size"],
+        pos_att_type="|".join(t for t in ("p2c", "c2p") if t in terms), position_buckets=hf.get("position_buckets", -1),
+        max_relative_positions=max_rel if max_rel >= 1 else n_pos, share_att_key=bool(hf.get("share_att_key")),
+        norm_rel_ebd="layer_norm" in norm_rel)
+
+
 def config_to_hf(cfg):
     """transformers' config object for our Config (classification head): the inverse of config_from_hf."""
     import transformers as hf  # test-only dependency: imported only when asked for
@@ -186,6 +227,18 @@ def config_to_hf(cfg):
                              rope_theta=cfg.rope_theta, attention_bias=cfg.bias, mlp_bias=cfg.bias,
                              tie_word_embeddings=cfg.tied_lm_head, pad_token_id=cfg.pad_token_id,
                              num_labels=cfg.num_labels)
+        return out
+    if cfg.family == "deberta-v2":
+        out = hf.DebertaV2Config(
+            vocab_size=cfg.vocab_size, max_position_embeddings=cfg.n_positions, hidden_size=cfg.d_model,
+            num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head, intermediate_size=cfg.d_ff,
+            layer_norm_eps=cfg.ln_eps, type_vocab_size=cfg.type_vocab_size, pad_token_id=cfg.pad_token_id,
+            relative_attention=True, position_biased_input=cfg.positions == "learned",
+            pos_att_type=cfg.pos_att_type, position_buckets=cfg.position_buckets,
+            max_relative_positions=cfg.max_relative_positions, share_att_key=cfg.share_att_key,
+            norm_rel_ebd="layer_norm" if cfg.norm_rel_ebd else "none", embedding_size=cfg.embedding_size or cfg.d_model,
+            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.attn_dropout,
+            cls_dropout=cfg.head_dropout, num_labels=cfg.num_labels)
         return out
     act = {v: k for k, v in reversed(ACTIVATIONS.items())}[cfg.activation]  # gelu_tanh -> gelu_new
     if cfg.family == "gpt2":
