@@ -1,0 +1,159 @@
+"""PEFT folders out and in, merged checkpoints, our names back to Hugging Face's: against peft and transformers."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+import transformers as hf  # noqa: E402
+
+from checkpoints import make  # noqa: E402
+from interop.merged import export_merged  # noqa: E402
+from interop.names import to_hf  # noqa: E402
+from interop.peft import PeftError, add_peft_adapters, export_peft  # noqa: E402
+from model import ModelError, from_pretrained  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from ssmlora import add_adapters  # noqa: E402
+
+# kind, PEFT's target_modules for our default query,value, the pad id (tests/checkpoints.py's configs)
+FAMILIES = {"roberta-2": (["query", "value"], 1), "bert": (["query", "value"], 0),
+            "gpt2-cls": (["c_attn"], 119), "llama-cls": (["q_proj", "v_proj"], 0)}
+
+
+def batch(pad):
+    """Two rows, the second right-padded: padding must change nothing on either side."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 119, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    ids[1, 5:], mask[1, 5:] = pad, 0
+    return ids, mask
+
+
+def ours_logits(m, ids, mask):
+    with torch.no_grad():
+        return m(ids, mask)[0]
+
+
+def hf_logits(m, ids, mask):
+    with torch.no_grad():
+        return m(input_ids=ids, attention_mask=mask).logits
+
+
+def randomise(model, names=("W_a", "W_b", "head.")):
+    """LoRA's W_b and a fresh head start at zero or near it: random values, so a mis-mapped tensor shows."""
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if any(n.endswith(k) or n.startswith(k) for k in names):
+                p.copy_(torch.randn_like(p) * 0.3)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    return {k: (make(k, root / k), root / k) for k in FAMILIES}
+
+
+@pytest.mark.parametrize("kind,targets", [("roberta-2", "query,value"), ("bert", "query,value,ffn_out"),
+                                          ("gpt2-cls", "qkv"), ("gpt2-cls", "query,value"),
+                                          ("llama-cls", "query,value,ffn_gate")])
+def test_export_runs_in_peft_with_our_logits(bases, tmp_path, kind, targets):
+    _, folder = bases[kind]
+    ours = add_adapters(from_pretrained(folder), method="lora", rank=4, alpha=8, targets=targets).eval()
+    randomise(ours)
+    export_peft(ours, tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(folder) and config["task_type"] == "SEQ_CLS"
+    theirs = peft.PeftModel.from_pretrained(hf.AutoModelForSequenceClassification.from_pretrained(folder),
+                                            tmp_path / "peft").eval()
+    ids, mask = batch(FAMILIES[kind][1])
+    a, b = ours_logits(ours, ids, mask), hf_logits(theirs, ids, mask)
+    assert (a - b).abs().max() < 1e-5 and a.abs().max() > 0.1  # and the adapters and head are not all zeros
+    assert (a - ours_logits(from_pretrained(folder), ids, mask)).abs().max() > 1e-2  # they change the logits
+
+
+@pytest.mark.parametrize("kind", list(FAMILIES))
+def test_peft_folder_loads_with_peft_logits(bases, tmp_path, kind):
+    hf_model, folder = bases[kind]
+    targets, pad = FAMILIES[kind]
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(hf.AutoModelForSequenceClassification.from_pretrained(folder), peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, lora_alpha=12, lora_dropout=0.1, target_modules=targets))
+    with torch.no_grad():  # lora_B starts at zero: give it values, and the head too
+        for n, p in theirs.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.add_(torch.randn_like(p) * 0.3)
+    theirs.save_pretrained(tmp_path / "peft")
+    ours = add_peft_adapters(from_pretrained(folder), tmp_path / "peft").eval()
+    assert ours.adapters.rank == 4 and ours.adapters.alpha == 12 and ours.adapters.dropout == 0.1
+    ids, mask = batch(pad)
+    a, b = ours_logits(ours, ids, mask), hf_logits(theirs.eval(), ids, mask)
+    assert (a - b).abs().max() < 1e-5 and (a - hf_logits(hf_model, ids, mask)).abs().max() > 1e-2
+
+
+def test_ssmlora_and_other_settings_are_refused(bases, tmp_path):
+    _, folder = bases["bert"]
+    with pytest.raises(PeftError, match="SSMLoRA has no PEFT counterpart: its state h and W_c, W_d"):
+        export_peft(add_adapters(from_pretrained(folder), method="ssmlora", rank=4), tmp_path / "x")
+    with pytest.raises(PeftError, match="task head"):
+        export_peft(add_adapters(from_pretrained(folder), method="lora", targets="query,head"), tmp_path / "x")
+    theirs = peft.get_peft_model(hf.AutoModelForSequenceClassification.from_pretrained(folder),
+                                 peft.LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+    theirs.save_pretrained(tmp_path / "p")
+    config_path = tmp_path / "p" / "adapter_config.json"
+    good = json.loads(config_path.read_text())
+    for edit, message in [({"use_dora": True}, "use_dora=True .DoRA"), ({"use_rslora": True}, "use_rslora=True .rsLoRA"),
+                          ({"bias": "all"}, "bias='all'"), ({"rank_pattern": {"query": 8}}, "rank_pattern"),
+                          ({"peft_type": "IA3"}, "PEFT IA3 adapter"), ({"task_type": "CAUSAL_LM"}, "CAUSAL_LM")]:
+        config_path.write_text(json.dumps({**good, **edit}))
+        with pytest.raises(PeftError, match=message):
+            add_peft_adapters(from_pretrained(folder), tmp_path / "p")
+    # "dense" in PEFT also hits the pooler and the classifier's dense: no target of ours wraps those
+    peft.get_peft_model(hf.AutoModelForSequenceClassification.from_pretrained(folder), peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, target_modules=["dense"])).save_pretrained(tmp_path / "d")
+    with pytest.raises(PeftError, match="adapts bert.pooler.dense, which no LoRA target of ours wraps"):
+        add_peft_adapters(from_pretrained(folder), tmp_path / "d")
+    peft.get_peft_model(hf.AutoModelForSequenceClassification.from_pretrained(folder), peft.LoraConfig(
+        task_type="SEQ_CLS", r=4, target_modules=["query"], layers_to_transform=[1])).save_pretrained(tmp_path / "l")
+    with pytest.raises(PeftError, match=r"adapts \['query'\] in layers \[1\]"):
+        add_peft_adapters(from_pretrained(folder), tmp_path / "l")
+
+
+@pytest.mark.parametrize("kind,targets", [("roberta-2", "query,value,head"), ("gpt2-cls", "qkv,ffn_in"),
+                                          ("llama-cls", "query,key,value,ffn_out")])
+def test_merged_export_loads_in_transformers(bases, tmp_path, kind, targets):
+    _, folder = bases[kind]
+    ours = add_adapters(from_pretrained(folder), method="lora", rank=4, targets=targets).eval()
+    randomise(ours)
+    ids, mask = batch(FAMILIES[kind][1])
+    before = ours_logits(ours, ids, mask)
+    export_merged(ours, tmp_path / "merged")
+    theirs, info = hf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged",
+                                                                         output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert (hf_logits(theirs.eval(), ids, mask) - before).abs().max() < 1e-5
+    assert torch.equal(ours_logits(ours, ids, mask), before)  # the model itself is left unmerged
+
+
+def test_merged_multiple_choice_and_ssmlora_refused(tmp_path):
+    make("bert-mc", tmp_path / "mc")
+    ours = add_adapters(from_pretrained(tmp_path / "mc"), method="lora", rank=2).eval()
+    randomise(ours)
+    ids, mask = batch(0)
+    theirs = hf.AutoModelForMultipleChoice.from_pretrained(export_merged(ours, tmp_path / "out")).eval()
+    with torch.no_grad():
+        want = theirs(input_ids=ids[None], attention_mask=mask[None]).logits  # one question, two choices
+        got = ours(ids, mask, choices=torch.tensor([[0, 1]]))[0]
+    assert (got - want).abs().max() < 1e-5
+    with pytest.raises(ModelError, match="SSMLoRA cannot be merged"):
+        export_merged(add_adapters(from_pretrained(tmp_path / "mc"), method="ssmlora"), tmp_path / "no")
+
+
+@pytest.mark.parametrize("kind", ["roberta-2", "bert", "gpt2-cls", "llama-cls"])
+def test_names_invert_convert_state_dict(bases, kind):
+    _, folder = bases[kind]
+    m = from_pretrained(folder)
+    original = load_file(folder / "model.safetensors")
+    back = to_hf(m.state_dict(), m.cfg)
+    assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in back)
