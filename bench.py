@@ -6,6 +6,7 @@ and SSMLoRA side by side, over batch sizes and sequence lengths, in inference an
     python bench.py --dense          # SSMLoRA dense too: the same modules as LoRA
     python bench.py --device cuda --dtype fp32 --lengths 16,128,512 --batch-sizes 1,16
     python bench.py --quick          # a tiny model in seconds (what the tests run)
+    python bench.py --plot docs/bench.png   # latency and peak memory against length, per method (matplotlib)
     python bench.py --preset llama2-7b --layers 2 --no-reference    # LLaMA-2-7B's shapes, 2 of its 32 layers
 
 With `transformers` installed, a reference row times its implementation of the same checkpoint (inference only).
@@ -27,6 +28,7 @@ import torch
 
 from files import atomic_write
 from files.hub import config_to_hf, from_pretrained
+from interop.plots import plot_bench
 from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser
@@ -74,6 +76,8 @@ def get_args(argv=None):
                    "weights (inference); default: on when transformers is importable")
     p.add_argument("--quick", action="store_true", help="tiny model and shapes, few repeats: a smoke test")
     p.add_argument("--json", default="out/bench.json", help="where the results are written (default out/bench.json)")
+    p.add_argument("--plot", metavar="FILE", help="also draw latency and peak memory against length per method into "
+                   "FILE (a .png; needs matplotlib; python -m interop.plots redraws it from --json)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
@@ -89,6 +93,8 @@ def get_args(argv=None):
     if a.reference and not has_hf:
         p.error("--reference needs the transformers package (pip install transformers)")
     a.reference = has_hf if a.reference is None else a.reference
+    if a.plot and importlib.util.find_spec("matplotlib") is None:  # before the sweep, not after it
+        p.error("--plot needs the matplotlib package (pip install matplotlib)")
     return a
 
 
@@ -356,6 +362,9 @@ def run(args):
     report(result, models, args)
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     print(f"\nwritten to {args.json}")
+    if args.plot:
+        plot_bench(result, args.plot)
+        print(f"plot in {args.plot}")
     return result
 
 

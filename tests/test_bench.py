@@ -29,7 +29,9 @@ def run_quick(tmp_path, *flags):
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):  # one default --quick run serves several tests: it is the slow part
     threads = torch.get_num_threads()
-    run = run_quick(tmp_path_factory.mktemp("bench"))
+    folder = tmp_path_factory.mktemp("bench")
+    plot = ["--plot", str(folder / "bench.png")] if importlib.util.find_spec("matplotlib") else []
+    run = run_quick(folder, *plot)
     assert torch.get_num_threads() == threads  # --quick runs on one thread and gives the caller's setting back
     return run
 
@@ -64,6 +66,13 @@ def test_quick_json_has_every_method_and_shape_and_consistent_ratios(quick):
 
 
 @pytest.mark.skipif(not HAS_HF, reason="transformers is not installed")
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="matplotlib is not installed")
+def test_plot_drawn_from_the_run(quick):
+    out = quick[0]
+    png = out.split("plot in ")[1].strip()
+    assert png.endswith("bench.png") and os.path.getsize(png) > 5000
+
+
 def test_reference_row_when_transformers_is_importable(quick):
     out, _, data, _ = quick
     assert data["reference"]["used"] and data["reference"]["max_abs_logit_diff"] <= 1e-4

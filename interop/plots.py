@@ -1,0 +1,127 @@
+"""
+Pictures of what the JSON says: bench.py's latency and peak memory against sequence length per method (the paper's
+Table 12 view), and a run's training loss and dev metric over its steps (eval.jsonl).
+
+    python -m interop.plots out/sst2-ssmlora-r8              # -> out/sst2-ssmlora-r8/curves.png
+    python -m interop.plots out/bench.json --out bench.png   # a bench.py result file
+    python bench.py --quick --plot bench.png                 # the same, straight after the sweep
+
+matplotlib is optional: it is imported only here, when a plot is asked for.
+"""
+import json
+import sys
+from pathlib import Path
+
+from util import OneLineParser, UserError
+
+STYLE = {"none": ("tab:gray", ":"), "lora": ("tab:blue", "-"), "ssmlora": ("tab:red", "-"),
+         "transformers": ("tab:green", "--")}
+
+
+def figure(rows, cols, size):
+    """A matplotlib Figure with its Agg canvas (no pyplot, no display), or a one-line error naming the package."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError("plotting needs the matplotlib package (pip install matplotlib)") from None
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def plot_bench(result, path=None):
+    """bench.py's result dict (out/bench.json): median latency (top) and peak memory (bottom) against length,
+    inference and training step side by side, one line per method and batch size. Saved to path if given."""
+    rows = result.get("results") if isinstance(result, dict) else None
+    if not rows:
+        raise UserError("not a bench.py result (no \"results\" rows): run python bench.py first")
+    modes = [m for m in ("inference", "train") if any(r["mode"] == m for r in rows)]
+    batches = sorted({r["batch"] for r in rows})
+    fig, ax = figure(2, len(modes), (5.2 * len(modes), 6.4))
+    for j, mode in enumerate(modes):
+        for B in batches:
+            rs = sorted((r for r in rows if r["mode"] == mode and r["batch"] == B), key=lambda r: r["length"])
+            for n in rs[0]["ms"] if rs else []:
+                color, ls = STYLE.get(n, (None, "-"))
+                label = n if len(batches) == 1 else f"{n}, batch {B}"
+                marker = "o" if B == batches[0] else "s"
+                ax[0, j].plot([r["length"] for r in rs], [r["ms"][n] for r in rs], ls, color=color, marker=marker,
+                              label=label)
+                mb = [(r["length"], r["peak_mb"].get(n)) for r in rs if r["peak_mb"].get(n) is not None]
+                if mb:
+                    ax[1, j].plot(*zip(*mb), ls, color=color, marker=marker, label=label)
+        ax[0, j].set_title("inference (forward, no grad)" if mode == "inference" else "training step")
+        ax[0, j].set_ylabel("median latency (ms)")
+        ax[1, j].set_ylabel("peak memory (MB)")
+        for a in ax[:, j]:
+            a.set_xlabel("sequence length (tokens)")
+            a.set_xscale("log", base=2)
+            a.grid(alpha=0.3)
+        ax[0, j].legend(fontsize="small")
+    s = result.get("settings", {})
+    fig.suptitle(f"{s.get('model', '')}, {s.get('device', '')} {s.get('dtype', '')}, rank {s.get('rank', '')}")
+    return save(fig, path)
+
+
+def read_run(folder):
+    """(eval.jsonl lines, the metric train.py selects on) of a run's output folder."""
+    folder = Path(folder)
+    log = folder / "eval.jsonl"
+    if not log.exists():
+        raise UserError(f"no eval.jsonl in {folder}: is this a train.py --out folder?")
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"{log} has no evaluations yet")
+    results = folder / "results.json"
+    select = json.loads(results.read_text()).get("select") if results.exists() else None
+    return lines, select
+
+
+def plot_run(folder, path=None):
+    """A run's training loss (left) and dev metric (right) over its optimizer steps, from its eval.jsonl."""
+    lines, select = read_run(folder)
+    splits = [k for k, v in lines[0].items() if isinstance(v, dict)]  # {"validation": {"accuracy": ...}, ...}
+    select = select or next(iter(lines[0][splits[0]]))
+    if not splits:
+        raise UserError(f"{Path(folder) / 'eval.jsonl'} has no dev metrics to plot")
+    steps = [line["step"] for line in lines]
+    fig, ax = figure(1, 2, (10, 3.8))
+    ax[0, 0].plot(steps, [line.get("train_loss") for line in lines], "o-", color="tab:blue")
+    ax[0, 0].set_ylabel("training loss (mean over the epoch so far)")
+    for split in splits:
+        ax[0, 1].plot(steps, [line[split].get(select) for line in lines], "o-", label=split)
+    ax[0, 1].set_ylabel(f"dev {select}")
+    ax[0, 1].legend(fontsize="small")
+    for a in ax[0]:
+        a.set_xlabel("optimizer step")
+        a.grid(alpha=0.3)
+    fig.suptitle(Path(folder).resolve().name)
+    return save(fig, path)
+
+
+def save(fig, path):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80)
+    return fig
+
+
+def main(argv=None):
+    p = OneLineParser(prog="-m interop.plots", description=__doc__.strip().split("\n\n")[0])
+    p.add_argument("source", help="a train.py --out folder (its eval.jsonl), or a bench.py result .json")
+    p.add_argument("--out", help="the PNG to write (default: <folder>/curves.png, or the .json's name as .png)")
+    args = p.parse_args(argv)
+    src = Path(args.source)
+    try:
+        if src.suffix == ".json":
+            out = args.out or src.with_suffix(".png")
+            plot_bench(json.loads(src.read_text()), out)
+        else:
+            out = args.out or src / "curves.png"
+            plot_run(src, out)
+    except (UserError, OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""interop.plots on CPU: files written, axes labelled, and the one-line error when matplotlib is missing."""
+import builtins
+import json
+
+import pytest
+
+pytest.importorskip("matplotlib")
+from interop import plots  # noqa: E402
+from util import UserError  # noqa: E402
+
+
+def bench_result():
+    rows = [dict(mode=mode, batch=1, length=T, ms={"none": T * 0.1, "lora": T * 0.12, "ssmlora": T * 0.15},
+                 peak_mb={"none": 10.0 + T, "lora": 11.0 + T, "ssmlora": None if mode == "train" else 12.0 + T})
+            for mode in ("inference", "train") for T in (8, 16, 32)]
+    return dict(settings=dict(model="tiny", device="cpu", dtype="fp32", rank=8), results=rows)
+
+
+def write_run(folder, select="accuracy"):
+    folder.mkdir()
+    lines = [{"epoch": e, "step": 10 * e, "lr": 1e-4, "train_loss": 1.0 / e, "validation": {"accuracy": 0.5 + e / 10,
+              "f1": 0.4 + e / 10}} for e in (1, 2, 3)]
+    (folder / "eval.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (folder / "results.json").write_text(json.dumps({"select": select}))
+    return folder
+
+
+def test_bench_plot_has_labelled_axes_and_a_line_per_method(tmp_path):
+    fig = plots.plot_bench(bench_result(), tmp_path / "b.png")
+    ax = fig.axes
+    assert len(ax) == 4 and [a.get_xlabel() for a in ax] == ["sequence length (tokens)"] * 4
+    assert [a.get_ylabel() for a in ax] == ["median latency (ms)", "median latency (ms)", "peak memory (MB)",
+                                            "peak memory (MB)"]
+    assert [line.get_label() for line in ax[0].lines] == ["none", "lora", "ssmlora"]
+    assert list(ax[0].lines[1].get_ydata()) == pytest.approx([0.96, 1.92, 3.84])
+    assert len(ax[3].lines) == 2  # training step: ssmlora's memory was not measured, so no line
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "b.png").stat().st_size > 5000
+
+
+def test_run_plot_from_eval_jsonl_and_the_command(tmp_path, capsys):
+    run = write_run(tmp_path / "run", select="f1")
+    fig = plots.plot_run(run)
+    loss, metric = fig.axes
+    assert (loss.get_xlabel(), metric.get_xlabel()) == ("optimizer step", "optimizer step")
+    assert loss.get_ylabel().startswith("training loss") and metric.get_ylabel() == "dev f1"
+    assert list(metric.lines[0].get_xdata()) == [10, 20, 30]
+    assert list(metric.lines[0].get_ydata()) == pytest.approx([0.5, 0.6, 0.7])
+    plots.main([str(run)])
+    assert (run / "curves.png").stat().st_size > 5000 and "curves.png" in capsys.readouterr().out
+    (tmp_path / "bench.json").write_text(json.dumps(bench_result()))
+    plots.main([str(tmp_path / "bench.json"), "--out", str(tmp_path / "x.png")])
+    assert (tmp_path / "x.png").stat().st_size > 5000
+
+
+def test_missing_matplotlib_and_bad_input_are_one_line_errors(tmp_path, monkeypatch):
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    with pytest.raises(UserError, match=r"^plotting needs the matplotlib package \(pip install matplotlib\)$"):
+        plots.plot_run(write_run(tmp_path / "run"))
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match="^error: no eval.jsonl in"):
+        plots.main([str(tmp_path)])
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a bench.py result"):
+        plots.main([str(tmp_path / "other.json")])
