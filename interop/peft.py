@@ -221,7 +221,7 @@ def add_peft_adapters(model, folder):
             m = getattr(parent, name)
             if ab["A"].t().shape != m.W_a.shape or ab["B"].t().shape != m.W_b.shape:
                 raise PeftError(f"{folder}: {k} has shapes {tuple(ab['A'].shape)}, {tuple(ab['B'].shape)}; this "
-                                f"model expects {tuple(m.W_a.t().shape)}, {tuple(m.W_b.t().shape)}: another base model?")
+                                f"model expects {tuple(m.W_a.t().shape)}, {tuple(m.W_b.t().shape)}: another base?")
             m.W_a.copy_(ab["A"].t())
             m.W_b.copy_(ab["B"].t())
         load_head(model, convert_state_dict(head, fam) if head else {}, folder)

@@ -35,7 +35,7 @@ def plot_bench(result, path=None):
     if not rows:
         raise UserError("not a bench.py result (no \"results\" rows): run python bench.py first")
     modes = [m for m in ("inference", "train") if any(r["mode"] == m for r in rows)]
-    batches = sorted({r["batch"] for r in rows})
+    batches, lengths = sorted({r["batch"] for r in rows}), sorted({r["length"] for r in rows})
     fig, ax = figure(2, len(modes), (5.2 * len(modes), 6.4))
     for j, mode in enumerate(modes):
         for B in batches:
@@ -55,10 +55,15 @@ def plot_bench(result, path=None):
         for a in ax[:, j]:
             a.set_xlabel("sequence length (tokens)")
             a.set_xscale("log", base=2)
+            a.set_xticks(lengths, [str(n) for n in lengths])
+            a.minorticks_off()
             a.grid(alpha=0.3)
         ax[0, j].legend(fontsize="small")
     s = result.get("settings", {})
-    fig.suptitle(f"{s.get('model', '')}, {s.get('device', '')} {s.get('dtype', '')}, rank {s.get('rank', '')}")
+    n = s.get("threads")
+    threads = f" ({n} thread{'s' * (n > 1)})" if s.get("device") == "cpu" and n else ""
+    fig.suptitle(f"{s.get('model', '')}, {s.get('device', '')}{threads}, {s.get('dtype', '')}, "
+                 f"rank {s.get('rank', '')}")
     return save(fig, path)
 
 
@@ -101,7 +106,7 @@ def plot_run(folder, path=None):
 def save(fig, path):
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=72)
     return fig
 
 

@@ -103,7 +103,8 @@ def test_ssmlora_and_other_settings_are_refused(bases, tmp_path):
     theirs.save_pretrained(tmp_path / "p")
     config_path = tmp_path / "p" / "adapter_config.json"
     good = json.loads(config_path.read_text())
-    for edit, message in [({"use_dora": True}, "use_dora=True .DoRA"), ({"use_rslora": True}, "use_rslora=True .rsLoRA"),
+    for edit, message in [({"use_dora": True}, "use_dora=True .DoRA"),
+                          ({"use_rslora": True}, "use_rslora=True .rsLoRA"),
                           ({"bias": "all"}, "bias='all'"), ({"rank_pattern": {"query": 8}}, "rank_pattern"),
                           ({"peft_type": "IA3"}, "PEFT IA3 adapter"), ({"task_type": "CAUSAL_LM"}, "CAUSAL_LM")]:
         config_path.write_text(json.dumps({**good, **edit}))
