@@ -243,3 +243,55 @@ def load_head(model, head, folder):
     if missing:
         raise PeftError(f"{folder} has no trained task head ({', '.join(missing)} are not in its modules_to_save) "
                         f"and the base checkpoint has none: its logits would be random")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the command line: python -m interop.peft export|merge ADAPTERS OUTDIR
+
+RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the task and tokenizer (PEFT ignores other files)
+
+
+def read_peft_run(folder):
+    """What train.py --eval-only and predict.py need from a PEFT folder: its base model and, if we exported it,
+    the task and tokenizer ({} of those otherwise: pass --task)."""
+    run = json.loads((Path(folder) / RUN).read_text()) if (Path(folder) / RUN).exists() else {}
+    return {**run, "model": run.get("model") or read_peft_config(folder).get("base_model_name_or_path")}
+
+
+def main(argv=None):
+    import sys
+    from argparse import Namespace
+
+    from benchmarks import get_task
+    from files.adapters import read_run
+    from interop.merged import export_merged
+    from training.build import build_model
+    from training.cli import OneLineParser, UserError
+    p = OneLineParser(prog="-m interop.peft", description="Our LoRA adapters as a PEFT folder (export) or folded "
+                      "into a Hugging Face checkpoint folder (merge).")
+    p.add_argument("command", choices=("export", "merge"))
+    p.add_argument("adapters", help="an adapters.safetensors written by train.py (--method lora)")
+    p.add_argument("outdir", help="the folder to write")
+    p.add_argument("--model", help="base checkpoint folder (default: the one the file names)")
+    p.add_argument("--tokenizer", help="tokenizer folder for merge (default: the one the file names)")
+    args = p.parse_args(argv)
+    try:
+        run = read_run(args.adapters)
+        if not run.get("task"):
+            raise UserError(f"{args.adapters} does not say which task it was trained on (an older train.py?)")
+        task, base = get_task(run["task"]), args.model or run["model"]
+        model = build_model(Namespace(model=base, random_init=run.get("random_init", False),
+                                      eval_only=args.adapters), task).eval()
+        tokenizer = args.tokenizer or run.get("tokenizer") or (base if run.get("random_init") else model.source)
+        if args.command == "export":
+            out = export_peft(model, args.outdir, base=base)
+            (out / RUN).write_text(json.dumps({"task": task.name, "model": base, "tokenizer": tokenizer}) + "\n")
+        else:
+            out = export_merged(model, args.outdir, tokenizer=tokenizer, labels=getattr(task, "labels", None))
+    except (UserError, ValueError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
