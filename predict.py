@@ -21,6 +21,7 @@ from benchmarks import glue
 from data import DataError, Example, batches, load_tokenizer
 from files.adapters import read_run
 from files.hub import resolve
+from interop.peft import is_peft_folder, read_peft_run
 from model import Model
 from training.build import build_model, to_device
 from training.cli import OneLineParser, UserError, pick_device
@@ -33,12 +34,15 @@ class Predictor(NamedTuple):
     device: torch.device
 
 
-def load(adapters, model=None, tokenizer=None, device="auto"):
+def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     """The base model with the trained adapters and head, its tokenizer and the task, from an adapter file that
-    train.py wrote. model / tokenizer: a checkpoint folder to use instead of the one the file names."""
-    run = read_run(adapters)
+    train.py wrote (or a PEFT LoRA folder). model / tokenizer / task: instead of what the file names."""
+    run = read_peft_run(adapters) if is_peft_folder(adapters) else read_run(adapters)
+    run["task"] = task or run.get("task")
     if not run.get("task"):
-        raise UserError(f"{adapters} does not say which task it was trained on (written by an older train.py?)")
+        raise UserError(f"{adapters} does not say which task it was trained on: pass --task")
+    if not (model or run.get("model")):
+        raise UserError(f"{adapters} does not name its base model: pass --model")
     if run["task"] not in glue.TASKS:
         raise UserError(f"{adapters} was trained on {run['task']}: predict.py runs GLUE tasks; evaluate SuperGLUE and "
                         f"RACE adapters with python train.py --eval-only {adapters}")
@@ -72,11 +76,12 @@ def predict(p, texts_a, texts_b=None, batch_size=32, max_len=512):
 
 def main(argv=None):
     ap = OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("adapters", help="an adapters.safetensors written by train.py")
+    ap.add_argument("adapters", help="an adapters.safetensors written by train.py, or a PEFT LoRA folder")
     ap.add_argument("texts", nargs="*", help="texts to classify (single-text tasks)")
     ap.add_argument("--file", help="one example per line; a tab separates the two texts of a pair task")
     ap.add_argument("--model", help="base checkpoint folder (default: the one the file names)")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the one the file names)")
+    ap.add_argument("--task", help="the GLUE task (default: the one the file names; a PEFT folder may not)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
     if bool(args.texts) == bool(args.file):
@@ -86,7 +91,7 @@ def main(argv=None):
         texts_b = [r[1] for r in rows] if all(len(r) == 2 for r in rows) else None
         if texts_b is None and any(len(r) == 2 for r in rows):
             raise UserError(f"{args.file}: some lines have a tab (a pair) and some do not")
-        p = load(args.adapters, args.model, args.tokenizer, args.device)
+        p = load(args.adapters, args.model, args.tokenizer, args.device, args.task)
         for result in predict(p, [r[0] for r in rows], texts_b):
             print(json.dumps(result))
     except (ValueError, OSError) as e:  # every error class here is a ValueError

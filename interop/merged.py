@@ -46,7 +46,7 @@ def hf_config(model, labels=None):
     if getattr(model, "source", None) and source.exists():
         out = json.loads(source.read_text())
     else:
-        from hub import config_to_hf
+        from files.hub import config_to_hf
         out = config_to_hf(cfg).to_dict()
     n = 1 if cfg.head == "choice" else cfg.num_labels
     names = labels if labels is not None and len(labels) == n else [f"LABEL_{i}" for i in range(n)]

@@ -260,7 +260,6 @@ def read_peft_run(folder):
 
 def main(argv=None):
     import sys
-    from argparse import Namespace
 
     from benchmarks import get_task
     from files.adapters import read_run
@@ -280,8 +279,7 @@ def main(argv=None):
         if not run.get("task"):
             raise UserError(f"{args.adapters} does not say which task it was trained on (an older train.py?)")
         task, base = get_task(run["task"]), args.model or run["model"]
-        model = build_model(Namespace(model=base, random_init=run.get("random_init", False),
-                                      eval_only=args.adapters), task).eval()
+        model = build_model(task, base, run.get("random_init", False), adapter_file=args.adapters).eval()
         tokenizer = args.tokenizer or run.get("tokenizer") or (base if run.get("random_init") else model.source)
         if args.command == "export":
             out = export_peft(model, args.outdir, base=base)

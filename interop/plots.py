@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from util import OneLineParser, UserError
+from training.cli import OneLineParser, UserError
 
 STYLE = {"none": ("tab:gray", ":"), "lora": ("tab:blue", "-"), "ssmlora": ("tab:red", "-"),
          "transformers": ("tab:green", "--")}

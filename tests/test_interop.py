@@ -12,7 +12,8 @@ from checkpoints import make  # noqa: E402
 from interop.merged import export_merged  # noqa: E402
 from interop.names import to_hf  # noqa: E402
 from interop.peft import PeftError, add_peft_adapters, export_peft  # noqa: E402
-from model import ModelError, from_pretrained  # noqa: E402
+from files.hub import from_pretrained  # noqa: E402
+from model import ModelError  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from ssmlora import add_adapters  # noqa: E402
 
@@ -158,3 +159,33 @@ def test_names_invert_convert_state_dict(bases, kind):
     original = load_file(folder / "model.safetensors")
     back = to_hf(m.state_dict(), m.cfg)
     assert set(back) == set(original) and all(torch.equal(back[k], original[k]) for k in back)
+
+
+def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys):
+    """train.py's adapter file -> python -m interop.peft export / merge; predict.py reads the PEFT folder (the task
+    from the file exported beside it) with the adapter file's probabilities, and transformers the merged one."""
+    import predict
+    from checkpoints import tiny_bert
+    from files.adapters import save_adapters
+    from interop.peft import main
+    base = tiny_bert(tmp_path / "base", dropout=0.0)
+    ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
+    randomise(ours)
+    save_adapters(ours, tmp_path / "adapters.safetensors", {"task": "sst2", "model": str(base), "tokenizer": None})
+    main(["export", str(tmp_path / "adapters.safetensors"), str(tmp_path / "peft")])
+    main(["merge", str(tmp_path / "adapters.safetensors"), str(tmp_path / "merged")])
+    assert capsys.readouterr().out.count("written to") == 2
+    texts = ["a gripping, funny film", "dull and far too long, with nothing in it"]
+    want = predict.predict(predict.load(str(tmp_path / "adapters.safetensors"), device="cpu"), texts)
+    got = predict.predict(predict.load(str(tmp_path / "peft"), device="cpu"), texts)
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert [g["probability"] for g in got] == pytest.approx([w["probability"] for w in want], abs=1e-6)
+    tok = hf.AutoTokenizer.from_pretrained(tmp_path / "merged")  # the tokenizer files came along
+    merged = hf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
+    with torch.no_grad():
+        probs = merged(**tok(texts, padding=True, return_tensors="pt")).logits.softmax(-1).max(-1).values
+    assert probs.tolist() == pytest.approx([w["probability"] for w in want], abs=1e-5)
+    with pytest.raises(SystemExit, match="^error: .*no PEFT counterpart"):
+        ssm = add_adapters(from_pretrained(base, num_labels=2), method="ssmlora", rank=2)
+        save_adapters(ssm, tmp_path / "ssm.safetensors", {"task": "sst2", "model": str(base)})
+        main(["export", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 from interop import plots  # noqa: E402
-from util import UserError  # noqa: E402
+from training.cli import UserError  # noqa: E402
 
 
 def bench_result():

@@ -9,6 +9,7 @@ import torch
 
 from files.adapters import add_adapters_from_file
 from files.hub import config_from_hf, from_pretrained, read_config
+from interop.peft import add_peft_adapters, is_peft_folder
 from model import Model, check_inputs, preset
 from reproduce import authors
 from ssmlora import add_adapters
@@ -24,7 +25,8 @@ def attach(model, adapters):
 
 def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False):
     """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
-    task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file. meta: no weights (counts)."""
+    task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file (ours, or a PEFT LoRA
+    folder). meta: no weights (counts)."""
     head = "choice" if task.shape == "choice" else "cls"
     with torch.device("meta" if meta else "cpu"):
         if random_init and Path(model).is_dir():
@@ -33,6 +35,8 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
             base = Model(preset(model, head=head, num_labels=task.num_labels))
         else:
             base = from_pretrained(model, num_labels=task.num_labels, head=head)
+    if adapter_file is not None and is_peft_folder(adapter_file):
+        return add_peft_adapters(base, adapter_file)
     if adapter_file is not None:
         return add_adapters_from_file(base, adapter_file, add=attach)
     if getattr(base, "new_head", None):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task
 from files.adapters import read_run
+from interop.peft import is_peft_folder, read_peft_run
 from model import PRESETS
 from ssmlora import METHODS, STATES
 from training import dist
@@ -82,7 +83,8 @@ def parse(argv=None):
     r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
     r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
     r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors on the dev set")
+    r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors, or a PEFT LoRA folder, on the dev "
+                   "set")
     args = p.parse_args(argv)
     if args.eval_only:
         from_file(args)
@@ -126,7 +128,7 @@ def parse(argv=None):
 
 def from_file(args):
     """--eval-only: the task, base model and tokenizer the adapters were trained with, unless given again."""
-    run = read_run(args.eval_only)
+    run = read_peft_run(args.eval_only) if is_peft_folder(args.eval_only) else read_run(args.eval_only)
     if args.task and run.get("task") and get_task(args.task).name != run["task"]:
         raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
                         f"{run['task']} (leave --task out)")
@@ -134,3 +136,5 @@ def from_file(args):
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
     args.random_init = args.random_init or run.get("random_init", False)
+    if is_peft_folder(args.eval_only) and not args.model:
+        raise UserError(f"{args.eval_only} does not name its base model (base_model_name_or_path): pass --model")
