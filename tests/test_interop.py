@@ -185,6 +185,20 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
     with torch.no_grad():
         probs = merged(**tok(texts, padding=True, return_tensors="pt")).logits.softmax(-1).max(-1).values
     assert probs.tolist() == pytest.approx([w["probability"] for w in want], abs=1e-5)
+    # train.py --eval-only: the PEFT folder evaluates as the adapter file does; without our run file, --task
+    import random
+    import train
+    from glue_fixtures import write_glue_task
+    from reproduce.synthetic import sentiment_rows
+    from training.flags import parse
+    rng = random.Random(0)
+    write_glue_task(tmp_path / "glue", "sst2", sentiment_rows(8, rng), sentiment_rows(24, rng))
+    metrics = [train.run(parse(["--eval-only", str(tmp_path / f), "--data-dir", str(tmp_path / "glue")]))["eval"]
+               for f in ("adapters.safetensors", "peft")]
+    (tmp_path / "peft" / "ssmlora_run.json").unlink()
+    metrics.append(train.run(parse(["--eval-only", str(tmp_path / "peft"), "--task", "sst2",
+                                    "--data-dir", str(tmp_path / "glue")]))["eval"])
+    assert metrics[0] == metrics[1] == metrics[2] and 0 < metrics[0]["dev"]["accuracy"] < 1
     with pytest.raises(SystemExit, match="^error: .*no PEFT counterpart"):
         ssm = add_adapters(from_pretrained(base, num_labels=2), method="ssmlora", rank=2)
         save_adapters(ssm, tmp_path / "ssm.safetensors", {"task": "sst2", "model": str(base)})
