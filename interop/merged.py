@@ -18,7 +18,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "special_tokens_map.json", "tokenizer.model", "added_tokens.json")
 ARCH = {("bert", "cls"): "BertForSequenceClassification", ("roberta", "cls"): "RobertaForSequenceClassification",
         ("gpt2", "cls"): "GPT2ForSequenceClassification", ("llama", "cls"): "LlamaForSequenceClassification",
-        ("bert", "choice"): "BertForMultipleChoice", ("roberta", "choice"): "RobertaForMultipleChoice"}
+        ("bert", "choice"): "BertForMultipleChoice", ("roberta", "choice"): "RobertaForMultipleChoice",
+        ("deberta-v2", "cls"): "DebertaV2ForSequenceClassification",
+        ("deberta-v2", "choice"): "DebertaV2ForMultipleChoice"}
 
 
 @torch.no_grad()

@@ -8,7 +8,7 @@ import torch
 
 from model import ModelError
 
-_P = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer.", "llama": "model."}
+_P = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer.", "llama": "model.", "deberta-v2": "deberta."}
 # our name -> Hugging Face name, re.fullmatch; "{p}" is the family's body prefix (bert., transformer., ...)
 _ENCODER = [
     (r"embed\.tok\.(\w+)", r"{p}embeddings.word_embeddings.\1"),
@@ -26,8 +26,14 @@ _ENCODER = [
     (r"head\.dense\.(\w+)", r"classifier.dense.\1"),          # RoBERTa's classification head
     (r"head\.out_proj\.(\w+)", r"classifier.out_proj.\1"),
 ]
+_DEBERTA = [  # its own projection names, relative positions, and a pooler outside the body
+    (r"blocks\.(\d+)\.attn\.(query|key|value)\.(\w+)", r"{p}encoder.layer.\1.attention.self.\2_proj.\3"),
+    (r"blocks\.(\d+)\.attn\.pos_(query|key)\.(\w+)", r"{p}encoder.layer.\1.attention.self.pos_\2_proj.\3"),
+    (r"embed\.proj\.weight", "{p}embeddings.embed_proj.weight"), (r"rel\.weight", "{p}encoder.rel_embeddings.weight"),
+    (r"ln_rel\.(\w+)", r"{p}encoder.LayerNorm.\1"), (r"head\.pooler\.(\w+)", r"pooler.dense.\1"),
+]
 _TO_HF = {
-    "bert": _ENCODER, "roberta": _ENCODER,
+    "bert": _ENCODER, "roberta": _ENCODER, "deberta-v2": _DEBERTA + _ENCODER,
     "gpt2": [
         (r"embed\.tok\.weight", "{p}wte.weight"), (r"embed\.pos\.weight", "{p}wpe.weight"),
         (r"blocks\.(\d+)\.ln_attn\.(\w+)", r"{p}h.\1.ln_1.\2"), (r"blocks\.(\d+)\.ln_mlp\.(\w+)", r"{p}h.\1.ln_2.\2"),
@@ -54,6 +60,8 @@ CONV1D = r"blocks\.\d+\.(attn\.(query|key|value|qkv|out)|mlp\.fc_in|mlp\.fc_out)
 
 def hf_name(name, family):
     """The Hugging Face name of one of our tensors (GPT-2's query, key, value, qkv: its c_attn)."""
+    if family not in _TO_HF:
+        raise ModelError(f"no Hugging Face names for the {family} family here")
     for pattern, repl in _TO_HF[family]:
         if re.fullmatch(pattern, name):
             return re.sub(pattern, repl.replace("{p}", _P[family]), name)

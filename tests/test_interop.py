@@ -8,7 +8,7 @@ pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 import transformers as hf  # noqa: E402
 
-from checkpoints import make  # noqa: E402
+from checkpoints import make as make_checkpoint  # noqa: E402
 from interop.merged import export_merged  # noqa: E402
 from interop.names import to_hf  # noqa: E402
 from interop.peft import PeftError, add_peft_adapters, export_peft  # noqa: E402
@@ -19,13 +19,21 @@ from ssmlora import add_adapters  # noqa: E402
 
 # kind, PEFT's target_modules for our default query,value, the pad id (tests/checkpoints.py's configs)
 FAMILIES = {"roberta-2": (["query", "value"], 1), "bert": (["query", "value"], 0),
-            "gpt2-cls": (["c_attn"], 119), "llama-cls": (["q_proj", "v_proj"], 0)}
+            "gpt2-cls": (["c_attn"], 119), "llama-cls": (["q_proj", "v_proj"], 0),
+            "deberta": (["query_proj", "value_proj"], 0)}
+
+
+def make(kind, folder):
+    if kind != "deberta":
+        return make_checkpoint(kind, folder)
+    from test_deberta import make as make_deberta  # every term of the disentangled attention (vocabulary 100)
+    return make_deberta("cls", folder, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)
 
 
 def batch(pad):
     """Two rows, the second right-padded: padding must change nothing on either side."""
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, 119, (2, 9), generator=g)
+    ids = torch.randint(3, 99, (2, 9), generator=g)
     mask = torch.ones_like(ids)
     ids[1, 5:], mask[1, 5:] = pad, 0
     return ids, mask
@@ -58,7 +66,7 @@ def bases(tmp_path_factory):
 
 @pytest.mark.parametrize("kind,targets", [("roberta-2", "query,value"), ("bert", "query,value,ffn_out"),
                                           ("gpt2-cls", "qkv"), ("gpt2-cls", "query,value"),
-                                          ("llama-cls", "query,value,ffn_gate")])
+                                          ("llama-cls", "query,value,ffn_gate"), ("deberta", "query,value")])
 def test_export_runs_in_peft_with_our_logits(bases, tmp_path, kind, targets):
     _, folder = bases[kind]
     ours = add_adapters(from_pretrained(folder), method="lora", rank=4, alpha=8, targets=targets).eval()
@@ -123,7 +131,8 @@ def test_ssmlora_and_other_settings_are_refused(bases, tmp_path):
 
 
 @pytest.mark.parametrize("kind,targets", [("roberta-2", "query,value,head"), ("gpt2-cls", "qkv,ffn_in"),
-                                          ("llama-cls", "query,key,value,ffn_out")])
+                                          ("llama-cls", "query,key,value,ffn_out"),
+                                          ("deberta", "query,value,attn_out")])
 def test_merged_export_loads_in_transformers(bases, tmp_path, kind, targets):
     _, folder = bases[kind]
     ours = add_adapters(from_pretrained(folder), method="lora", rank=4, targets=targets).eval()
@@ -152,7 +161,7 @@ def test_merged_multiple_choice_and_ssmlora_refused(tmp_path):
         export_merged(add_adapters(from_pretrained(tmp_path / "mc"), method="ssmlora"), tmp_path / "no")
 
 
-@pytest.mark.parametrize("kind", ["roberta-2", "bert", "gpt2-cls", "llama-cls"])
+@pytest.mark.parametrize("kind", list(FAMILIES))
 def test_names_invert_convert_state_dict(bases, kind):
     _, folder = bases[kind]
     m = from_pretrained(folder)
