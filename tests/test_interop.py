@@ -171,17 +171,17 @@ def test_names_invert_convert_state_dict(bases, kind):
 
 
 def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys):
-    """train.py's adapter file -> python -m interop.peft export / merge; predict.py reads the PEFT folder (the task
+    """train.py's adapter file -> python -m interop.export peft / merge; predict.py reads the PEFT folder (the task
     from the file exported beside it) with the adapter file's probabilities, and transformers the merged one."""
     import predict
     from checkpoints import tiny_bert
     from files.adapters import save_adapters
-    from interop.peft import main
+    from interop.export import main
     base = tiny_bert(tmp_path / "base", dropout=0.0)
     ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
     randomise(ours)
     save_adapters(ours, tmp_path / "adapters.safetensors", {"task": "sst2", "model": str(base), "tokenizer": None})
-    main(["export", str(tmp_path / "adapters.safetensors"), str(tmp_path / "peft")])
+    main(["peft", str(tmp_path / "adapters.safetensors"), str(tmp_path / "peft")])
     main(["merge", str(tmp_path / "adapters.safetensors"), str(tmp_path / "merged")])
     assert capsys.readouterr().out.count("written to") == 2
     texts = ["a gripping, funny film", "dull and far too long, with nothing in it"]
@@ -211,4 +211,4 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
     with pytest.raises(SystemExit, match="^error: .*no PEFT counterpart"):
         ssm = add_adapters(from_pretrained(base, num_labels=2), method="ssmlora", rank=2)
         save_adapters(ssm, tmp_path / "ssm.safetensors", {"task": "sst2", "model": str(base)})
-        main(["export", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
+        main(["peft", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
