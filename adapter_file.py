@@ -10,7 +10,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ssmlora import Adapters, adapter_modules, add_adapters, frozen_head, is_trained, reset_state
+from baselines import add_adapters
+from ssmlora import Adapters, adapter_modules, frozen_head, is_trained, reset_state
 from util import UserError, atomic_write
 
 

@@ -27,12 +27,13 @@ import torch
 from tqdm import tqdm
 
 from adapter_file import add_adapters_from_file, read_run, save_adapters
+from baselines import add_adapters, aux_loss
 import dist
 from data import collate, load_tokenizer
 from hub import config_from_hf, read_config, resolve
 from metrics import compute_metrics
 from model import PRESETS, Model, check_inputs, from_pretrained, preset
-from ssmlora import METHODS, STATES, Adapters, add_adapters, format_report, param_report
+from ssmlora import LOW_RANK, METHODS, STATES, Adapters, format_report, param_report
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, encode, get_task, is_reading, load_data
 from util import OneLineParser, UserError, atomic_write, pick_device
 
@@ -51,8 +52,9 @@ def get_args(argv=None):
     p.add_argument("--task", help=f"{TASK_NAMES} (with --eval-only: the file's own)")
     p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
                    f"{', '.join(PRESETS)} (default: roberta-base; with --eval-only: the file's own)")
-    p.add_argument("--method", default="ssmlora", choices=METHODS[:4], help="default: ssmlora")
-    a = p.add_argument_group("adapters (--method ssmlora or lora only)")
+    p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
+                   help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/")
+    a = p.add_argument_group("adapters (--method ssmlora, lora, qlora or mixlora only)")
     a.add_argument("--rank", type=int, help="r, the rank of W_a and W_b (default: 8)")
     a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16). The authors' code scales "
                    "by alpha itself: pass their alpha times the rank to match it")
@@ -117,11 +119,11 @@ def get_args(argv=None):
         p.error("the following arguments are required: --task")
     args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
     args.model = args.model or "roberta-base"
-    adapted = args.method in ("ssmlora", "lora")
+    adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
         args.sparse is not None)
     if given and not adapted and not args.eval_only:
-        p.error(f"{', '.join(given)} apply to --method ssmlora or lora only, not {args.method}")
+        p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
     for k, v in ADAPTER_FLAGS.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
@@ -350,6 +352,7 @@ def forward_backward(model, encoded, rows, args, device):
             _, loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"],
                             batch.get("choices"))
         weight = len(part) / len(rows)  # 1.0 in one process without accumulation: exactly the plain mean loss
+        loss = loss + aux_loss(model)  # MixLoRA's load-balancing loss (0 for every other method)
         (loss * weight).backward()
         loss_sum += loss.detach() * weight
     return dist.sum_(loss_sum).item()  # the step's one device-to-host read, for the non-finite check and the log
@@ -459,7 +462,7 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
         save_checkpoint(ckpt, model, opt, sched, progress, args)
     bar.close()
     results = {"task": task.name, "model": args.model, "method": args.method,
-               "rank": args.rank if args.method in ("ssmlora", "lora") else None,
+               "rank": args.rank if args.method in LOW_RANK else None,
                "params": param_report(model), "select": select, "best": progress["best_metrics"],
                "final": progress.get("last_metrics"), "steps": progress["step"], "examples_per_step": per_step,
                "processes": dist.world(), "epoch_seconds": progress["epoch_times"],

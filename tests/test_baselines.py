@@ -1,5 +1,6 @@
 """QLoRA (NF4 + double quantization + LoRA) and MixLoRA (routed LoRA experts) from baselines/."""
 import copy
+import json
 
 import pytest
 import torch
@@ -225,3 +226,47 @@ def test_learns_synthetic_task(method):
     with torch.no_grad():
         acc = (m(ids[384:])[0].argmax(-1) == y[384:]).float().mean().item()
     assert acc > 0.9, acc
+
+
+@pytest.mark.parametrize("method", ["qlora", "mixlora"])
+def test_train_resume_eval_only_and_predict(method, tmp_path):
+    # through train.py's main, in-process: training, the adapter file, a resumed run, --eval-only and predict
+    import random
+
+    import checkpoints
+    import predict
+    import train
+    from glue_fixtures import write_glue_task
+    from test_train import sentiment_rows
+    model = checkpoints.tiny_bert(tmp_path / "bert")
+    rng = random.Random(0)
+    write_glue_task(tmp_path / "glue", "sst2", sentiment_rows(64, rng), sentiment_rows(32, rng))
+    flags = ["--task", "sst2", "--model", str(model), "--data-dir", str(tmp_path / "glue"), "--method", method,
+             "--rank", "2", "--batch-size", "16", "--lr", "5e-3", "--epochs", "2", "--patience", "0"]
+    train.main(flags + ["--out", str(tmp_path / "run")])
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert r["method"] == method and r["rank"] == 2 and r["params"]["adapter"] == {
+        "qlora": 4 * 2 * (32 * 2 + 2 * 32), "mixlora": 4 * 2 * 128 + 4 * (7 * 2 * 2 * (32 + 64) + 7 * 32)}[method]
+    trained = r["params"]["trainable"]
+    with torch.no_grad():  # the saved adapters moved away from zero
+        from safetensors.torch import load_file
+        saved = load_file(tmp_path / "run" / "adapters.safetensors")
+        assert sum(t.numel() for t in saved.values()) == trained and any(
+            k.endswith("W_b") and t.abs().max() > 0 for k, t in saved.items())
+    again = train.run(train.get_args(["--eval-only", str(tmp_path / "run" / "adapters.safetensors"), "--data-dir",
+                                      str(tmp_path / "glue")]))
+    assert again["eval"]["dev"] == r["best"]["dev"]
+    p = predict.load(tmp_path / "run" / "adapters.safetensors")
+    dev = [line.split("\t") for line in (tmp_path / "glue" / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    out = predict.predict(p, [text for text, _ in dev])
+    assert sum(o["label"] == y for o, (_, y) in zip(out, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
+    # a run killed in epoch 2 (its checkpoint: epoch 1) and resumed ends where the whole one did
+
+    def kill(step):
+        if step == 6:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train.run(train.get_args(flags + ["--out", str(tmp_path / "half")]), on_step=kill)
+    train.main(flags + ["--out", str(tmp_path / "half"), "--resume"])
+    resumed = json.loads((tmp_path / "half" / "results.json").read_text())
+    assert resumed["steps"] == r["steps"] == 8 and resumed["final"]["dev"] == pytest.approx(r["final"]["dev"])
