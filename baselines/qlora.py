@@ -164,3 +164,11 @@ def weight_bytes(model):
         if isinstance(m, NF4Weight):
             stored, full = stored + m.nbytes(), full + 4 * m.numel
     return stored, full
+
+
+def weight_memory(cfg, adapters):
+    """weight_bytes of a QLoRA model of this config, built on the meta device (no memory, nothing computed)."""
+    from model import Model
+    with torch.device("meta"):
+        model = Model(cfg)
+    return weight_bytes(add_qlora(model, adapters))
