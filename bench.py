@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from baselines.qlora import weight_memory
 from files import atomic_write
 from files.hub import config_to_hf, from_pretrained
 from interop.plots import plot_bench
@@ -328,6 +329,15 @@ def report(result, models, args):
         print(f"warning: {len(noisy)} of {len(result['results'])} rows spread by more than {NOISY:.0%}: the machine "
               f"was busy, so distrust their ratios and run again{hint}")
     print(result["memory_note"])
+    w = result["weight_memory"]
+    print(f"weights of the blocks' linears: LoRA (float32) {w['lora_bytes'] / 2**20:.1f} MiB, QLoRA (NF4 + double-"
+          f"quantized constants) {w['qlora_bytes'] / 2**20:.1f} MiB, {w['lora_bytes'] / w['qlora_bytes']:.2f}x less")
+
+
+def qlora_memory(cfg, args):
+    """Bytes of the blocks' linear weights: float32 (LoRA) and QLoRA's NF4 (baselines/qlora.py), from shapes alone."""
+    stored, full = weight_memory(cfg, Adapters("qlora", args.rank, args.alpha, targets=args.targets))
+    return {"lora_bytes": full, "qlora_bytes": stored}
 
 
 def run(args):
@@ -358,7 +368,7 @@ def run(args):
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
                   reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE,
                                  note=None if ref is not None else ref_note),
-                  memory_note=memory_note, results=rows)
+                  memory_note=memory_note, results=rows, weight_memory=qlora_memory(cfg, args))
     report(result, models, args)
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     print(f"\nwritten to {args.json}")

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 
 from model import ModelError
 
-METHODS = ("ssmlora", "lora", "bitfit", "full", "none")  # none = frozen body, head only (benchmarks)
+METHODS = ("ssmlora", "lora", "bitfit", "full", "none", "qlora", "mixlora")  # none: frozen body, head only
+LOW_RANK = ("ssmlora", "lora", "qlora", "mixlora")  # the methods that train adapter matrices; the last two are
+# baselines/ (QLoRA, MixLoRA): baselines.add_adapters adds them, this module never imports it
 # target name -> (sub-module of a block, linear in it). GPT-2's fused c_attn is split into query / key / value
 # at load time; "qkv" joins them again (Attention.fuse_qkv): one adapter over all three, as the paper adapted
 # GPT-2 (decision 12). LLaMA's gate_proj / up_proj / down_proj are ffn_gate / ffn_in / ffn_out. "head" is the
@@ -31,7 +33,7 @@ TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn",
            "attn_out": ("attn", "out"), "ffn_gate": ("mlp", "fc_gate"), "ffn_in": ("mlp", "fc_in"),
            "ffn_out": ("mlp", "fc_out"), "head": ("head", None)}
 ALTERNATING = ("query", "key", "value", "qkv")  # sparse insertion alternates these; other targets are dense (§3.4)
-ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d")
+ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r")  # W_r: MixLoRA's router
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eq. (8) runs in float32
 
@@ -129,7 +131,10 @@ class LoRALinear(LowRankLinear):
         y = F.linear(x, self.weight, self.bias)  # x W0 (+ bias)
         if self.merged:  # W0 already holds W0 + s W_a W_b: zero overhead
             return y
-        return y + (self.drop_x(x) @ self.W_a * self.scaling) @ self.W_b  # eq. (1); s on the rank-r factor: cheaper
+        return y + self.update(x)
+
+    def update(self, x):
+        return (self.drop_x(x) @ self.W_a * self.scaling) @ self.W_b  # eq. (1); s on the rank-r factor: cheaper
 
     def delta(self):
         return (self.W_a @ self.W_b * self.scaling).t()  # (d_out, d_in), nn.Linear's weight layout
@@ -218,6 +223,8 @@ def add_adapters(model, adapters=None, time_axes=None, **settings):
     adapters = adapters if adapters is not None else Adapters(**settings)
     if getattr(model, "adapters", None) is not None:
         raise ModelError("this model already has adapters; build a fresh model to add other ones")
+    if adapters.method in ("qlora", "mixlora"):
+        raise ModelError(f"{adapters.method} is a baseline in baselines/: add it with baselines.add_adapters")
     if adapters.method in ("lora", "ssmlora"):
         if "qkv" in adapters.targets:  # one adapter over the fused projection: the paper's GPT-2 (decision 12)
             for block in model.blocks:
@@ -268,7 +275,7 @@ def head_plan(model, adapters):
 def frozen_head(model):
     """Name of the head linear that a "head" adapter wraps (its own weight and bias stay frozen), or None."""
     adapters = getattr(model, "adapters", None)
-    if adapters is None or adapters.method not in ("lora", "ssmlora") or "head" not in adapters.targets:
+    if adapters is None or adapters.method not in LOW_RANK or "head" not in adapters.targets:
         return None
     return f"head.{model.head.output}"
 
@@ -280,7 +287,7 @@ def is_trained(name, method, frozen=None):
     if method == "full":
         return True
     if name.rsplit(".", 1)[-1] in ADAPTER_WEIGHTS:
-        return method in ("lora", "ssmlora")
+        return method in LOW_RANK
     if name.startswith("head."):
         return frozen is None or name.rsplit(".", 1)[0] != frozen
     return method == "bitfit" and name.endswith(".bias")

@@ -29,7 +29,8 @@ from data import collate, load_tokenizer
 from files import atomic_write
 from files.adapters import save_adapters
 from files.hub import resolve
-from ssmlora import Adapters, format_report, param_report
+from baselines import aux_loss
+from ssmlora import LOW_RANK, Adapters, format_report, param_report
 from training import dist, flags
 from training.build import build_model, to_device
 from training.cli import TrainError, pick_device
@@ -85,6 +86,7 @@ def forward_backward(model, encoded, rows, args, device):
             _, loss = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"],
                             batch.get("choices"))
         weight = len(part) / len(rows)  # 1.0 in one process without accumulation: exactly the plain mean loss
+        loss = loss + aux_loss(model)  # MixLoRA's load-balancing loss (0 for every other method)
         (loss * weight).backward()
         loss_sum += loss.detach() * weight
     return dist.sum_(loss_sum).item()  # the step's one device-to-host read, for the non-finite check and the log
@@ -194,7 +196,7 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
         save_checkpoint(ckpt, model, opt, sched, progress, args)
     bar.close()
     results = {"task": task.name, "model": args.model, "method": args.method,
-               "rank": args.rank if args.method in ("ssmlora", "lora") else None,
+               "rank": args.rank if args.method in LOW_RANK else None,
                "params": param_report(model), "select": select, "best": progress["best_metrics"],
                "final": progress.get("last_metrics"), "steps": progress["step"], "examples_per_step": per_step,
                "processes": dist.world(), "epoch_seconds": progress["epoch_times"],

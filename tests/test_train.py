@@ -246,7 +246,7 @@ def test_dry_run_parameter_report_without_network(capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--task", "sst3"], "Unknown task 'sst3'. Valid names: GLUE: cola sst2"),
-    (["--task", "sst2", "--method", "qlora", "--dry-run", "--random-init"], "invalid choice: 'qlora'"),
+    (["--task", "sst2", "--method", "dora", "--dry-run", "--random-init"], "invalid choice: 'dora'"),
     (["--task", "sst2", "--rank", "0", "--dry-run", "--random-init"], "rank must be an integer >= 1"),
     (["--task", "sst2", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--task", "sst2", "--rank", "eight"], "argument --rank: invalid int value"),
@@ -344,7 +344,7 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--warmup", "5"], "--warmup is a fraction of the steps, in [0, 1), got 5.0"),
     (["--patience", "-1"], "--patience and --weight-decay must be at least 0"),
     (["--method", "bitfit", "--rank", "64", "--targets", "ffn_in", "--dense", "--state", "carry"],
-     "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora or lora only, not bitfit"),
+     "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora, lora, qlora, mixlora only, not bitfit"),
     (["--method", "none"], "invalid choice: 'none'"),
     (["--eval-only", "no-such-file.safetensors"], "could not read adapter file no-such-file.safetensors"),
 ])

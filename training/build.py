@@ -11,16 +11,17 @@ from files.adapters import add_adapters_from_file
 from files.hub import config_from_hf, from_pretrained, read_config
 from interop.peft import add_peft_adapters, is_peft_folder
 from model import Model, check_inputs, preset
+import baselines
 from reproduce import authors
-from ssmlora import add_adapters
 
 
 def attach(model, adapters):
-    """Add the adapters a run asks for: the paper's (ssmlora.add_adapters), with the authors' state lifetime
-    plugged in from outside the method when asked for (--state carry, decision 10)."""
+    """Add the adapters a run asks for: the paper's (ssmlora.add_adapters) or a baseline of baselines/ (QLoRA,
+    MixLoRA), with the authors' state lifetime plugged in from outside the method when asked for (--state carry,
+    decision 10)."""
     if adapters.method == "ssmlora" and adapters.state == "carry":
         return authors.add_adapters(model, adapters)
-    return add_adapters(model, adapters)
+    return baselines.add_adapters(model, adapters)
 
 
 def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False):

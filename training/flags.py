@@ -8,7 +8,7 @@ from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task
 from files.adapters import read_run
 from interop.peft import is_peft_folder, read_peft_run
 from model import PRESETS
-from ssmlora import METHODS, STATES
+from ssmlora import LOW_RANK, METHODS, STATES
 from training import dist
 from training.cli import OneLineParser, UserError
 
@@ -25,8 +25,9 @@ def parse(argv=None):
     p.add_argument("--task", help=f"{TASK_NAMES} (with --eval-only: the file's own)")
     p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
                    f"{', '.join(PRESETS)} (default: roberta-base; with --eval-only: the file's own)")
-    p.add_argument("--method", default="ssmlora", choices=METHODS[:4], help="default: ssmlora")
-    a = p.add_argument_group("adapters (--method ssmlora or lora only)")
+    p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
+                   help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/")
+    a = p.add_argument_group("adapters (--method ssmlora, lora, qlora or mixlora only)")
     a.add_argument("--rank", type=int, help="r, the rank of W_a and W_b (default: 8)")
     a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16). The authors' code scales "
                    "by alpha itself: pass their alpha times the rank to match it")
@@ -92,11 +93,11 @@ def parse(argv=None):
         p.error("the following arguments are required: --task")
     args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
     args.model = args.model or "roberta-base"
-    adapted = args.method in ("ssmlora", "lora")
+    adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
         args.sparse is not None)
     if given and not adapted and not args.eval_only:
-        p.error(f"{', '.join(given)} apply to --method ssmlora or lora only, not {args.method}")
+        p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
     for k, v in ADAPTER_FLAGS.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]

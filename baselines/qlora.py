@@ -1,0 +1,174 @@
+"""
+QLoRA (Dettmers et al. 2023), from scratch: the frozen linears of the blocks stored in 4-bit NormalFloat, LoRA on top.
+
+  NF4            16 code values: quantiles of N(0, 1) scaled to [-1, 1], with an exact 0 (paper §3, Appendix E)
+  blockwise      each block of 64 consecutive weights (row-major, nn.Linear's (out, in) layout) is divided by its
+                 absmax c and each value replaced by the index of the nearest code value; two indices per byte
+  double quant   the absmax constants c (one per 64 weights) are quantized once more: their mean is subtracted
+                 (the offset), then blocks of 256 constants are stored as 8-bit codes with one float32 scale each.
+                 Our 8-bit code is symmetric linear int8 (round(c / scale * 127)); bitsandbytes uses its dynamic
+                 8-bit map. tests/test_baselines.py measures the difference.
+  forward        W0 is dequantized to the compute dtype, then y = x W0 + s * x W_a W_b exactly as LoRALinear (eq. 1)
+
+One call: add_qlora(model, Adapters(method="qlora", rank=8, targets=...)).
+"""
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import ModelError
+from ssmlora import TARGETS, LoRALinear, add_adapters
+
+BLOCK, BLOCK2 = 64, 256  # weights per absmax constant; constants per 8-bit scale (double quantization)
+# The 16 NF4 values as bitsandbytes and the paper's code have them (tests derive them from the normal quantiles)
+NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+       -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+       0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0)
+
+
+def nf4_code(device=None):
+    return torch.tensor(NF4, dtype=torch.float32, device=device)
+
+
+def quantize_blocks(w, block=BLOCK):
+    """(codes uint8 of 0..15 per weight, absmax per block) of a flat float tensor whose length divides by block."""
+    x = w.float().reshape(-1, block)
+    absmax = x.abs().amax(-1)
+    scaled = x / absmax.clamp(min=torch.finfo(torch.float32).tiny)[:, None]  # an all-zero block stays zero
+    code = nf4_code(w.device)
+    mids = (code[1:] + code[:-1]) / 2  # nearest code value: the index of the interval between midpoints
+    return torch.bucketize(scaled, mids).to(torch.uint8).reshape(-1), absmax
+
+
+def pack(codes):
+    """Two 4-bit codes per byte, the first in the high nibble (as bitsandbytes)."""
+    return (codes[0::2] << 4) | codes[1::2]
+
+
+def unpack(packed):
+    return torch.stack([packed >> 4, packed & 15], dim=-1).reshape(-1)
+
+
+def quantize_constants(c, block=BLOCK2):
+    """Double quantization: (int8 codes, float32 scale per block of `block`, offset) of the absmax constants."""
+    offset = c.mean()
+    n = math.ceil(c.numel() / block) * block
+    x = F.pad(c - offset, (0, n - c.numel())).reshape(-1, block)
+    scale = x.abs().amax(-1).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(x / scale[:, None] * 127).to(torch.int8).reshape(-1)[:c.numel()], scale, offset
+
+
+def dequantize_constants(q, scale, offset, block=BLOCK2):
+    n = math.ceil(q.numel() / block) * block
+    x = F.pad(q.float(), (0, n - q.numel())).reshape(-1, block) * (scale[:, None] / 127)
+    return x.reshape(-1)[:q.numel()] + offset
+
+
+class NF4Weight(nn.Module):
+    """A frozen weight matrix in NF4 with double-quantized constants, held as buffers (nothing to train).
+    Calling it returns the dequantized matrix in the asked dtype."""
+
+    def __init__(self, weight, double_quant=True):
+        super().__init__()
+        self.shape, self.numel, self.double_quant = tuple(weight.shape), weight.numel(), double_quant
+        n = math.ceil(self.numel / BLOCK) * BLOCK  # a last partial block is padded with zeros
+        if weight.is_meta:  # a dry run: the buffers' shapes, nothing computed
+            self.register_buffer("packed", torch.empty(n // 2, dtype=torch.uint8, device="meta"))
+            self.register_buffer("absmax_q", torch.empty(n // BLOCK, dtype=torch.int8, device="meta"))
+            self.register_buffer("absmax_scale", torch.empty(math.ceil(n / BLOCK / BLOCK2), device="meta"))
+            self.register_buffer("absmax_offset", torch.empty((), device="meta"))
+            return
+        codes, absmax = quantize_blocks(F.pad(weight.detach().reshape(-1), (0, n - self.numel)))
+        self.register_buffer("packed", pack(codes))
+        if double_quant:
+            q, scale, offset = quantize_constants(absmax)
+            self.register_buffer("absmax_q", q)
+            self.register_buffer("absmax_scale", scale)
+            self.register_buffer("absmax_offset", offset)
+        else:
+            self.register_buffer("absmax", absmax)
+
+    def absmax_constants(self):
+        if not self.double_quant:
+            return self.absmax
+        return dequantize_constants(self.absmax_q, self.absmax_scale, self.absmax_offset)
+
+    def forward(self, dtype=torch.float32):
+        code = nf4_code(self.packed.device)
+        w = code[unpack(self.packed).long()].reshape(-1, BLOCK) * self.absmax_constants()[:, None]
+        return w.reshape(-1)[:self.numel].reshape(self.shape).to(dtype)
+
+    def nbytes(self):
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def extra_repr(self):
+        return f"shape={self.shape}, nf4, double_quant={self.double_quant}"
+
+
+class NF4Linear(nn.Module):
+    """A frozen nn.Linear whose weight is stored in NF4; the bias stays as it was (frozen, full precision)."""
+
+    def __init__(self, linear, double_quant=True):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.nf4 = NF4Weight(linear.weight, double_quant)
+        self.bias = linear.bias
+
+    def forward(self, x):
+        return F.linear(x, self.nf4(x.dtype), self.bias)  # W0 dequantized to the compute dtype
+
+
+class QLoRALinear(LoRALinear):
+    """LoRALinear over an NF4 base: the same W_a, W_b, scaling and dropout, with W0 dequantized in forward."""
+
+    def __init__(self, lora, double_quant=True):
+        super().__init__(lora, lora.W_a.shape[1], lora.scaling * lora.W_a.shape[1], lora.drop_x.p)
+        self.W_a, self.W_b = lora.W_a, lora.W_b  # the pair the LoRA model drew, trainable as they were
+        self.nf4 = NF4Weight(self.weight, double_quant)
+        del self.weight  # no full-precision copy of W0 is kept
+        self.train(lora.training)
+
+    def forward(self, x):
+        return F.linear(x, self.nf4(x.dtype), self.bias) + self.update(x)  # eq. (1) on the dequantized W0
+
+    def merge(self):
+        raise ModelError("QLoRA cannot be merged: W0 is 4-bit; dequantize it first (a LoRA model of the same weights)")
+
+
+def add_qlora(model, adapters, double_quant=True):
+    """QLoRA: LoRA (as --method lora, on adapters' targets), then every linear of every block in NF4: the adapted
+    ones under their LoRA, the others frozen. The task head and the embeddings stay in full precision, as QLoRA
+    keeps them."""
+    if adapters.method != "qlora":
+        raise ValueError(f"add_qlora adds qlora, not {adapters.method}")
+    add_adapters(model, replace(adapters, method="lora"))
+    for block in model.blocks:
+        for part, name in set(TARGETS.values()) - {("head", None)}:
+            parent = getattr(block, part)
+            m = getattr(parent, name, None)
+            if isinstance(m, LoRALinear):
+                setattr(parent, name, QLoRALinear(m, double_quant))
+            elif isinstance(m, nn.Linear):
+                setattr(parent, name, NF4Linear(m, double_quant))
+    model.adapters = adapters
+    return model
+
+
+def weight_bytes(model):
+    """(bytes of the blocks' linear weights as stored, bytes the same weights take in float32)."""
+    stored = full = 0
+    for m in model.modules():
+        if isinstance(m, NF4Weight):
+            stored, full = stored + m.nbytes(), full + 4 * m.numel
+    return stored, full
+
+
+def weight_memory(cfg, adapters):
+    """weight_bytes of a QLoRA model of this config, built on the meta device (no memory, nothing computed)."""
+    from model import Model
+    with torch.device("meta"):
+        model = Model(cfg)
+    return weight_bytes(add_qlora(model, adapters))
