@@ -32,7 +32,7 @@ from files.hub import config_to_hf, from_pretrained
 from interop.plots import plot_bench
 from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
-from training.cli import OneLineParser
+from training.cli import OneLineParser, free_cores
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
 REF = "transformers"
@@ -65,7 +65,8 @@ def get_args(argv=None):
     p.add_argument("--batch-sizes", type=int_list, help="e.g. 1,16 (default: per device)")
     p.add_argument("--repeats", type=int, help="timed rounds, the median is reported (default 5, --quick 2)")
     p.add_argument("--warmup", type=int, help="untimed rounds first (default: CPU 1, CUDA 2, --quick 1)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's own; --quick: 1, as a tiny model gains "
+    p.add_argument("--threads", type=int, help="CPU threads (default: the cores other work leaves free, from the "
+                   "load average; --quick: 1, as a tiny model gains "
                    "nothing from more and one thread cannot stall waiting for a core that another process holds)")
     p.add_argument("--layers", type=int, help="build only this many of the preset's layers (e.g. llama2-7b on a CPU)")
     p.add_argument("--targets", default=ADAPTED, help=f"what both methods adapt (default {ADAPTED}; see train.py)")
@@ -87,7 +88,7 @@ def get_args(argv=None):
     lengths, batch_sizes, repeats, warmup = SWEEP["quick" if a.quick else a.device.type]
     a.lengths, a.batch_sizes = a.lengths or lengths, a.batch_sizes or batch_sizes
     a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
-    a.threads = a.threads or (1 if a.quick else torch.get_num_threads())
+    a.threads = a.threads or (1 if a.quick else free_cores())
     if min(a.repeats, a.rank, a.threads, a.layers or 1) < 1 or a.warmup < 0 or a.alpha <= 0:
         p.error("--repeats, --rank, --threads and --layers must be at least 1, --warmup at least 0, --alpha above 0")
     has_hf = importlib.util.find_spec("transformers") is not None

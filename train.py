@@ -16,6 +16,7 @@ checkpoint.pt (everything needed to resume), results.json (at the end). Under to
 """
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -33,10 +34,10 @@ from baselines import aux_loss
 from ssmlora import LOW_RANK, Adapters, format_report, param_report
 from training import dist, flags
 from training.build import build_model, to_device
-from training.cli import TrainError, pick_device
+from training.cli import TrainError, free_cores, pick_device
 from training.evaluate import evaluate
 from training.optim import clip_gradients, lr_lambda, make_optimizer
-from training.resume import load_checkpoint, save_checkpoint
+from training.resume import interrupt_at_step_boundary, load_checkpoint, save_checkpoint
 
 
 def run(args, on_step=None):
@@ -58,7 +59,9 @@ def run(args, on_step=None):
         tok = load_tokenizer(resolve(source), family=model.cfg.family)
         data = load_data(task, args)
     print(format_report(param_report(model)))
-    max_len = min(args.max_len, model.cfg.max_tokens)
+    max_len = args.max_len_used = min(args.max_len, model.cfg.max_tokens)  # results.json records what is used
+    if max_len < args.max_len:
+        print(f"--max-len {args.max_len} is more than this model's {max_len} positions: using {max_len}")
     train_rows = data["train"][:args.max_train] if args.max_train else data["train"]
     cut = {}
     encoded = {split: encode(tok, task, rows, max_len, split, cut) for split, rows in data.items() if split != "train"}
@@ -107,21 +110,22 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
                     epoch_loss=0.0)  # the sum of this epoch's step losses, carried over a resume
     if dist.world() > 1:  # each process draws its own dropout masks (a resumed run restores each one's state)
         torch.manual_seed(args.seed + 1_000_003 * (dist.rank() + 1))
-    if ckpt.exists() and not args.resume:
-        raise TrainError(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or choose "
-                         f"another --out (nothing was overwritten)")
+    earlier = [f.name for f in (ckpt, best_path, log_path, out / "results.json") if f.exists()]
+    if earlier and not (args.resume and ckpt.exists()):  # never write over what an earlier run left
+        how = "pass --resume to continue it" if ckpt.exists() else "it has no checkpoint.pt to resume from"
+        raise TrainError(f"{out} holds an earlier run ({', '.join(earlier)}): {how}, or choose another --out "
+                         "(nothing was overwritten)")
     if ckpt.exists():
+        print(f"loading the checkpoint {ckpt}", flush=True)
         progress = load_checkpoint(ckpt, model, opt, sched, args)
         print(f"resumed from {ckpt} at step {progress['step']} (epoch {progress['epoch']})")
     elif args.resume:
         print(f"no checkpoint in {out}: starting from the beginning")
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        if progress["step"] == 0 and log_path.exists():
-            log_path.unlink()  # a fresh run: no lines from a run that never checkpointed
     model.train()
     select = task.select
-    run_info = {"task": task.name, "model": args.model, "tokenizer": args.tokenizer, "random_init": args.random_init}
+    run_info = run_settings(args)
 
     def evaluation(epoch, **train_stats):
         """Evaluate, log a line, keep the best adapters; True when --patience evaluations brought no improvement."""
@@ -152,48 +156,53 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     state = [p for n, p in trained.items() if n.endswith((".W_c", ".W_d"))]  # SSMLoRA's state matrices
     others = [p for n, p in trained.items() if not n.endswith((".W_c", ".W_d"))]
-    while progress["epoch"] < args.epochs and not stop:
-        epoch, t0 = progress["epoch"], time.time()
-        bar.set_description(f"{task.name} {args.method} epoch {epoch + 1}/{args.epochs}")
-        # The epoch's order depends only on (seed, epoch), the same in every process; a resumed run redraws it and
-        # skips what was done. Step i takes the examples order[i * per_step:(i + 1) * per_step], however many
-        # processes and passes share them.
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch)).numpy()
-        for i in range(progress["step_in_epoch"], steps_per_epoch):
-            value = forward_backward(model, encoded["train"], order[i * per_step:(i + 1) * per_step], args, device)
-            if not math.isfinite(value):  # the loss summed over processes: all of them stop here together
-                raise TrainError(f"non-finite loss ({value}) at step {progress['step'] + 1}; stopped. The last "
-                                 f"good checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
-            dist.sum_gradients(state + others)  # every process now holds the whole step's gradients: the same step
-            clip_gradients(others, state, args.clip, args.clip_mode)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            progress["step"] += 1
-            progress["step_in_epoch"] = i + 1
-            progress["epoch_loss"] += value
-            bar.set_postfix(loss=f"{value:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)  # drawn by update
-            bar.update(1)
-            log.step(progress["step"], epoch + 1, value, sched.get_last_lr()[0])
-            if args.eval_every and progress["step"] % args.eval_every == 0 and i + 1 < steps_per_epoch \
-                    and progress["step"] < total:  # (an epoch's last step is evaluated below)
-                stop = evaluation(round(epoch + (i + 1) / steps_per_epoch, 4),
-                                  train_loss=progress["epoch_loss"] / progress["step_in_epoch"])
-                save_checkpoint(ckpt, model, opt, sched, progress, args)  # so that a resumed run logs it once
-            elif progress["step"] % args.save_every == 0:
-                save_checkpoint(ckpt, model, opt, sched, progress, args)
-            if on_step:
-                on_step(progress["step"])
-            if stop or progress["step"] >= total:
+    with interrupt_at_step_boundary() as interrupt:  # Ctrl-C: stop after the step, saved
+        while progress["epoch"] < args.epochs and not stop:
+            epoch, t0 = progress["epoch"], time.time()
+            bar.set_description(f"{task.name} {args.method} epoch {epoch + 1}/{args.epochs}")
+            # The epoch's order depends only on (seed, epoch), the same in every process; a resumed run redraws it
+            # and skips what was done. Step i takes the examples order[i * per_step:(i + 1) * per_step], however
+            # many processes and passes share them.
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100_003 + epoch)).numpy()
+            for i in range(progress["step_in_epoch"], steps_per_epoch):
+                rows = order[i * per_step:(i + 1) * per_step]
+                value = forward_backward(model, encoded["train"], rows, args, device)
+                if not math.isfinite(value):  # the loss summed over processes: all of them stop here together
+                    raise TrainError(f"non-finite loss ({value}) at step {progress['step'] + 1}; stopped. The last good "
+                                     f"checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
+                dist.sum_gradients(state + others)  # every process holds the whole step's gradients: the same step
+                clip_gradients(others, state, args.clip, args.clip_mode)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                progress["step"] += 1
+                progress["step_in_epoch"] = i + 1
+                progress["epoch_loss"] += value
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)  # update draws
+                bar.update(1)
+                log.step(progress["step"], epoch + 1, value, sched.get_last_lr()[0])
+                if args.eval_every and progress["step"] % args.eval_every == 0 and i + 1 < steps_per_epoch \
+                        and progress["step"] < total:  # (an epoch's last step is evaluated below)
+                    stop = evaluation(round(epoch + (i + 1) / steps_per_epoch, 4),
+                                      train_loss=progress["epoch_loss"] / progress["step_in_epoch"])
+                    save_checkpoint(ckpt, model, opt, sched, progress, args)  # so that a resumed run logs it once
+                elif progress["step"] % args.save_every == 0:
+                    save_checkpoint(ckpt, model, opt, sched, progress, args)
+                if on_step:
+                    on_step(progress["step"])
+                if interrupt.asked:  # Ctrl-C during the step: the step is whole now, so it can be saved exactly
+                    save_checkpoint(ckpt, model, opt, sched, progress, args)
+                    raise KeyboardInterrupt(f"after step {progress['step']}, saved in {ckpt}")
+                if stop or progress["step"] >= total:
+                    break
+            if stop:  # an early stop in the middle of an epoch
                 break
-        if stop:  # an early stop in the middle of an epoch
-            break
-        # an epoch ends (or the step budget does): evaluate, keep the best, maybe stop early
-        progress["epoch_times"].append(time.time() - t0)
-        stop = evaluation(epoch + 1, train_loss=progress["epoch_loss"] / progress["step_in_epoch"],
-                          epoch_seconds=round(progress["epoch_times"][-1], 2)) or progress["step"] >= total
-        progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss=0.0)
-        save_checkpoint(ckpt, model, opt, sched, progress, args)
+            # an epoch ends (or the step budget does): evaluate, keep the best, maybe stop early
+            progress["epoch_times"].append(time.time() - t0)
+            stop = evaluation(epoch + 1, train_loss=progress["epoch_loss"] / progress["step_in_epoch"],
+                              epoch_seconds=round(progress["epoch_times"][-1], 2)) or progress["step"] >= total
+            progress.update(epoch=epoch + 1, step_in_epoch=0, epoch_loss=0.0)
+            save_checkpoint(ckpt, model, opt, sched, progress, args)
     bar.close()
     results = {"task": task.name, "model": args.model, "method": args.method,
                "rank": args.rank if args.method in LOW_RANK else None,
@@ -201,13 +210,22 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
                "final": progress.get("last_metrics"), "steps": progress["step"], "examples_per_step": per_step,
                "processes": dist.world(), "epoch_seconds": progress["epoch_times"],
                "peak_memory_bytes": peak_memory(device), "device": str(device), "passage_cut": cut or None,
-               "args": vars(args)}
+               "max_len": args.max_len_used, "adapters": vars(model.adapters), "args": vars(args)}  # what was used
     if dist.is_main():
         atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     others = ", ".join(f"{k} {v:.4f}" for k, v in progress["best_metrics"][task.dev[0]].items() if k != select)
     print(f"best {select} {progress['best']:.4f}{f' ({others})' if others else ''}; adapters in {best_path}; "
           f"results in {out / 'results.json'}")  # RACE: best all ... (middle ..., high ...)
     return results
+
+
+def run_settings(args):
+    """What the adapter file keeps of the run, for --eval-only and predict.py: the task, where the base and the
+    tokenizer really were (a local folder as its absolute path, a hub name as it is) and the settings that change
+    the metric."""
+    where = lambda name: str(Path(name).resolve()) if name and Path(name).is_dir() else name  # noqa: E731
+    return {"task": args.task, "model": where(args.model), "model_is_folder": Path(args.model).is_dir(),
+            "tokenizer": where(args.tokenizer), "random_init": args.random_init, "max_len": args.max_len_used}
 
 
 def peak_memory(device):
@@ -238,20 +256,21 @@ class ProgressLog:
 
 
 def main(argv=None, on_step=None):
+    threads = torch.get_num_threads()
     try:
-        args = flags.parse(argv)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        args = flags.parse(argv)  # CPU threads: under torchrun the free cores are shared by its processes
+        torch.set_num_threads(args.threads or max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
         run(args, on_step)
         return
     except (ValueError, OSError) as e:  # a mistake the user can fix (every error class here is a ValueError)
         message = f"error: {e}"
-    except KeyboardInterrupt:
-        message = "interrupted: continue with the same command plus --resume"
+    except KeyboardInterrupt as e:
+        message = f"interrupted{f' {e}' if str(e) else ''}: continue with the same command plus --resume"
     except SystemExit as e:  # the argument parser's one-line error
         message = e.code
     finally:
         dist.close()
+        torch.set_num_threads(threads)  # main may be called in-process (the tests): give the caller its setting back
     sys.exit(message if dist.is_main() else 1)  # under torchrun every process meets the same end: rank 0 says it
 
 

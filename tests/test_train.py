@@ -202,6 +202,47 @@ def test_killed_run_resumes_exactly(tiny_bert, glue, tmp_path):
     assert all(torch.equal(ca["trained"][k], cb["trained"][k]) for k in ca["trained"])
 
 
+def test_ctrl_c_saves_the_step_it_stopped_after_and_no_earlier_run_is_overwritten(tiny_bert, glue, tmp_path):
+    """Ctrl-C at step 7 of 20, with the default --save-every 500 (nothing saved yet): the step ends, is saved, and
+    --resume ends where an uninterrupted run does. A finished run whose checkpoint.pt was deleted is not written
+    over, with or without --resume."""
+    import os
+    import signal
+    flags = ("--epochs", "2", "--lr", "5e-3", "--max-train", "160")  # 10 steps an epoch
+    whole = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "a", *flags)))
+
+    def ctrl_c(step):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+    with pytest.raises(SystemExit, match="interrupted after step 7, saved in .*checkpoint.pt: continue with the "
+                                         "same command plus --resume"):
+        train.main(argv("sst2", tiny_bert, glue, tmp_path / "b", *flags), on_step=ctrl_c)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["progress"]["step"] == 7
+    resumed = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "b", *flags, "--resume")))
+    assert resumed["final"]["dev"] == whole["final"]["dev"] and resumed["steps"] == 20
+    (tmp_path / "a" / "checkpoint.pt").unlink()
+    before = {f.name: f.read_bytes() for f in (tmp_path / "a").iterdir()}
+    for extra in ((), ("--resume",)):
+        with pytest.raises(train.TrainError, match="holds an earlier run .*no checkpoint.pt to resume from"):
+            train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "a", *flags, "--lr", "1e-3", *extra)))
+    assert {f.name: f.read_bytes() for f in (tmp_path / "a").iterdir()} == before
+
+
+def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert, glue, tmp_path, monkeypatch):
+    """Trained with --model given relative and --max-len above the model's 64 positions: the file records the
+    folder's absolute path and 64, results.json the 64 and SSMLoRA's sparse=True; --eval-only from another folder
+    finds the base and scores with the length the run used."""
+    monkeypatch.chdir(tiny_bert.parent)
+    r = train.run(parse_args(argv("sst2", tiny_bert.name, glue, tmp_path, "--epochs", "1", "--max-len", "1000")))
+    assert r["max_len"] == 64 and r["args"]["max_len"] == 1000 and r["adapters"]["sparse"] is True
+    from files.adapters import read_run
+    run = read_run(tmp_path / "adapters.safetensors")
+    assert run["model"] == str(tiny_bert.resolve()) and run["max_len"] == 64
+    monkeypatch.chdir(tmp_path)
+    again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors"), "--data-dir", str(glue)]))
+    assert again["eval"]["dev"] == r["best"]["dev"]
+
+
 def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path):
     r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--lr", "5e-3")))
     again = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval",

@@ -1,6 +1,7 @@
 """What the entry points (train.py, predict.py, bench.py) share at the command line: the error users see, the
 one-line argument parser and the device choice."""
 import argparse
+import os
 import sys
 
 import torch
@@ -30,3 +31,13 @@ def pick_device(name):
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
     return torch.device(name)
+
+
+def free_cores():
+    """CPU threads to compute with: the cores this process may use, less those that other work keeps busy (the
+    one-minute load average, read before we start), at least one. On a quiet many-core machine that is every core;
+    on a busy small one a single thread, which never waits for a core another process holds (on a shared 2-core
+    machine torch's default of 2 threads made train.py several times slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - busy)))

@@ -50,8 +50,8 @@ def parse(argv=None):
     o.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimizer step: a step sees "
                    "batch-size x processes x grad-accum examples (default: 1)")
     o.add_argument("--epochs", type=int, help="at most this many epochs (default: the task's recipe)")
-    o.add_argument("--max-len", type=int, default=512, help="tokens per example, special tokens included "
-                   "(default: 512, or fewer if the model's position table is shorter)")
+    o.add_argument("--max-len", type=int, help="tokens per example, special tokens included (default: 512, or "
+                   "fewer if the model's position table is shorter; with --eval-only: the file's own)")
     o.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up, in [0, 1) "
                    "(default: 0.06)")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: 0.01)")
@@ -74,8 +74,8 @@ def parse(argv=None):
     f.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
     f.add_argument("--out", help="output folder (default: out/<task>-<method>[-r<rank>])")
     f.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    f.add_argument("--threads", type=int, help="CPU threads (default: torch's own). On a machine that other work "
-                   "is using, fewer threads than cores avoids waiting for a busy core")
+    f.add_argument("--threads", type=int, help="CPU threads (default: the cores not kept busy by other work, from "
+                   "the load average, at least 1: all of them on a quiet machine, 1 on a busy small one)")
     f.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps, and every epoch "
                    "(default: 500)")
     f.add_argument("--log-every", type=int, default=100, help="when output is not a terminal, a progress line every "
@@ -84,8 +84,8 @@ def parse(argv=None):
     r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
     r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
     r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
-    r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors, or a PEFT LoRA folder, on the dev "
-                   "set")
+    r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors, or a PEFT LoRA "
+                   "folder, on the dev set")
     args = p.parse_args(argv)
     if args.eval_only:
         from_file(args)
@@ -93,6 +93,7 @@ def parse(argv=None):
         p.error("the following arguments are required: --task")
     args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
     args.model = args.model or "roberta-base"
+    args.max_len = 512 if args.max_len is None else args.max_len
     adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
         args.sparse is not None)
@@ -133,9 +134,13 @@ def from_file(args):
     if args.task and run.get("task") and get_task(args.task).name != run["task"]:
         raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
                         f"{run['task']} (leave --task out)")
-    for k in ("task", "model", "tokenizer"):
+    for k in ("task", "model", "tokenizer", "max_len"):  # max_len changes the metric: the trained run's, unless given
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
+    if run.get("model") and getattr(args, "model") == run["model"] and run.get("model_is_folder") \
+            and not Path(run["model"]).is_dir():
+        raise UserError(f"{args.eval_only} was trained on the local checkpoint folder {run['model']}, which is not "
+                        "there any more: pass --model with a folder that holds the same checkpoint")
     args.random_init = args.random_init or run.get("random_init", False)
     if is_peft_folder(args.eval_only) and not args.model:
         raise UserError(f"{args.eval_only} does not name its base model (base_model_name_or_path): pass --model")

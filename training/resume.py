@@ -1,5 +1,8 @@
 """checkpoint.pt: everything a killed training run needs to go on and end exactly where an uninterrupted one would
 (the trained tensors, the optimizer and schedule, the progress, every process's random state, a carried state)."""
+import signal
+from contextlib import contextmanager
+
 import torch
 
 from files import atomic_write
@@ -50,3 +53,27 @@ def load_checkpoint(path, model, opt, sched, args):
     if ck["cuda_rng"][dist.rank()] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"][dist.rank()])
     return ck["progress"]
+
+
+@contextmanager
+def interrupt_at_step_boundary():
+    """While training, the first Ctrl-C only asks (`asked`): the loop stops after the step it is in, whole, and
+    saves it, so that --resume goes on exactly from there. A second Ctrl-C interrupts at once (the last checkpoint
+    is then the one --resume uses). Outside the main thread (no signals there) Ctrl-C is left as it is."""
+    class Interrupt:
+        asked = False
+
+    def ask(signum, frame):
+        if Interrupt.asked:
+            raise KeyboardInterrupt
+        Interrupt.asked = True
+        print("\nstopping after this step (Ctrl-C again to stop at once)", flush=True)
+    try:
+        previous = signal.signal(signal.SIGINT, ask)
+    except ValueError:
+        previous = None
+    try:
+        yield Interrupt
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
