@@ -66,6 +66,8 @@ def read_wsc(r):
 
 def read_multirc(r):
     p = r["passage"]
+    if not p["questions"] or not all(q["answers"] for q in p["questions"]):
+        raise ValueError("a passage without questions, or a question without answers")
     return [Pair(p["text"], f"{q['question']} {a['text']}", _label(a["label"], (0, 1)), f"{r['idx']}/{q['idx']}")
             for q in p["questions"] for a in q["answers"]]
 
@@ -82,6 +84,9 @@ def read_record(r):
     appearance, put in place of @placeholder. The passage's @highlight lines become "- " bullets."""
     text = r["passage"]["text"]
     spans = sorted((e["start"], e["end"]) for e in r["passage"]["entities"])
+    bad = [(a, b) for a, b in spans if not (isinstance(a, int) and isinstance(b, int) and 0 <= a <= b < len(text))]
+    if bad:
+        raise ValueError(f"entity span {bad[0][0]}..{bad[0][1]} lies outside the {len(text)}-character passage")
     entities = tuple(dict.fromkeys(text[start:end + 1] for start, end in spans))
     if not entities:
         raise ValueError("a passage without candidate entities")
@@ -167,6 +172,8 @@ def read_split(task, path):
                             "files have") from None
         except (TypeError, ValueError, AttributeError) as e:   # a field of the wrong kind, a bad label
             raise DataError(f"{path}, line {lineno}: {e}; is this the official {task.folder} file?") from None
+    if not examples:
+        raise DataError(f"{path}: no examples in this file (empty): use the official {task.folder} file, unchanged")
     return examples
 
 

@@ -103,6 +103,11 @@ def bad_line(tmp_path, folder, objs, line):
      "no field 'label'"),
     ("wsc", json.dumps(wsc("a b", (0, "a"), (7, "b"), True)), "span 'b' at word 7 lies outside the 2-word"),
     ("record", json.dumps(record("A met B", ["A"], [("A met B", ["A"])])), "a query without @placeholder"),
+    ("record", json.dumps({**record("A met B", ["A"], [("@placeholder met B", ["A"])]),
+                           "passage": {"text": "A met B", "entities": [{"start": 4, "end": 9}]}}),
+     "entity span 4..9 lies outside the 7-character passage"),
+    ("multirc", json.dumps({"idx": 5, "passage": {"text": "t", "questions": []}}),
+     "a passage without questions, or a question without answers"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, task, line, message):
     folder, train, _, _ = CASES[task]
@@ -110,6 +115,12 @@ def test_malformed_line_names_file_and_line(tmp_path, task, line, message):
     with pytest.raises(DataError) as e:
         sg.load_superglue(task, str(tmp_path))
     assert f"{path}, line {len(train[:2]) + 1}: {message}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_empty_train_file_names_it(tmp_path):
+    write_superglue_task(tmp_path, "BoolQ", [], CASES["boolq"][2])
+    with pytest.raises(DataError, match=r"BoolQ/train.jsonl: no examples in this file"):
+        sg.load_superglue("boolq", str(tmp_path))
 
 
 def test_missing_files(tmp_path):
