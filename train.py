@@ -35,7 +35,7 @@ from ssmlora import LOW_RANK, Adapters, format_report, param_report
 from training import dist, flags
 from training.build import build_model, to_device
 from training.cli import TrainError, free_cores, pick_device
-from training.evaluate import evaluate
+from training.evaluate import evaluate, trivial_scores
 from training.optim import clip_gradients, lr_lambda, make_optimizer
 from training.resume import interrupt_at_step_boundary, load_checkpoint, save_checkpoint
 
@@ -54,9 +54,11 @@ def run(args, on_step=None):
         print(format_report(report))
         return {"params": report}
     with dist.main_first():  # rank 0 downloads what is missing; the others then read the caches
+        print(f"loading {args.model}", flush=True)
         model = build_model(task, args.model, args.random_init, adapters, args.eval_only)
         source = args.tokenizer or (args.model if args.random_init else model.source)
         tok = load_tokenizer(resolve(source), family=model.cfg.family)
+        print(f"reading {task.name}", flush=True)
         data = load_data(task, args)
     print(format_report(param_report(model)))
     max_len = args.max_len_used = min(args.max_len, model.cfg.max_tokens)  # results.json records what is used
@@ -64,15 +66,19 @@ def run(args, on_step=None):
         print(f"--max-len {args.max_len} is more than this model's {max_len} positions: using {max_len}")
     train_rows = data["train"][:args.max_train] if args.max_train else data["train"]
     cut = {}
+    print("tokenising", flush=True)
     encoded = {split: encode(tok, task, rows, max_len, split, cut) for split, rows in data.items() if split != "train"}
     model.to(device)
+    trivial = trivial_scores(task, encoded[task.dev[0]], data[task.dev[0]])  # what learning nothing scores
+    if trivial:
+        print(f"{task.dev[0]}: a model that learned nothing scores {fmt(trivial)}")
     if args.eval_only:
         metrics = {split: evaluate(model, encoded[split], task, args.batch_size, device, data[split])
                    for split in task.dev}
         print(json.dumps(metrics))
         return {"eval": metrics}
     encoded["train"] = encode(tok, task, train_rows, max_len, "train", cut)
-    return fit(model, encoded, task, args, device, on_step, data, cut)
+    return fit(model, encoded, task, args, device, on_step, data, cut, trivial)
 
 
 def forward_backward(model, encoded, rows, args, device):
@@ -95,7 +101,7 @@ def forward_backward(model, encoded, rows, args, device):
     return dist.sum_(loss_sum).item()  # the step's one device-to-host read, for the non-finite check and the log
 
 
-def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=None):
+def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=None, trivial=None):
     out = Path(args.out)
     ckpt, log_path, best_path = out / "checkpoint.pt", out / "eval.jsonl", out / "adapters.safetensors"
     n = len(encoded["train"])
@@ -129,8 +135,11 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
 
     def evaluation(epoch, **train_stats):
         """Evaluate, log a line, keep the best adapters; True when --patience evaluations brought no improvement."""
+        t0 = time.time()
+        tqdm.write(f"evaluating on {' and '.join(f'{s} ({len(encoded[s]):,} examples)' for s in task.dev)}")
         metrics = {split: evaluate(model, encoded[split], task, args.batch_size, device, (examples or {}).get(split))
                    for split in task.dev}
+        tqdm.write(f"evaluated in {time.time() - t0:.1f} s")
         line = {"epoch": epoch, "step": progress["step"], "lr": sched.get_last_lr()[0], **train_stats, **metrics}
         if dist.is_main():
             with open(log_path, "a") as f:
@@ -210,11 +219,13 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
                "final": progress.get("last_metrics"), "steps": progress["step"], "examples_per_step": per_step,
                "processes": dist.world(), "epoch_seconds": progress["epoch_times"],
                "peak_memory_bytes": peak_memory(device), "device": str(device), "passage_cut": cut or None,
-               "max_len": args.max_len_used, "adapters": vars(model.adapters), "args": vars(args)}  # what was used
+               "max_len": args.max_len_used, "adapters": vars(model.adapters), "learned_nothing": trivial,
+               "args": vars(args)}  # the max_len and adapter settings used
     if dist.is_main():
         atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
     others = ", ".join(f"{k} {v:.4f}" for k, v in progress["best_metrics"][task.dev[0]].items() if k != select)
-    print(f"best {select} {progress['best']:.4f}{f' ({others})' if others else ''}; adapters in {best_path}; "
+    print(f"best {select} {progress['best']:.4f}{f' ({others})' if others else ''}"
+          f"{f'; learning nothing: {fmt(trivial)}' if trivial else ''}; adapters in {best_path}; "
           f"results in {out / 'results.json'}")  # RACE: best all ... (middle ..., high ...)
     return results
 
@@ -236,11 +247,12 @@ def peak_memory(device):
 
 class ProgressLog:
     """When stderr is not a terminal (a log file, a batch job) there is no bar: print a line every `every` steps or
-    every minute, whichever comes first, with the mean loss since the last line and the examples per second."""
+    every minute, whichever comes first, with the mean loss since the last line, the examples per second, the time
+    since the start and the time left at this pace."""
 
     def __init__(self, every, total, per_step, enabled, seconds=60.0):
         self.every, self.total, self.per_step, self.enabled, self.seconds = every, total, per_step, enabled, seconds
-        self.t, self.losses = time.time(), []
+        self.t, self.losses, self.start, self.first = time.time(), [], time.time(), None
 
     def step(self, step, epoch, loss, lr):
         if not self.enabled:
@@ -250,9 +262,21 @@ class ProgressLog:
         if step % self.every and now - self.t < self.seconds and step != self.total:
             return
         rate = len(self.losses) * self.per_step / max(now - self.t, 1e-9)
+        if self.first is None:  # the step this run started from (a resumed one: later than 0)
+            self.first = step - len(self.losses)
+        left = (now - self.start) / (step - self.first) * (self.total - step)
         print(f"step {step}/{self.total} epoch {epoch} loss {sum(self.losses) / len(self.losses):.4f} lr {lr:.2e} "
-              f"{rate:.1f} examples/s", flush=True)
+              f"{rate:.1f} examples/s elapsed {clock(now - self.start)} left {clock(left)}", flush=True)
         self.t, self.losses = now, []
+
+
+def fmt(scores):
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+
+
+def clock(seconds):
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 def main(argv=None, on_step=None):

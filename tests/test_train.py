@@ -235,6 +235,9 @@ def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert
     monkeypatch.chdir(tiny_bert.parent)
     r = train.run(parse_args(argv("sst2", tiny_bert.name, glue, tmp_path, "--epochs", "1", "--max-len", "1000")))
     assert r["max_len"] == 64 and r["args"]["max_len"] == 1000 and r["adapters"]["sparse"] is True
+    labels = [line.split("\t")[1] for line in (glue / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    majority = max(labels.count("0"), labels.count("1")) / len(labels)  # what predicting one class scores
+    assert r["learned_nothing"] == {"majority_accuracy": pytest.approx(majority)}
     from files.adapters import read_run
     run = read_run(tmp_path / "adapters.safetensors")
     assert run["model"] == str(tiny_bert.resolve()) and run["max_len"] == 64
@@ -340,7 +343,8 @@ def test_logs_progress_without_a_terminal_and_eval_lines_carry_loss_and_time(tin
     steps = [line for line in p.stdout.splitlines() if line.startswith("step ")]
     # 4 steps an epoch, 8 in all: a line at steps 3 and 6 and at the last step, each with its numbers
     assert [s.split()[1] for s in steps] == ["3/8", "6/8", "8/8"]
-    assert all(" epoch " in s and " loss " in s and " lr " in s and s.endswith("examples/s") for s in steps)
+    assert all(" epoch " in s and " loss " in s and " lr " in s and " examples/s elapsed 0:00:" in s for s in steps)
+    assert steps[-1].endswith("left 0:00:00")  # the time left at this pace: none after the last step
     evals = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     assert [e["epoch"] for e in evals] == [1, 2]
     assert all(e["train_loss"] > 0 and e["epoch_seconds"] > 0 for e in evals)

@@ -29,3 +29,18 @@ def evaluate(model, encoded, task, batch_size, device, examples):
     if task.is_reading:  # the task scores its predictions with what its examples hold
         return task.score(outs.tolist(), examples)
     return compute_metrics(task, outs, torch.from_numpy(encoded.labels))
+
+
+def trivial_scores(task, encoded, examples):
+    """What a model that learned nothing scores, to read a dev metric against: the majority class, scored with the
+    task's own metrics (classification), or the expected accuracy of a random choice (multiple choice); None for
+    regression."""
+    if task.is_regression:
+        return None
+    if task.shape == "choice":
+        return {"chance_accuracy": float(np.mean([len(e.gold) / len(e.choices) for e in examples]))}
+    labels = np.asarray(encoded.labels)
+    majority = int(np.bincount(labels).argmax())
+    if task.is_reading:
+        return {f"majority_{k}": v for k, v in task.score([majority] * len(labels), examples).items()}
+    return {f"majority_{k}": v for k, v in compute_metrics(task, np.full(len(labels), majority), labels).items()}
