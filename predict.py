@@ -1,24 +1,37 @@
 """
-Run trained adapters on new text: the adapter file names its task, base checkpoint and tokenizer.
+Run trained adapters on new inputs: the adapter file names its task, base checkpoint, tokenizer and length.
 
     python predict.py out/sst2-ssmlora-r8/adapters.safetensors "a gripping, funny film" "dull and far too long"
     python predict.py out/mrpc-ssmlora-r8/adapters.safetensors --file pairs.tsv   # a tab between a pair's texts
+    python predict.py out/race-ssmlora-r8/adapters.safetensors --file questions.jsonl
+    cat pairs.tsv | python predict.py out/rte-lora-r8/adapters.safetensors --file -
 
-prints one JSON line per example: {"label": ..., "probability": ...} (a "score" for regression tasks). In Python:
+What an input is, by kind of task:
+- single texts (SST-2, CoLA): one text per argument or per line of --file;
+- text pairs (MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI, and SuperGLUE's BoolQ passage<TAB>question, CB
+  premise<TAB>hypothesis, WiC "word: sentence1"<TAB>"word: sentence2", WSC and MultiRC as superglue.py casts
+  them): the two texts with a tab between them;
+- multiple choice (COPA, RACE): one JSON object per line of --file: {"context": ..., "question": ...,
+  "options": [...]}; RACE puts each option in the question's blank ("_") or after it, COPA's question is "cause"
+  or "effect". ReCoRD's candidates come from its entity annotations: evaluate it with train.py --eval-only.
+Each output line is one JSON object: the input's number ("n", from 1) and text, then the label (as the task's
+files write it) and its probability, a "score" for regression, or the chosen option's index and text. In Python:
 
-    from predict import load, predict
+    from predict import load, predict, choose
     p = load("out/sst2-ssmlora-r8/adapters.safetensors")
-    predict(p, ["a gripping, funny film"])            # [{'label': '1', 'probability': ...}]
-    predict(p, ["first sentence"], ["second one"])    # pair tasks: text_b
+    predict(p, ["a gripping, funny film"])            # [{'n': 1, 'text': ..., 'label': '1', 'probability': ...}]
+    predict(p, ["first sentence"], ["second one"])    # pair tasks: texts_b
+    choose(p, [{"context": ..., "question": ..., "options": [...]}])   # multiple choice
 """
 import json
 import sys
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
-from benchmarks import glue
-from data import DataError, Example, batches, load_tokenizer
+from benchmarks import encode, get_task, race
+from data import Choice, DataError, Example, Pair, batches, load_tokenizer
 from files.adapters import read_run
 from files.hub import resolve
 from interop.peft import is_peft_folder, read_peft_run
@@ -32,6 +45,7 @@ class Predictor(NamedTuple):
     tok: object
     task: object
     device: torch.device
+    max_len: int
 
 
 def load(adapters, model=None, tokenizer=None, device="auto", task=None):
@@ -43,27 +57,40 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
         raise UserError(f"{adapters} does not say which task it was trained on: pass --task")
     if not (model or run.get("model")):
         raise UserError(f"{adapters} does not name its base model: pass --model")
-    if run["task"] not in glue.TASKS:
-        raise UserError(f"{adapters} was trained on {run['task']}: predict.py runs GLUE tasks; evaluate SuperGLUE and "
-                        f"RACE adapters with python train.py --eval-only {adapters}")
-    task, name = glue.TASKS[run["task"]], model or run["model"]
+    task, name = get_task(run["task"]), model or run["model"]
+    if task.name == "record":
+        raise UserError(f"{adapters} was trained on ReCoRD, whose candidates come from its entity annotations: "
+                        f"evaluate it with python train.py --eval-only {adapters}")
+    if not model and run.get("model_is_folder") and not Path(name).is_dir():
+        raise UserError(f"{adapters} was trained on the local checkpoint folder {name}, which is not there any "
+                        "more: pass --model with a folder that holds the same checkpoint")
     # train.py's own builder: the base (a checkpoint, or for --random-init runs a preset or config.json), then the
     # adapters and head rebuilt from the file
     m = build_model(task, name, run.get("random_init", False), adapter_file=adapters).eval()
     source = tokenizer or run.get("tokenizer") or (name if run.get("random_init") else m.source)
     device = pick_device(device)
-    return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device)
+    max_len = min(run.get("max_len") or 512, m.cfg.max_tokens)  # the length the adapters were trained with
+    return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device, max_len)
 
 
 @torch.no_grad()
-def predict(p, texts_a, texts_b=None, batch_size=32, max_len=512):
-    """One dict per example: the label (as the task's files write it) and its probability, or a regression score."""
+def predict(p, texts_a, texts_b=None, batch_size=32):
+    """One dict per example: its number and text(s), the label (as the task's files write it) and its probability,
+    or a regression score. Pair tasks need texts_b, single-text tasks refuse it."""
+    if p.task.shape == "choice":
+        raise UserError(f"{p.task.name} is a multiple-choice task: give contexts, questions and options (choose())")
+    pair = p.task.shape == "pair" or p.task.text_b is not None
+    if pair != (texts_b is not None):
+        raise UserError(f"{p.task.name} classifies {'pairs of texts' if pair else 'single texts'}: give "
+                        f"{'two texts with a tab between them' if pair else 'one text'} per example")
     if texts_b is not None and len(texts_b) != len(texts_a):
         raise UserError(f"{len(texts_a)} first texts but {len(texts_b)} second ones")
+    texts = list(zip(texts_a, texts_b)) if pair else [(a,) for a in texts_a]
+    check_texts(texts)
     label = 0.0 if p.task.is_regression else 0  # a placeholder: batches() carries labels, predict() ignores them
-    examples = [Example(a, None if texts_b is None else texts_b[i], label) for i, a in enumerate(texts_a)]
+    examples = [(Pair if p.task.is_reading else Example)(t[0], t[1] if pair else None, label) for t in texts]
     out = []
-    for batch in batches(p.tok.encode(examples, min(max_len, p.model.cfg.max_tokens)), batch_size):
+    for batch in batches(encode(p.tok, p.task, examples, p.max_len, "predict", {}), batch_size):
         batch = to_device(batch, p.model.cfg, p.device)
         logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         if p.task.is_regression:
@@ -71,39 +98,102 @@ def predict(p, texts_a, texts_b=None, batch_size=32, max_len=512):
         else:
             probs, ids = logits.float().softmax(-1).max(-1)
             out += [{"label": p.task.labels[i], "probability": q} for i, q in zip(ids.tolist(), probs.tolist())]
-    return out
+    return [{"n": i + 1, "text": t[0], **({"text_b": t[1]} if pair else {}), **o} for i, (t, o) in
+            enumerate(zip(texts, out))]
+
+
+@torch.no_grad()
+def choose(p, questions, batch_size=8):
+    """Multiple choice: for each {"context", "question", "options"}, the chosen option's index and text and its
+    probability, the options cast as train.py casts them (RACE: fill the blank; COPA: "What was the cause? ...")."""
+    if p.task.shape != "choice":
+        raise UserError(f"{p.task.name} is not a multiple-choice task: give texts")
+    examples = []
+    for i, q in enumerate(questions, 1):
+        options = q.get("options") if isinstance(q, dict) else None
+        if not isinstance(options, list) or len(options) < 2 or not isinstance(q.get("context"), str):
+            raise UserError(f"example {i}: expected {{\"context\": text, \"question\": text, \"options\": [two or "
+                            "more texts]}")
+        check_texts([(q["context"], *options)], first=i)
+        examples.append(Choice(q["context"], tuple(cast(p.task.name, q.get("question") or "", o) for o in options),
+                               (0,)))  # a placeholder gold: choose() ignores it
+    out = []
+    for batch in batches(encode(p.tok, p.task, examples, p.max_len, "predict", {}), batch_size):
+        batch = to_device(batch, p.model.cfg, p.device)
+        logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                            choices=batch["choices"])
+        probs, ids = logits.float().softmax(-1).max(-1)
+        out += list(zip(ids.tolist(), probs.tolist()))
+    return [{"n": i + 1, "question": q.get("question"), "choice": c, "option": q["options"][c], "probability": pr}
+            for i, (q, (c, pr)) in enumerate(zip(questions, out))]
+
+
+def cast(task, question, option):
+    if task == "race":
+        return race.fill(question, option)
+    if task == "copa":
+        if question not in ("cause", "effect"):
+            raise UserError(f"COPA's question is \"cause\" or \"effect\", got {question!r}")
+        return f"{'What was the cause?' if question == 'cause' else 'What happened as a result?'} {option}"
+    return f"{question} {option}".strip()
+
+
+def check_texts(rows, first=1):
+    for i, row in enumerate(rows, first):
+        if any(not isinstance(t, str) or not t.strip() for t in row):
+            raise UserError(f"example {i}: an empty text (or not a text); every text must have words in it")
+
+
+def read_lines(path):
+    """The non-empty lines of a UTF-8 file, or of standard input for "-"."""
+    raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+    lines = []
+    for lineno, line in enumerate(raw.split(b"\n"), 1):
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}, line {lineno}: not UTF-8 text") from None
+        if text.strip():
+            lines.append((lineno, text))
+    if not lines:
+        raise DataError(f"{path}: no examples")
+    return lines
 
 
 def main(argv=None):
     ap = OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("adapters", help="an adapters.safetensors written by train.py, or a PEFT LoRA folder")
-    ap.add_argument("texts", nargs="*", help="texts to classify (single-text tasks)")
-    ap.add_argument("--file", help="one example per line; a tab separates the two texts of a pair task")
+    ap.add_argument("texts", nargs="*", help="texts to classify; a tab between a pair's two texts")
+    ap.add_argument("--file", help="one example per line (- : standard input): texts, a tab between a pair's two; "
+                    "multiple choice: a JSON object {context, question, options}")
     ap.add_argument("--model", help="base checkpoint folder (default: the one the file names)")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the one the file names)")
-    ap.add_argument("--task", help="the GLUE task (default: the one the file names; a PEFT folder may not)")
+    ap.add_argument("--task", help="the task (default: the one the file names; a PEFT folder may not)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = ap.parse_args(argv)
     if bool(args.texts) == bool(args.file):
         ap.error("give either texts or --file")
     try:
-        rows = [t.split("\t", 1) for t in args.texts] if args.texts else read_lines(args.file)
-        texts_b = [r[1] for r in rows] if all(len(r) == 2 for r in rows) else None
-        if texts_b is None and any(len(r) == 2 for r in rows):
-            raise UserError(f"{args.file}: some lines have a tab (a pair) and some do not")
+        lines = list(enumerate(args.texts, 1)) if args.texts else read_lines(args.file)
         p = load(args.adapters, args.model, args.tokenizer, args.device, args.task)
-        for result in predict(p, [r[0] for r in rows], texts_b):
-            print(json.dumps(result))
+        if p.task.shape == "choice":
+            results = choose(p, [json_line(args.file or "argument", n, t) for n, t in lines])
+        else:
+            rows = [t.split("\t", 1) for _, t in lines]
+            if len({len(r) for r in rows}) > 1:
+                raise UserError(f"{args.file or 'the texts'}: some examples have a tab (a pair) and some do not")
+            results = predict(p, [r[0] for r in rows], [r[1] for r in rows] if len(rows[0]) == 2 else None)
+        for (n, _), result in zip(lines, results):
+            print(json.dumps({**result, "n": n}))
     except (ValueError, OSError) as e:  # every error class here is a ValueError
         sys.exit(f"error: {e}")
 
 
-def read_lines(path):
-    with open(path, encoding="utf-8") as f:
-        rows = [line.rstrip("\n").split("\t", 1) for line in f if line.strip()]
-    if not rows:
-        raise DataError(f"{path}: no examples")
-    return rows
+def json_line(path, lineno, text):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}, line {lineno}: not a JSON object ({e.msg})") from None
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def _label(value, allowed):
 
 
 BOOL = (False, True)
+CB_LABELS = ("entailment", "contradiction", "neutral")
 
 
 def read_boolq(r):
@@ -43,7 +44,7 @@ def read_boolq(r):
 
 
 def read_cb(r):
-    return [Pair(r["premise"], r["hypothesis"], _label(r["label"], ("entailment", "contradiction", "neutral")))]
+    return [Pair(r["premise"], r["hypothesis"], _label(r["label"], CB_LABELS))]
 
 
 def read_wic(r):
@@ -126,21 +127,21 @@ def record_scores(preds, examples):
 
 # ----------------------------------------------------------------------------- the task table
 
-def superglue_task(name, folder, read, scores, shape, num_labels, metrics, select):
-    return Task(name=name, benchmark="superglue", folder=folder, read=read, scores=scores, shape=shape,
+def superglue_task(name, folder, read, scores, shape, num_labels, metrics, select, labels=None):
+    return Task(name=name, benchmark="superglue", folder=folder, read=read, scores=scores, shape=shape, labels=labels,
                 num_labels=num_labels, metrics=metrics, select=select, dev=("val",), archive=folder + ".zip")
 
 
 # CB selects on macro-F1, which does not reward predicting its majority class; ReCoRD on F1, MultiRC on F1a: the
 # first number the paper reports.
 TASKS = {t.name: t for t in [
-    superglue_task("boolq", "BoolQ", read_boolq, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
-    superglue_task("cb", "CB", read_cb, cb_scores, "pair", 3, ("accuracy", "macro_f1"), "macro_f1"),
+    superglue_task("boolq", "BoolQ", read_boolq, accuracy_of, "pair", 2, ("accuracy",), "accuracy", BOOL),
+    superglue_task("cb", "CB", read_cb, cb_scores, "pair", 3, ("accuracy", "macro_f1"), "macro_f1", CB_LABELS),
     superglue_task("copa", "COPA", read_copa, accuracy_of, "choice", 1, ("accuracy",), "accuracy"),
-    superglue_task("multirc", "MultiRC", read_multirc, multirc_scores, "pair", 2, ("f1a", "em"), "f1a"),
+    superglue_task("multirc", "MultiRC", read_multirc, multirc_scores, "pair", 2, ("f1a", "em"), "f1a", (0, 1)),
     superglue_task("record", "ReCoRD", read_record, record_scores, "choice", 1, ("f1", "em"), "f1"),
-    superglue_task("wic", "WiC", read_wic, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
-    superglue_task("wsc", "WSC", read_wsc, accuracy_of, "pair", 2, ("accuracy",), "accuracy"),
+    superglue_task("wic", "WiC", read_wic, accuracy_of, "pair", 2, ("accuracy",), "accuracy", BOOL),
+    superglue_task("wsc", "WSC", read_wsc, accuracy_of, "pair", 2, ("accuracy",), "accuracy", BOOL),
 ]}
 
 

@@ -56,7 +56,10 @@ def read_run(path):
     """The `run` dict save_adapters stored ({} for files written without one)."""
     read_settings(path)  # a readable adapter file, or a clear error
     with safe_open(path, framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("run", "{}"))
+        try:
+            return json.loads((f.metadata() or {}).get("run", "{}"))
+        except json.JSONDecodeError as e:
+            raise AdapterFileError(f"adapter file {path}: its run settings are cut off or not JSON ({e})") from None
 
 
 def load_adapters(model, path):

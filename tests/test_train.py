@@ -372,6 +372,37 @@ def test_eval_only_and_predict_need_only_the_adapter_file(tiny_bert, glue, tmp_p
     assert [o["probability"] for o in printed] == pytest.approx([o["probability"] for o in out[:2]], rel=1e-5)
 
 
+def test_predict_refuses_wrong_input_in_one_line(tiny_bert, glue, tmp_path):
+    """A pair adapter given single texts, an empty text, a file that is not UTF-8, an adapter file whose settings
+    are cut off: each one `error:` line. Standard input works, and each output line says which input it answers."""
+    import predict
+    from safetensors.torch import save_file
+    from safetensors import safe_open
+    write_glue_task(tmp_path / "glue", "rte", [("a b", "c d", 0), ("e f", "g h", 1)] * 8, [("a b", "c d", 0)] * 2)
+    train.run(parse_args(argv("rte", tiny_bert, tmp_path / "glue", tmp_path / "rte", "--max-steps", "1")))
+    adapters = str(tmp_path / "rte" / "adapters.safetensors")
+
+    def error(*extra, stdin=None):
+        p = subprocess.run([sys.executable, "predict.py", adapters, *extra], input=stdin, capture_output=True,
+                           cwd=ROOT, timeout=120)
+        return p.returncode, p.stdout.decode(), p.stderr.decode().strip()
+    code, _, err = error("only one text")
+    assert code == 1 and err == ("error: rte classifies pairs of texts: give two texts with a tab between them "
+                                 "per example")
+    assert error("a\t ")[2] == "error: example 1: an empty text (or not a text); every text must have words in it"
+    (tmp_path / "latin1.tsv").write_bytes(b"ok\tfine\ncaf\xe9\tbar\n")
+    assert error("--file", str(tmp_path / "latin1.tsv"))[2] == f"error: {tmp_path / 'latin1.tsv'}, line 2: not UTF-8 " \
+        "text"
+    code, out, _ = error("--file", "-", stdin=b"one\ttwo\n\nthree\tfour\n")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(o["n"], o["text"], o["text_b"]) for o in lines] == [(1, "one", "two"),
+                                                                                 (3, "three", "four")]
+    with safe_open(adapters, framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, adapters, metadata={**meta, "run": meta["run"][:10]})
+    assert "its run settings are cut off or not JSON" in error("a\tb")[2]
+
+
 @pytest.mark.parametrize("which", ["train", "dev"])
 def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, which):
     folder = Path(write_glue_task(tmp_path / "glue", "sst2", [("good", None, 1)] * 4, [("bad", None, 0)] * 2))
