@@ -177,8 +177,9 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
                 rows = order[i * per_step:(i + 1) * per_step]
                 value = forward_backward(model, encoded["train"], rows, args, device)
                 if not math.isfinite(value):  # the loss summed over processes: all of them stop here together
-                    raise TrainError(f"non-finite loss ({value}) at step {progress['step'] + 1}; stopped. The last good "
-                                     f"checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
+                    last = ckpt if ckpt.exists() else "not written yet"
+                    raise TrainError(f"non-finite loss ({value}) at step {progress['step'] + 1}; stopped. The last "
+                                     f"good checkpoint is {last}: try a lower --lr")
                 dist.sum_gradients(state + others)  # every process holds the whole step's gradients: the same step
                 clip_gradients(others, state, args.clip, args.clip_mode)
                 opt.step()

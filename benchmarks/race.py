@@ -91,5 +91,6 @@ def load_race(data_dir=None, cache_dir=None, base_url=None):
             for n in names:
                 splits[s] += read_file(os.path.join(where, n), level)
         if not splits[s]:
-            raise DataError(f"RACE: {os.path.join(folder, s)} holds no questions; unpack the official RACE.tar.gz again")
+            raise DataError(f"RACE: {os.path.join(folder, s)} holds no questions; unpack the official RACE.tar.gz "
+                            "again")
     return splits

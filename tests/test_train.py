@@ -149,7 +149,8 @@ def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path):
 
 def test_spike_tool_runs_both_clipping_modes_through_train(tmp_path, capsys):
     """reproduce/spike.py, the measurement of the W_d spike, runs train.py's optimizer and clipping (training/): it
-    must keep working as they change. Two steps a mode: step 1 leaves W_d at zero, step 2 (after W_b left zero) moves it."""
+    must keep working as they change. Two steps a mode: step 1 leaves W_d at zero, step 2 (after W_b left zero)
+    moves it."""
     from reproduce import spike
     spike.main(["--model", str(MINILM), "--max-train", "32", "--epochs", "1", "--json", str(tmp_path / "s.json")])
     logs = json.loads((tmp_path / "s.json").read_text())

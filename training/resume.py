@@ -33,7 +33,8 @@ def load_checkpoint(path, model, opt, sched, args):
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TrainError(f"could not read {path} ({type(e).__name__}); it is corrupt: delete it to start over") from None
+        raise TrainError(f"could not read {path} ({type(e).__name__}); it is corrupt: delete it to start "
+                         "over") from None
     flag = lambda k: "processes" if k == "world_size" else f"--{k.replace('_', '-')}"
     diff = [f"{flag(k)}: checkpoint {v!r}, now {getattr(args, k)!r}" for k, v in ck["run"].items()
             if v != getattr(args, k)]
