@@ -108,6 +108,7 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
     multiple_choice = any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or [])
     if multiple_choice and num_labels in (None, head_labels):
         head = "choice"  # its 1-output classifier scores each (context, choice) row; it is no regression head
+    head = "span" if _question_answering(hf) and num_labels is None else head
     hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
     d = hf["n_embd"] if gpt else hf["hidden_size"]
     pad = hf.get("pad_token_id")
@@ -122,6 +123,11 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
         attn_dropout=hf.get("attn_pdrop" if gpt else "attention_probs_dropout_prob", 0.1),
         head_dropout=0.0 if gpt else (hf.get("classifier_dropout") or hidden_drop),
         head=head, num_labels=num_labels or 2)
+
+
+def _question_answering(hf):
+    """A *ForQuestionAnswering checkpoint: its qa_outputs are the span head."""
+    return any(a.endswith("ForQuestionAnswering") for a in hf.get("architectures") or [])
 
 
 def _llama_config(hf, num_labels):
@@ -146,7 +152,8 @@ def _llama_config(hf, num_labels):
         attn_dropout=hf.get("attention_dropout", 0.0), head_dropout=0.0, norm="rmsnorm", positions="rotary",
         mlp="gated", rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
         bias=bool(hf.get("attention_bias")), tied_lm_head=bool(hf.get("tie_word_embeddings", False)),
-        head="cls" if num_labels is not None else "lm", num_labels=num_labels or 2)
+        head="cls" if num_labels is not None else "span" if _question_answering(hf) else "lm",
+        num_labels=num_labels or 2)
 
 
 def config_to_hf(cfg):
