@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from data import DataError, Rows, _template, download, fetch_once
+from data import DataError, Rows, _template, batches, download, fetch_once
 from metrics import max_over_gold
 
 URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
@@ -168,6 +168,19 @@ def windows(tok, questions, max_len=384, stride=128, max_query=64):
 
 
 # ----------------------------------------------------------------------------- decoding and scoring
+
+@torch.no_grad()
+def span_logits(model, win, batch_size=32, device="cpu"):
+    """Start and end logits (windows, longest row) of a span-head model over every window, -inf past a row."""
+    out = torch.full((len(win), int(win.rows.lengths.sum(1).max(initial=1)), 2), -torch.inf)
+    i = 0
+    for b in batches(win.rows, batch_size):
+        b = {k: v.to(device) for k, v in b.items() if v is not None and k != "labels"}
+        logits = model(**b)[0].float().cpu()
+        out[i:i + len(logits), :logits.shape[1]] = logits
+        i += len(logits)
+    return out[..., 0], out[..., 1]
+
 
 def decode(win, questions, start_logits, end_logits, n_best=20, max_answer=30):
     """(answer texts, scores) of every question: its best start/end pair (score: start + end logit) over its
