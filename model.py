@@ -444,7 +444,8 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
     a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
     (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
-    checkpoint has one); head="span" an extractive-QA head (a *ForQuestionAnswering checkpoint has one). overrides: Config fields to change (e.g. dropout=0.0).
+    checkpoint has one); head="span" an extractive-QA head (a *ForQuestionAnswering checkpoint has one).
+    overrides: Config fields to change (e.g. dropout=0.0).
     """
     import hub  # downloads, file formats and their errors
     folder = hub.resolve(name_or_dir)
