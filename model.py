@@ -47,7 +47,7 @@ class Config:
     attn_dropout: float = 0.1    # attention probabilities
     head_dropout: float = 0.1    # inside the classification head
     head: str = "cls"            # "cls": sequence classification / regression, "choice": multiple choice,
-                                 # "lm": decoder LM, "none"
+                                 # "span": extractive QA (start and end logits per token), "lm": decoder LM, "none"
     num_labels: int = 2          # 1 means regression (STS-B)
     # what LLaMA changes; the defaults are BERT's, RoBERTa's and GPT-2's
     norm: str = "layernorm"      # "layernorm" | "rmsnorm"
@@ -314,18 +314,21 @@ class Block(nn.Module):
 
 
 class Head(nn.Module):
-    """Sequence classification (num_labels > 1), regression (num_labels == 1), or multiple choice (one score per
+    """Sequence classification (num_labels > 1), regression (num_labels == 1), multiple choice (one score per
     (context, choice) row), each family its own way, as transformers' *ForSequenceClassification and
-    *ForMultipleChoice."""
+    *ForMultipleChoice; or extractive QA, the same for every family (*ForQuestionAnswering)."""
 
     def __init__(self, cfg):
         super().__init__()
         d, n = cfg.d_model, 1 if cfg.head == "choice" else cfg.num_labels
         self.kind = {"bert": "pooler", "roberta": "dense" if cfg.head == "cls" else "pooler",
                      "deberta-v2": "pooler"}.get(cfg.family, "last")
+        self.kind = "span" if cfg.head == "span" else self.kind
         self.drop = nn.Dropout(cfg.head_dropout)
         self.act = nn.GELU() if cfg.family == "deberta-v2" else nn.Tanh()  # DeBERTa's ContextPooler: GELU
-        if self.kind == "dense":       # RoBERTa classification: first token -> dense -> tanh -> out_proj
+        if self.kind == "span":        # every token: start and end logits, no dropout (as transformers)
+            self.qa_outputs = nn.Linear(d, 2)
+        elif self.kind == "dense":     # RoBERTa classification: first token -> dense -> tanh -> out_proj
             self.dense, self.out_proj = nn.Linear(d, d), nn.Linear(d, n)
         elif self.kind == "pooler":    # BERT, RoBERTa choice, DeBERTa: pooler (dense + act on [CLS]) -> classifier
             self.pooler, self.classifier = nn.Linear(d, d), nn.Linear(d, n)
@@ -335,9 +338,11 @@ class Head(nn.Module):
     @property
     def output(self):
         """Name of the linear that gives the logits (the one a "head" adapter wraps)."""
-        return {"dense": "out_proj", "pooler": "classifier"}.get(self.kind, "score")
+        return {"dense": "out_proj", "pooler": "classifier", "span": "qa_outputs"}.get(self.kind, "score")
 
     def forward(self, x, attention_mask):
+        if self.kind == "span":
+            return self.qa_outputs(x)
         if self.kind == "dense":
             return self.out_proj(self.drop(torch.tanh(self.dense(self.drop(x[:, 0])))))
         if self.kind == "pooler":
@@ -364,7 +369,7 @@ class Model(nn.Module):
         if cfg.family == "deberta-v2":  # relative position embeddings, shared by every layer, and their norm
             self.rel = nn.Embedding(2 * cfg.rel_span, cfg.d_model)
             self.ln_rel = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.norm_rel_ebd else None
-        self.head = Head(cfg) if cfg.head in ("cls", "choice") else None
+        self.head = Head(cfg) if cfg.head in ("cls", "choice", "span") else None
         # GPT-2's "lm" head is tied to embed.tok; LLaMA's has its own weights
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) \
             if cfg.head == "lm" and not cfg.tied_lm_head else None
@@ -395,7 +400,8 @@ class Model(nn.Module):
         """Returns (logits, loss); loss is None without labels. With head "none", logits are hidden states.
         Multiple choice: the rows are every question's (context, choice) pairs, and choices (questions, most choices)
         holds the row of each choice, -1 where a question has fewer; logits come out in that shape (-inf where -1),
-        and labels is a bool mask of the right choices."""
+        and labels is a bool mask of the right choices. Span: logits (B, T, 2), start and end; labels (B, 2) their
+        positions."""
         x = self.encode(input_ids, attention_mask, token_type_ids)
         if self.cfg.head == "none":
             return x, None
@@ -405,6 +411,13 @@ class Model(nn.Module):
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
             return logits, loss
         logits = self.head(x, attention_mask)
+        if self.cfg.head == "span":  # the mean of the start and end cross-entropies; a position past T is ignored
+            if labels is None:
+                return logits, None
+            T = logits.shape[1]
+            pos = labels.clamp(0, T)
+            loss = [F.cross_entropy(logits[..., i].float(), pos[:, i], ignore_index=T) for i in (0, 1)]
+            return logits, (loss[0] + loss[1]) / 2
         if self.cfg.head == "choice":  # one score per row, gathered into one softmax per question
             logits = logits[:, 0][choices.clamp(min=0)].masked_fill(choices < 0, float("-inf"))
             if labels is None:
@@ -434,7 +447,8 @@ def _init_weights(module):
 # the names of original Hugging Face checkpoints (files/hub.py finds the files, reads them and loads them)
 
 # Hugging Face name -> our name. Applied with re.fullmatch after the family prefix is stripped.
-_ENCODER_NAMES = [
+_SPAN = [(r"qa_outputs\.(weight|bias)", r"head.qa_outputs.\1")]  # *ForQuestionAnswering, every family
+_ENCODER_NAMES = _SPAN + [
     (r"embeddings\.word_embeddings\.(\w+)", r"embed.tok.\1"),
     (r"embeddings\.position_embeddings\.(\w+)", r"embed.pos.\1"),
     (r"embeddings\.token_type_embeddings\.(\w+)", r"embed.typ.\1"),
@@ -453,7 +467,7 @@ _NAMES = {
                                  (r"classifier\.out_proj\.(\w+)", r"head.out_proj.\1"),
                                  (r"pooler\.dense\.(\w+)", r"head.pooler.\1"),  # RobertaForMultipleChoice's
                                  (r"classifier\.(weight|bias)", r"head.classifier.\1")],
-    "gpt2": [
+    "gpt2": _SPAN + [
         (r"wte\.weight", "embed.tok.weight"), (r"wpe\.weight", "embed.pos.weight"),
         (r"h\.(\d+)\.ln_1\.(\w+)", r"blocks.\1.ln_attn.\2"), (r"h\.(\d+)\.ln_2\.(\w+)", r"blocks.\1.ln_mlp.\2"),
         (r"h\.(\d+)\.attn\.c_proj\.(\w+)", r"blocks.\1.attn.out.\2"),
@@ -468,7 +482,7 @@ _NAMES = {
         (r"encoder\.rel_embeddings\.weight", "rel.weight"), (r"encoder\.LayerNorm\.(\w+)", r"ln_rel.\1"),
         (r"pooler\.dense\.(\w+)", r"head.pooler.\1"),  # ContextPooler
         (r"classifier\.(weight|bias)", r"head.classifier.\1")],
-    "llama": [
+    "llama": _SPAN + [
         (r"embed_tokens\.weight", "embed.tok.weight"),
         (r"layers\.(\d+)\.self_attn\.q_proj\.(\w+)", r"blocks.\1.attn.query.\2"),
         (r"layers\.(\d+)\.self_attn\.k_proj\.(\w+)", r"blocks.\1.attn.key.\2"),
@@ -496,15 +510,17 @@ _IGNORED = {
                    r"cls\..*",                     # the same, in its legacy layout
                    r"mask_predictions\..*"],       # DeBERTaV3's replaced-token-detection head (ELECTRA-style)
 }
-_PREFIXES = {"bert": "bert.", "roberta": "roberta.", "gpt2": "transformer.", "llama": "model.",
-             "deberta-v2": "deberta."}
+_PREFIXES = {"bert": ("bert.",), "roberta": ("roberta.",), "gpt2": ("transformer.",),
+             "llama": ("model.", "transformer."),  # LlamaForQuestionAnswering keeps GPT-2's "transformer."
+             "deberta-v2": ("deberta.",)}
 
 
 def convert_state_dict(state, family):
     """Rename a Hugging Face state dict to ours; split and transpose GPT-2's Conv1D weights."""
     out, unexpected = {}, []
     for name, tensor in state.items():
-        name = name[len(_PREFIXES[family]):] if name.startswith(_PREFIXES[family]) else name
+        prefix = next((p for p in _PREFIXES[family] if name.startswith(p)), "")
+        name = name[len(prefix):]
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", name))
         if any(re.fullmatch(p, name) for p in _IGNORED[family]):
             continue

@@ -118,3 +118,38 @@ def compute_metrics(task, preds, labels):
         raise ValueError(f"compute_metrics({task.name}): need equally many predictions and labels (at least one), "
                         f"got shapes {preds.shape} and {labels.shape}")
     return {name: METRICS[name](preds, labels) for name in task.metrics}
+
+
+def words(s):
+    """ROUGE's tokens: lower-cased runs of letters and digits; punctuation is dropped (as coco-caption's PTB
+    tokenizer does), articles are kept."""
+    return re.findall(r"\w+", s.lower())
+
+
+def lcs(a, b):
+    """Length of the longest common subsequence of two token lists: one DP row per token of a, vectorised over b."""
+    if not a or not b:
+        return 0
+    b = np.asarray(b, dtype=object)
+    row = np.zeros(len(b) + 1, np.int64)
+    for x in a:
+        hit = np.r_[0, row[:-1] + 1]                  # extend a match on the diagonal where x == b[k-1]
+        up = np.where(np.r_[False, b == x], hit, row)
+        row = np.maximum.accumulate(up)               # max(left, up): rows of an LCS table never decrease
+    return int(row[-1])
+
+
+ROUGE_BETA = 1.2  # coco-caption's, which the NarrativeQA paper's ROUGE-L comes from
+
+
+def rouge_l(pred, refs, beta=ROUGE_BETA):
+    """ROUGE-L (Lin 2004): the LCS F-measure (1 + b^2) P R / (R + b^2 P), P = LCS / |pred|, R = LCS / |ref|, over
+    words(); the maximum over the references."""
+    p, best = words(pred), 0.0
+    for ref in [refs] if isinstance(refs, str) else refs:
+        r = words(ref)
+        n = lcs(p, r)
+        if n:
+            prec, rec = n / len(p), n / len(r)
+            best = max(best, (1 + beta ** 2) * prec * rec / (rec + beta ** 2 * prec))
+    return best

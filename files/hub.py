@@ -27,7 +27,8 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
     a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
     (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
-    checkpoint has one). overrides: Config fields to change (e.g. dropout=0.0).
+    checkpoint has one); head="span" an extractive-QA head (a *ForQuestionAnswering checkpoint has one).
+    overrides: Config fields to change (e.g. dropout=0.0).
     """
     folder = resolve(name_or_dir)
     hf = read_config(folder)
@@ -35,8 +36,10 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     cfg = replace(config_from_hf(hf, num_labels, head_labels(state)), **overrides)
     if cfg.positions != "learned":  # DeBERTa with position_biased_input false: a table some checkpoints carry unused
         state = {k: v for k, v in state.items() if not k.startswith("embed.pos.")}
-    if cfg.head not in ("cls", "choice"):  # e.g. BERT's pooler, which only the task heads use
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if cfg.head not in ("cls", "choice"):  # e.g. BERT's pooler, which only the task heads use; span's own is kept
+        state = {k: v for k, v in state.items() if not k.startswith("head.") or cfg.head == "span" and "qa_" in k}
+    else:  # a QA checkpoint fine-tuned further as a classifier: its span head is not used
+        state = {k: v for k, v in state.items() if not k.startswith("head.qa_outputs.")}
     if cfg.family == "roberta" and cfg.head == "cls":  # RoBERTa's classification head does not use the pooler
         state = {k: v for k, v in state.items() if not k.startswith("head.pooler.")}
     if cfg.head != "lm" or cfg.tied_lm_head:  # LLaMA's LM head when a classifier is asked for, or a tied copy
@@ -140,6 +143,7 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
     multiple_choice = any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or [])
     if multiple_choice and num_labels in (None, head_labels):
         head = "choice"  # its 1-output classifier scores each (context, choice) row; it is no regression head
+    head = "span" if _question_answering(hf) and num_labels is None else head
     hidden_drop = hf.get("resid_pdrop" if gpt else "hidden_dropout_prob", 0.1)
     d = hf["n_embd"] if gpt else hf["hidden_size"]
     pad = hf.get("pad_token_id")
@@ -154,6 +158,11 @@ def config_from_hf(hf, num_labels=None, head_labels=None):
         attn_dropout=hf.get("attn_pdrop" if gpt else "attention_probs_dropout_prob", 0.1),
         head_dropout=0.0 if gpt else (hf.get("classifier_dropout") or hidden_drop),
         head=head, num_labels=num_labels or 2)
+
+
+def _question_answering(hf):
+    """A *ForQuestionAnswering checkpoint: its qa_outputs are the span head."""
+    return any(a.endswith("ForQuestionAnswering") for a in hf.get("architectures") or [])
 
 
 def _llama_config(hf, num_labels):
@@ -178,7 +187,8 @@ def _llama_config(hf, num_labels):
         attn_dropout=hf.get("attention_dropout", 0.0), head_dropout=0.0, norm="rmsnorm", positions="rotary",
         mlp="gated", rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)),
         bias=bool(hf.get("attention_bias")), tied_lm_head=bool(hf.get("tie_word_embeddings", False)),
-        head="cls" if num_labels is not None else "lm", num_labels=num_labels or 2)
+        head="cls" if num_labels is not None else "span" if _question_answering(hf) else "lm",
+        num_labels=num_labels or 2)
 
 
 def _deberta_config(hf, num_labels, head_labels):

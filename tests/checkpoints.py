@@ -32,6 +32,10 @@ KINDS = {  # name: (transformers class, config)
     "bert-pretraining": (hf.BertForPreTraining, hf.BertConfig(**TINY)),
     "llama-lm": (hf.LlamaForCausalLM, hf.LlamaConfig(**TINY_LLAMA)),
     "llama-cls": (hf.LlamaForSequenceClassification, hf.LlamaConfig(**TINY_LLAMA, num_labels=3)),
+    "bert-qa": (hf.BertForQuestionAnswering, hf.BertConfig(**TINY)),
+    "roberta-qa": (hf.RobertaForQuestionAnswering, hf.RobertaConfig(**TINY)),
+    "gpt2-qa": (hf.GPT2ForQuestionAnswering, hf.GPT2Config(**TINY_GPT2)),
+    "llama-qa": (hf.LlamaForQuestionAnswering, hf.LlamaConfig(**TINY_LLAMA)),
 }
 
 

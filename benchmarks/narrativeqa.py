@@ -1,0 +1,122 @@
+"""
+NarrativeQA (Kočiský et al. 2018), the summary setting: questions about a story answered from its Wikipedia
+summary. The official repository's files: third_party/wikipedia/summaries.csv (document_id, set, summary,
+summary_tokenized) and qaps.csv (document_id, set, question, answer1, answer2, question_tokenized, ...), sets
+train / valid / test.
+
+The answers are free text written by people, so an encoder extracts a span of the summary instead (squad.py's
+windows and decoding): its training target is the summary span of at most `max_span` words with the best ROUGE-L
+against either answer (the oracle, computed once and cached beside the data); evaluation is ROUGE-L (metrics.rouge_l)
+of the extracted span against both answers.
+"""
+import csv
+import json
+import os
+import re
+import sys
+
+import numpy as np
+
+from benchmarks.metrics import ROUGE_BETA, rouge_l, words
+from benchmarks.squad import Question, find_or_download
+from data import DataError
+from files import atomic_write
+
+REPO = "https://raw.githubusercontent.com/deepmind/narrativeqa/master/"
+SUMMARIES, QAPS = "third_party/wikipedia/summaries.csv", "qaps.csv"
+SETS = ("train", "valid", "test")
+
+
+def _read_csv(path, fields):
+    csv.field_size_limit(sys.maxsize)   # a summary can be longer than csv's default field limit
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a CSV file ({e}); is this the official NarrativeQA file?") from None
+    missing = [c for c in fields if rows and c not in rows[0]]
+    if not rows or missing:
+        raise DataError(f"{path}: {'no rows' if not rows else 'no column ' + ', '.join(missing)}; the official "
+                        f"file has the columns {', '.join(fields)}")
+    return rows
+
+
+def oracle_span(summary, answers, max_span=20, beta=ROUGE_BETA):
+    """(first char, end char, ROUGE-L) of the span of at most max_span words of summary with the best ROUGE-L
+    against any of the answers; the earliest, then shortest, of equals. All starts at once: one LCS row per start,
+    extended by one summary word at a time."""
+    spans = [m.span() for m in re.finditer(r"\w+", summary.lower())]  # the words of metrics.words, with places
+    vocab = {}
+    S = np.array([vocab.setdefault(summary[a:b].lower(), len(vocab)) for a, b in spans], np.int64)
+    best, where = 0.0, (0, 0)
+    for answer in answers:
+        A = np.array([vocab.get(w, -1) for w in words(answer)], np.int64)
+        m, n = len(A), len(S)
+        if not m or not n:
+            continue
+        row = np.zeros((n, m + 1), np.int64)            # row[i, k]: LCS(summary words i..i+t, answer[:k])
+        for t in range(min(max_span, n)):
+            row = row[:n - t]
+            hit = np.concatenate([np.zeros((n - t, 1), np.int64), row[:, :-1] + 1], 1)
+            match = np.concatenate([np.zeros((n - t, 1), bool), S[t:, None] == A[None, :]], 1)
+            row = np.maximum.accumulate(np.where(match, hit, row), axis=1)
+            lcs = row[:, m]
+            p, r = lcs / (t + 1), lcs / m
+            f = np.where(lcs > 0, (1 + beta ** 2) * p * r / np.maximum(r + beta ** 2 * p, 1e-12), 0.0)
+            i = int(f.argmax())
+            if f[i] > best + 1e-12:
+                best, where = float(f[i]), (i, i + t)
+    if best == 0.0:
+        return 0, 0, 0.0
+    return spans[where[0]][0], spans[where[1]][1], best
+
+
+def _oracles(path, rows, summaries, max_span):
+    """Every training question's oracle span, from the cache file beside qaps.csv, else computed and saved."""
+    cache = os.path.join(os.path.dirname(path), f"oracle-spans-{max_span}.json")
+    key = {"qaps_bytes": os.path.getsize(path), "rows": len(rows), "max_span": max_span, "beta": ROUGE_BETA}
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            return saved["spans"]
+    print(f"data: NarrativeQA: the oracle span of {len(rows):,} training questions (once; cached in {cache})")
+    spans = [oracle_span(summaries[r["document_id"]], (r["answer1"], r["answer2"]), max_span) for r in rows]
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "spans": spans}, f)
+    try:
+        atomic_write(cache, write)
+    except OSError as e:  # a read-only --data-dir: the oracle is recomputed next time
+        print(f"data: NarrativeQA: could not cache the oracle spans ({e})")
+    return spans
+
+
+def load_narrativeqa(data_dir=None, cache_dir=None, max_span=20):
+    """{"train": [Question], "valid": [Question], "test": [Question]}. Training questions carry their oracle span
+    as the one answer (those with no word in common with either answer are left out); valid and test carry the
+    two written answers, which ROUGE-L compares the extracted span with."""
+    paths = find_or_download("NarrativeQA", {SUMMARIES: REPO + SUMMARIES, QAPS: REPO + QAPS}, data_dir, cache_dir,
+                             "SSMLORA_NARRATIVEQA_URL", " (the narrativeqa repository's layout)")
+    summaries = {r["document_id"]: r["summary"] for r in _read_csv(paths[SUMMARIES], ("document_id", "set", "summary"))}
+    qaps = _read_csv(paths[QAPS], ("document_id", "set", "question", "answer1", "answer2"))
+    unknown = next((r["document_id"] for r in qaps if r["document_id"] not in summaries), None)
+    if unknown is not None:
+        raise DataError(f"{paths[QAPS]}: document {unknown} has no summary in {paths[SUMMARIES]}")
+    out = {s: [] for s in SETS}
+    train = [r for r in qaps if r["set"] == "train"]
+    for r, (a, b, score) in zip(train, _oracles(paths[QAPS], train, summaries, max_span)):
+        text = summaries[r["document_id"]]
+        if score > 0:
+            out["train"].append(Question(f"train-{len(out['train'])}", r["question"], text, (text[a:b],), (a,)))
+    for i, r in enumerate(qaps):
+        if r["set"] in ("valid", "test"):
+            out[r["set"]].append(Question(f"{r['set']}-{i}", r["question"], summaries[r["document_id"]],
+                                          (r["answer1"], r["answer2"])))
+    return out
+
+
+def scores(texts, questions):
+    """ROUGE-L of each extracted span against the question's two answers (the better of the two)."""
+    return {"rouge_l": np.array([rouge_l(t, q.answers) for t, q in zip(texts, questions)])}

@@ -1,0 +1,203 @@
+"""
+SQuAD v1.1 (Rajpurkar et al. 2016): extractive QA, the answer a span of a Wikipedia paragraph. Official files
+train-v1.1.json and dev-v1.1.json: {"version": "1.1", "data": [{"title", "paragraphs": [{"context", "qas": [{"id",
+"question", "answers": [{"text", "answer_start"}]}]}]}]}; dev has up to three gold answers a question.
+
+The reader, shared with NarrativeQA (narrativeqa.py): each (question, context) becomes one or more windows of at
+most max_len tokens, question first, then a part of the context; consecutive windows share `stride` tokens (the
+tokenizer's stride, as Hugging Face's run_qa; BERT's run_squad.py called the step between windows its stride). A
+window whose context holds the answer is labelled with its start and end token, every other window with its first
+token. A question's answer is the best-scoring start/end pair over all its windows, among the n_best starts and ends
+of each window, at most max_answer tokens long. Scored with the official v1.1 rules (metrics.normalize_answer).
+"""
+import json
+import os
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from benchmarks.metrics import max_over_gold
+from data import DataError, Rows, _template, batches, benchmark_folder, download, mirror
+
+URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
+FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
+
+
+class Question(NamedTuple):
+    id: str
+    question: str
+    context: str
+    answers: tuple      # gold answer texts (the official scorer compares with each)
+    starts: tuple = ()  # the character where each answer starts in context (training targets use the first)
+
+
+# ----------------------------------------------------------------------------- files: found or downloaded once
+
+def find_or_download(name, files, data_dir=None, cache_dir=None, env=None, how=""):
+    """{relative path: local path} of a benchmark's plain files (files: {relative path: official url}), through
+    data.benchmark_folder, the one find-or-download helper: in data_dir, or downloaded once into the cache. env:
+    the variable that names a folder serving them instead (SSMLORA_SQUAD_URL: file:// works offline)."""
+    key = env.removeprefix("SSMLORA_").removesuffix("_URL").lower() if env else name.lower()
+    complete = lambda folder: all(os.path.isfile(os.path.join(folder, f)) for f in files)  # noqa: E731
+
+    def build(tmp):
+        for f, url in files.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, name, f)), exist_ok=True)
+            download(mirror(f, None, key, url), os.path.join(tmp, name, f))
+    folder = benchmark_folder(name, name, data_dir, cache_dir, complete, build, ", ".join(files) + how,
+                              list(files.values()), key)
+    return {f: os.path.join(folder, f) for f in files}
+
+
+def read_squad(path):
+    """The questions of an official SQuAD v1.1 file, in file order."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            articles = json.load(f)["data"]
+        return [Question(qa["id"], qa["question"], p["context"], tuple(a["text"] for a in qa["answers"]),
+                         tuple(int(a["answer_start"]) for a in qa["answers"]))
+                for article in articles for p in article["paragraphs"] for qa in p["qas"]]
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e}); is this an official SQuAD v1.1 file?") from None
+    except KeyError as e:
+        raise DataError(f"{path}: no field {e.args[0]!r}, which the official SQuAD v1.1 files have") from None
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {e}; is this an official SQuAD v1.1 file?") from None
+
+
+def load_squad(data_dir=None, cache_dir=None):
+    """{"train": [Question], "dev": [Question]} from --data-dir or the cache (downloaded once)."""
+    paths = find_or_download("SQuAD", {f: URL + f for f in FILES.values()}, data_dir, cache_dir, "SSMLORA_SQUAD_URL")
+    splits = {s: read_squad(paths[f]) for s, f in FILES.items()}
+    for q in splits["train"]:
+        if not q.answers or q.context[q.starts[0]:q.starts[0] + len(q.answers[0])] != q.answers[0]:
+            raise DataError(f"SQuAD train question {q.id}: its answer is not at its answer_start in the context")
+    return splits
+
+
+# ----------------------------------------------------------------------------- windows
+
+@dataclass
+class Windows:
+    """Every question's windows as data.Rows (one row each: prefix, question, middle, context part, suffix; labels
+    (windows, 2) the answer's start and end positions), and what decoding needs to map positions back to text."""
+    rows: Rows
+    question: np.ndarray     # (windows,) the question of each window; a question's windows are consecutive
+    first: np.ndarray        # (windows,) the context token the window starts at
+    at: np.ndarray           # (windows,) the row position of the window's first context token
+    size: np.ndarray         # (windows,) context tokens in the window
+    token0: np.ndarray       # (questions,) where the question's context tokens begin in char_start / char_end
+    char_start: np.ndarray   # (context tokens,) character span of every distinct context's tokens
+    char_end: np.ndarray
+    lengths: np.ndarray      # (questions,) tokens of the whole input, question + context + specials, unwindowed
+
+    def __len__(self):
+        return len(self.question)
+
+
+def _tokens(tokenizer, texts):
+    """Ids, character starts and ends of each text's tokens (no specials), flat, and each text's count."""
+    enc = tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
+    n = np.array([len(e.ids) for e in enc], np.int64)
+    ids = np.array([i for e in enc for i in e.ids], np.int32)
+    spans = np.array([o for e in enc for o in e.offsets], np.int64).reshape(-1, 2)
+    return ids, spans[:, 0], spans[:, 1], n
+
+
+def windows(tok, questions, max_len=384, stride=128, max_query=64):
+    """Windows (above) of Questions for data.Tok tok. stride: context tokens two consecutive windows share."""
+    t = tok.tokenizer
+    t.no_truncation()
+    t.no_padding()
+    (prefix, middle, suffix), types = _template(t)
+    n_special = len(prefix) + len(middle) + len(suffix)
+    contexts = list(dict.fromkeys(q.context for q in questions))
+    index = {c: i for i, c in enumerate(contexts)}
+    ctx = np.array([index[q.context] for q in questions], np.int64)
+    q_ids, _, _, q_len = _tokens(t, [q.question for q in questions])
+    c_ids, c_start, c_end, c_len = _tokens(t, contexts)
+    q_tok0, c_tok0 = np.r_[0, np.cumsum(q_len)[:-1]], np.r_[0, np.cumsum(c_len)[:-1]]
+    q_keep = np.minimum(q_len, max_query)
+    room = max_len - n_special - q_keep                               # context tokens a window can hold
+    if len(questions) and (room.min() < 1 or room.min() <= stride):
+        raise DataError(f"max length {max_len} leaves {room.min()} context tokens a window next to a {max_query}-"
+                        f"token question, not more than the stride {stride}: raise --max-len or lower the stride")
+    step, L = room - stride, c_len[ctx]
+    count = 1 + np.ceil(np.maximum(L - room, 0) / step).astype(np.int64)  # windows per question
+    qi = np.repeat(np.arange(len(questions)), count)
+    k = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    first = k * step[qi]
+    size = np.minimum(room[qi], L[qi] - first)
+    at = len(prefix) + q_keep[qi] + len(middle)
+    # the answer's tokens: the first ending after its first character, the last starting before its end
+    BIG = int(max((len(c) for c in contexts), default=0)) + 1   # keeps each context's offsets apart in one sort
+    tok_ctx = np.repeat(np.arange(len(contexts)), c_len)
+    a0 = np.array([q.starts[0] if q.starts else -1 for q in questions], np.int64)
+    a1 = a0 + np.array([len(q.answers[0]) if q.starts else 0 for q in questions], np.int64)
+    ts = np.searchsorted(c_end + tok_ctx * BIG, a0 + ctx * BIG, side="right") - c_tok0[ctx]
+    te = np.searchsorted(c_start + tok_ctx * BIG, a1 + ctx * BIG, side="left") - 1 - c_tok0[ctx]
+    inside = (a0[qi] >= 0) & (ts[qi] >= first) & (te[qi] < first + size) & (ts[qi] <= te[qi])
+    labels = np.where(inside[:, None], np.stack([ts[qi], te[qi]], 1) - first[:, None] + at[:, None], 0)
+    specials = np.array(prefix + middle + suffix, np.int32)
+    base_q, base_c = len(specials), len(specials) + len(q_ids)
+    n, const = len(qi), lambda v: np.full(len(qi), v, np.int64)
+    starts = np.stack([const(0), base_q + q_tok0[qi], const(len(prefix)), base_c + c_tok0[ctx[qi]] + first,
+                       const(len(prefix) + len(middle))], 1)
+    lens = np.stack([const(len(prefix)), q_keep[qi], const(len(middle)), size, const(len(suffix))], 1)
+    rows = Rows(np.concatenate([specials, q_ids, c_ids]), starts, lens, np.array(types, np.int64),
+                np.arange(n + 1, dtype=np.int64), labels.astype(np.int64), None, tok.pad_id,
+                int(np.sum(count > 1)), int(np.sum(q_keep < q_len)))
+    return Windows(rows, qi, first, at, size, c_tok0[ctx], c_start, c_end, n_special + q_len + L)
+
+
+# ----------------------------------------------------------------------------- decoding and scoring
+
+@torch.no_grad()
+def span_logits(model, win, batch_size=32, device="cpu"):
+    """Start and end logits (windows, longest row) of a span-head model over every window, -inf past a row."""
+    out = torch.full((len(win), int(win.rows.lengths.sum(1).max(initial=1)), 2), -torch.inf)
+    i = 0
+    for b in batches(win.rows, batch_size):
+        b = {k: v.to(device) for k, v in b.items() if v is not None and k != "labels"}
+        logits = model(**b)[0].float().cpu()
+        out[i:i + len(logits), :logits.shape[1]] = logits
+        i += len(logits)
+    return out[..., 0], out[..., 1]
+
+
+def decode(win, questions, start_logits, end_logits, n_best=20, max_answer=30):
+    """(answer texts, scores) of every question: its best start/end pair (score: start + end logit) over its
+    windows, among each window's n_best starts and n_best ends inside its context, end >= start, at most
+    max_answer tokens. start_logits, end_logits: (windows, positions), any padding past a row's end."""
+    s, e = torch.as_tensor(start_logits).float(), torch.as_tensor(end_logits).float()
+    pos = torch.arange(s.shape[1])
+    at, size = torch.as_tensor(win.at)[:, None], torch.as_tensor(win.size)[:, None]
+    context = (pos >= at) & (pos < at + size)                                 # only context tokens can answer
+    k = min(n_best, s.shape[1])
+    s_val, s_pos = s.masked_fill(~context, -torch.inf).topk(k, dim=1)
+    e_val, e_pos = e.masked_fill(~context, -torch.inf).topk(k, dim=1)
+    score = s_val[:, :, None] + e_val[:, None, :]                             # (windows, k starts, k ends)
+    span = e_pos[:, None, :] - s_pos[:, :, None]
+    score = score.masked_fill((span < 0) | (span >= max_answer), -torch.inf).flatten(1)
+    best, pair = score.max(1)                                                 # each window's best pair
+    q = torch.as_tensor(win.question)
+    top = torch.full((len(questions),), -torch.inf).scatter_reduce(0, q, best, "amax")
+    # the first window of each question that reaches its question's best
+    hit = torch.nonzero(best == top[q]).squeeze(1)
+    w = torch.full((len(questions),), len(win), dtype=torch.long).scatter_reduce(0, q[hit], hit, "amin")
+    w = w.clamp(max=len(win) - 1).numpy()
+    i, j = pair[w] // k, pair[w] % k
+    tok_s = s_pos[w, i].numpy() - win.at[w] + win.first[w] + win.token0
+    tok_e = e_pos[w, j].numpy() - win.at[w] + win.first[w] + win.token0
+    top = top.numpy()
+    texts = [q.context[win.char_start[a]:win.char_end[b]].strip() if np.isfinite(sc) else ""
+             for q, a, b, sc in zip(questions, tok_s, tok_e, top)]
+    return texts, top
+
+
+def scores(texts, golds):
+    """Per question (arrays): the official v1.1 exact match and token F1, each the maximum over its gold answers."""
+    each = [max_over_gold([p], [gs]) for p, gs in zip(texts, golds)]
+    return {m: np.array([x[m] for x in each]) for m in ("f1", "em")}

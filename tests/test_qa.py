@@ -1,0 +1,229 @@
+"""Extractive QA: the span head against transformers, SQuAD's reader, decoding and metric, NarrativeQA's ROUGE-L
+and oracle, results by input length, and a tiny model that learns to point at an answer."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoints
+import data
+import model
+from benchmarks import metrics
+from files import hub
+from benchmarks import lengths, narrativeqa, squad
+
+
+# ----------------------------------------------------------------------------- the span head
+
+@pytest.mark.parametrize("kind", ["bert-qa", "roberta-qa", "gpt2-qa", "llama-qa"])
+def test_span_head_equals_transformers(kind, tmp_path):
+    ref = checkpoints.make(kind, tmp_path)
+    ours = hub.from_pretrained(tmp_path)
+    assert ours.cfg.head == "span" and ours.new_head == []            # qa_outputs loaded, nothing new
+    torch.manual_seed(1)
+    ids = torch.randint(3, 110, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 8:], mask[2, 5:] = 0, 0
+    ids = ids.masked_fill(mask == 0, ours.cfg.pad_token_id)
+    labels = torch.tensor([[1, 3], [2, 2], [4, 30]])                  # 30: past the row, ignored by both
+    with torch.no_grad():
+        r = ref(input_ids=ids, attention_mask=mask, start_positions=labels[:, 0], end_positions=labels[:, 1])
+        logits, loss = ours(ids, mask, labels=labels)
+    real = mask.bool()
+    torch.testing.assert_close(logits[..., 0][real], r.start_logits[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[..., 1][real], r.end_logits[real], atol=1e-5, rtol=0)
+    assert abs(loss.item() - r.loss.item()) < 1e-5
+
+
+def test_span_head_is_new_on_a_base_checkpoint(tmp_path):
+    checkpoints.make("bert-base", tmp_path)
+    m = hub.from_pretrained(tmp_path, head="span")
+    assert m.new_head == ["head.qa_outputs.weight", "head.qa_outputs.bias"]
+
+
+# ----------------------------------------------------------------------------- SQuAD v1.1's metric
+
+def test_squad_metric_official_rules():
+    # normalisation: case, punctuation, articles and spaces go; EM and F1 take the best gold answer
+    s = squad.scores(["The  Eiffel-Tower!", "a cat sat", "Paris", "", "north east"],
+                     [("eiffel tower", "x"), ("the cat sat down",), ("London", "Paris"), ("y",), ("East, north",)])
+    assert s["em"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]                # "eiffeltower": the hyphen is dropped
+    # "cat sat" vs "cat sat down": P 1, R 2/3 -> F1 0.8; "north east" vs "east north": bag of words, F1 1
+    assert np.allclose(s["f1"], [0.0, 0.8, 1.0, 0.0, 1.0])
+    assert squad.scores(["the eiffel tower"], [("Eiffel Tower.",)])["em"][0] == 1.0
+
+
+def _tok(tmp_path):
+    return data.load_tokenizer(checkpoints.tiny_bert(tmp_path / "bert"))
+
+
+def test_windows_and_decoding_past_the_position_table(tmp_path):
+    tok = _tok(tmp_path)
+    m = hub.from_pretrained(tmp_path / "bert", head="span")        # 64 positions
+    context = " ".join(f"alpha{i}" for i in range(40)) + " The treasure lies in Old Harbour. " + "end " * 20
+    start = context.index("Old Harbour")
+    q = [squad.Question("1", "Where is the treasure?", context, ("Old Harbour",), (start,))]
+    win = squad.windows(tok, q, max_len=64, stride=16)
+    assert win.lengths[0] > 64 and len(win) >= 3                     # longer than the model can read at once
+    has = win.rows.labels[:, 0] > 0
+    assert has.tolist().index(True) == 1                             # the answer's first window is the second
+    batch = data.collate(win.rows, np.arange(len(win)))
+    assert batch["input_ids"].shape[1] <= 64
+    s, e = win.rows.labels[1]
+    assert tok.tokenizer.decode(batch["input_ids"][1, s:e + 1].tolist()) == "old harbour"
+    assert (win.rows.labels[~has] == 0).all()                        # no answer: the first token
+    start_logits, end_logits = squad.span_logits(m, win)             # the real model runs on every window
+    assert torch.isfinite(start_logits[:, :64]).all()
+    # logits that point at the answer in window 1 only, and a better-looking span too long in window 0
+    S, E = torch.full_like(start_logits, -9.0), torch.full_like(end_logits, -9.0)
+    S[1, s], E[1, e] = 4.0, 4.0
+    S[0, win.at[0]], E[0, win.at[0] + 35] = 9.0, 9.0                 # 36 tokens > max_answer 30: not allowed
+    texts, score = squad.decode(win, q, S, E)
+    assert texts == ["Old Harbour"] and score[0] == 8.0              # 9 - 9 elsewhere: 0
+
+
+# ----------------------------------------------------------------------------- a tiny model learns to point
+
+FILLERS = "stone river cloud tree bird fish wolf lamp door king moon star boat hill road".split()
+COLOURS = "red blue green gold grey pink".split()
+
+
+def _synthetic(n, rng):
+    """One colour in a random context, sometimes two words long ("light blue"): where it is, which colour and its
+    length vary, so the start and the end must both be found."""
+    out = []
+    for i in range(n):
+        ctx = [rng.choice(FILLERS) for _ in range(rng.randint(6, 14))]
+        ans = rng.choice(["", "light ", "dark "]) + rng.choice(COLOURS)
+        k = rng.randrange(len(ctx) + 1)
+        text = " ".join(ctx[:k] + [ans] + ctx[k:])
+        out.append(squad.Question(str(i), "which colour?", text, (ans,), (len(" ".join(ctx[:k] + [""])),)))
+    return out
+
+
+def test_a_tiny_model_learns_squad_style_spans(tmp_path):
+    tok = _tok(tmp_path)
+    torch.manual_seed(0)
+    m = hub.from_pretrained(tmp_path / "bert", head="span", dropout=0.0, attn_dropout=0.0).train()
+    rng = random.Random(0)
+    train, dev = _synthetic(512, rng), _synthetic(128, rng)
+    wt, wd = squad.windows(tok, train, max_len=48, stride=8), squad.windows(tok, dev, max_len=48, stride=8)
+
+    def em():
+        m.eval()
+        texts, _ = squad.decode(wd, dev, *squad.span_logits(m, wd, 128))
+        m.train()
+        return squad.scores(texts, [q.answers for q in dev])["em"].mean()
+    before = em()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for epoch in range(2):
+        for b in data.batches(wt.rows, 32, shuffle=True, generator=g):
+            loss = m(b["input_ids"], b["attention_mask"], b["token_type_ids"], labels=b["labels"])[1]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    after = em()
+    assert before < 0.3 and after > 0.9, (before, after)
+
+
+# ----------------------------------------------------------------------------- NarrativeQA: ROUGE-L and the oracle
+
+def test_rouge_l_hand_cases():
+    assert metrics.lcs("a b c d e".split(), "a c e f".split()) == 3
+    assert metrics.lcs("a b a".split(), "b a b a".split()) == 3
+    # "the cat sat on the mat" vs "a cat on a mat": LCS cat on mat = 3, P 3/6, R 3/5, beta 1.2
+    p, r = 3 / 6, 3 / 5
+    assert metrics.rouge_l("the cat sat on the mat", "a cat on a mat") == pytest.approx(2.44 * p * r / (r + 1.44 * p))
+    assert metrics.rouge_l("the cat sat on the mat", "a cat on a mat", beta=1) == pytest.approx(2 * p * r / (p + r))
+    assert metrics.rouge_l("Bob!", ["nobody", "bob"]) == 1.0                # case, punctuation; the better answer
+    assert metrics.rouge_l("", ["x"]) == 0.0 and metrics.rouge_l("y x", ["x y"]) == pytest.approx(0.5)
+
+
+def test_oracle_span():
+    summary = "Long ago, the old king of Nor buried his gold under the red hill. Then he died."
+    a, b, score = narrativeqa.oracle_span(summary, ("Under the red hill.", "in a cave"))
+    assert summary[a:b] == "under the red hill" and score == 1.0
+    a, b, score = narrativeqa.oracle_span(summary, ("He hid it below a hill that was red", "nothing"))
+    # the best span of at most 20 words, found by brute force over every span
+    w = [m for m in __import__("re").finditer(r"\w+", summary)]
+    brute = max((metrics.rouge_l(summary[w[i].start():w[j].end()], ["He hid it below a hill that was red"]), -i, i - j)
+                for i in range(len(w)) for j in range(i, min(i + 20, len(w))))
+    assert score == pytest.approx(brute[0]) and metrics.rouge_l(summary[a:b], ["He hid it below a hill that was red"]) \
+        == pytest.approx(score)
+
+
+def test_narrativeqa_official_layout_and_cached_oracle(tmp_path):
+    (tmp_path / "third_party" / "wikipedia").mkdir(parents=True)
+    (tmp_path / narrativeqa.SUMMARIES).write_text(
+        'document_id,set,summary,summary_tokenized\n'
+        'd1,train,"Anna sails to the island of Merrow, where she finds a silver key.",x\n'
+        'd2,valid,"Tom builds a boat, and the boat sinks in the lake.",x\n')
+    (tmp_path / narrativeqa.QAPS).write_text(
+        'document_id,set,question,answer1,answer2,question_tokenized,answer1_tokenized,answer2_tokenized\n'
+        'd1,train,Where does Anna sail?,To Merrow island,the island of Merrow,x,x,x\n'
+        'd1,train,What does she find?,zzz,qqq,x,x,x\n'
+        'd2,valid,What sinks?,The boat.,his boat,x,x,x\n')
+    out = narrativeqa.load_narrativeqa(str(tmp_path))
+    assert [q.answers for q in out["train"]] == [("the island of Merrow",)]   # no word in common: left out
+    q = out["train"][0]
+    assert q.context[q.starts[0]:].startswith("the island of Merrow")
+    assert out["valid"][0].answers == ("The boat.", "his boat") and out["test"] == []
+    cached = json.loads((tmp_path / "oracle-spans-20.json").read_text())
+    assert len(cached["spans"]) == 2
+    cached["spans"][0] = [0, 4, 1.0]                                  # the cache is what is read next time
+    (tmp_path / "oracle-spans-20.json").write_text(json.dumps(cached))
+    assert narrativeqa.load_narrativeqa(str(tmp_path))["train"][0].answers == ("Anna",)
+    assert narrativeqa.scores(["the boat"], out["valid"])["rouge_l"][0] == 1.0
+
+
+def test_squad_official_file(tmp_path):
+    ctx = "Mira planted twelve apple trees behind the mill in 1921."
+    doc = {"version": "1.1", "data": [{"title": "Mira", "paragraphs": [{"context": ctx, "qas": [
+        {"id": "q1", "question": "How many trees?", "answers": [{"text": "twelve", "answer_start": 13}]}]}]}]}
+    for name in squad.FILES.values():
+        (tmp_path / name).write_text(json.dumps(doc))
+    out = squad.load_squad(str(tmp_path))
+    assert out["dev"] == [squad.Question("q1", "How many trees?", ctx, ("twelve",), (13,))]
+    doc["data"][0]["paragraphs"][0]["qas"][0]["answers"][0]["answer_start"] = 3
+    (tmp_path / "train-v1.1.json").write_text(json.dumps(doc))
+    with pytest.raises(data.DataError, match="not at its answer_start"):
+        squad.load_squad(str(tmp_path))
+    with pytest.raises(data.DataError, match="lacks train-v1.1.json"):
+        squad.load_squad(str(tmp_path / "nowhere"))
+
+
+def test_squad_downloaded_once(tmp_path, serve):
+    doc = json.dumps({"version": "1.1", "data": []}).encode()
+    server = serve({n: doc for n in squad.FILES.values()})
+    import os
+    os.environ["SSMLORA_SQUAD_URL"] = server.url
+    try:
+        squad.load_squad(cache_dir=str(tmp_path))
+        squad.load_squad(cache_dir=str(tmp_path))
+    finally:
+        del os.environ["SSMLORA_SQUAD_URL"]
+    assert len(server.requests) == 2                                  # each file once, the second run reads the cache
+
+
+# ----------------------------------------------------------------------------- results by input length
+
+def test_length_bins():
+    assert lengths.edges("200") == [0, 200, 400, 600, 800, 1000]
+    assert lengths.edges("200:1400")[-1] == 1400 and lengths.edges("0,256,512") == [0, 256, 512]
+    with pytest.raises(data.DataError):
+        lengths.edges("0,300,200")
+    bins = lengths.by_length([10, 250, 199, 1500, 1000, 420], {"f1": [1, 0, 0.5, 1, 0, 1]}, lengths.edges())
+    assert [b["bin"] for b in bins] == ["0-200", "200-400", "400-600", "600-800", "800-1000", "1000+"]
+    assert [b["n"] for b in bins] == [2, 1, 1, 0, 0, 2]
+    assert bins[0]["f1"] == 0.75 and bins[5]["f1"] == 0.5 and "f1" not in bins[3]
+    # a metric that is no mean (MCC) is computed within each bin
+    preds, labels = np.array([1, 0, 1, 0, 1, 1]), np.array([1, 0, 0, 0, 1, 1])
+    mcc = lengths.by_length([5, 5, 5, 5, 300, 300], lambda i: {"mcc": metrics.matthews(preds[i], labels[i])},
+                            [0, 200])
+    assert mcc[0]["mcc"] == pytest.approx(metrics.matthews(preds[:4], labels[:4])) and mcc[0]["mcc"] < 1
+    text = lengths.table(bins)
+    assert text.splitlines()[0].split() == ["tokens", "0-200", "200-400", "400-600", "600-800", "800-1000", "1000+"]
+    assert text.splitlines()[-1].split() == ["samples", "2", "1", "1", "0", "0", "2"]
