@@ -358,7 +358,7 @@ class Rows:
         return len(self.labels)
 
 
-def _template(tokenizer):
+def template(tokenizer):
     """The special tokens a tokenizer puts around a pair, found by post-processing two known texts:
     (prefix, middle, suffix) token lists and the token type of each of the five segments."""
     ea, eb = (tokenizer.encode(t, add_special_tokens=False) for t in ("hello", "world"))
@@ -391,7 +391,7 @@ def encode_rows(tok, examples, max_len):
     t = tok.tokenizer
     t.no_truncation()
     t.no_padding()
-    (prefix, middle, suffix), types = _template(t)
+    (prefix, middle, suffix), types = template(t)
     specials = np.array(prefix + middle + suffix, np.int32)
     if max_len < len(specials) + 2:
         raise DataError(f"--max-len {max_len} leaves no room for text: this tokenizer adds {len(specials)} special "

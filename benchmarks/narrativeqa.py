@@ -93,12 +93,12 @@ def _oracles(path, rows, summaries, max_span):
     return spans
 
 
-def load_narrativeqa(data_dir=None, cache_dir=None, max_span=20):
+def load_narrativeqa(data_dir=None, cache_dir=None, base_url=None, max_span=20):
     """{"train": [Question], "valid": [Question], "test": [Question]}. Training questions carry their oracle span
     as the one answer (those with no word in common with either answer are left out); valid and test carry the
     two written answers, which ROUGE-L compares the extracted span with."""
     paths = find_or_download("NarrativeQA", {SUMMARIES: REPO + SUMMARIES, QAPS: REPO + QAPS}, data_dir, cache_dir,
-                             "SSMLORA_NARRATIVEQA_URL", " (the narrativeqa repository's layout)")
+                             base_url, " (the narrativeqa repository's layout)")
     summaries = {r["document_id"]: r["summary"] for r in _read_csv(paths[SUMMARIES], ("document_id", "set", "summary"))}
     qaps = _read_csv(paths[QAPS], ("document_id", "set", "question", "answer1", "answer2"))
     unknown = next((r["document_id"] for r in qaps if r["document_id"] not in summaries), None)

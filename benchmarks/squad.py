@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.metrics import max_over_gold
-from data import DataError, Rows, _template, batches, benchmark_folder, download, mirror
+from data import DataError, Rows, batches, benchmark_folder, download, mirror, template
 
 URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
@@ -35,19 +35,19 @@ class Question(NamedTuple):
 
 # ----------------------------------------------------------------------------- files: found or downloaded once
 
-def find_or_download(name, files, data_dir=None, cache_dir=None, env=None, how=""):
-    """{relative path: local path} of a benchmark's plain files (files: {relative path: official url}), through
-    data.benchmark_folder, the one find-or-download helper: in data_dir, or downloaded once into the cache. env:
-    the variable that names a folder serving them instead (SSMLORA_SQUAD_URL: file:// works offline)."""
-    key = env.removeprefix("SSMLORA_").removesuffix("_URL").lower() if env else name.lower()
-    complete = lambda folder: all(os.path.isfile(os.path.join(folder, f)) for f in files)  # noqa: E731
+def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, how=""):
+    """{relative path: local path} of a benchmark's files (files: {relative path: official url}), through
+    data.benchmark_folder: in data_dir (or data_dir/name), else in the cache, downloaded there once."""
+    env = name.lower()
+    complete = lambda folder: all(os.path.isfile(os.path.join(folder, f)) for f in files)
+    urls = {f: mirror(f, base_url, env, url) for f, url in files.items()}
 
     def build(tmp):
-        for f, url in files.items():
+        for f, url in urls.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, name, f)), exist_ok=True)
-            download(mirror(f, None, key, url), os.path.join(tmp, name, f))
-    folder = benchmark_folder(name, name, data_dir, cache_dir, complete, build, ", ".join(files) + how,
-                              list(files.values()), key)
+            download(url, os.path.join(tmp, name, f))
+    folder = benchmark_folder(name, name, data_dir, cache_dir, complete, build, f"{', '.join(files)}{how}",
+                              list(files.values()), env)
     return {f: os.path.join(folder, f) for f in files}
 
 
@@ -67,9 +67,9 @@ def read_squad(path):
         raise DataError(f"{path}: {e}; is this an official SQuAD v1.1 file?") from None
 
 
-def load_squad(data_dir=None, cache_dir=None):
+def load_squad(data_dir=None, cache_dir=None, base_url=None):
     """{"train": [Question], "dev": [Question]} from --data-dir or the cache (downloaded once)."""
-    paths = find_or_download("SQuAD", {f: URL + f for f in FILES.values()}, data_dir, cache_dir, "SSMLORA_SQUAD_URL")
+    paths = find_or_download("SQuAD", {f: URL + f for f in FILES.values()}, data_dir, cache_dir, base_url)
     splits = {s: read_squad(paths[f]) for s, f in FILES.items()}
     for q in splits["train"]:
         if not q.answers or q.context[q.starts[0]:q.starts[0] + len(q.answers[0])] != q.answers[0]:
@@ -111,7 +111,7 @@ def windows(tok, questions, max_len=384, stride=128, max_query=64):
     t = tok.tokenizer
     t.no_truncation()
     t.no_padding()
-    (prefix, middle, suffix), types = _template(t)
+    (prefix, middle, suffix), types = template(t)
     n_special = len(prefix) + len(middle) + len(suffix)
     contexts = list(dict.fromkeys(q.context for q in questions))
     index = {c: i for i, c in enumerate(contexts)}

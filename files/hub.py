@@ -27,7 +27,7 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
     a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
     (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
-    checkpoint has one); head="span" an extractive-QA head (a *ForQuestionAnswering checkpoint has one).
+    checkpoint has one); a *ForQuestionAnswering checkpoint keeps its span head (head="span").
     overrides: Config fields to change (e.g. dropout=0.0).
     """
     folder = resolve(name_or_dir)
@@ -212,6 +212,7 @@ def _deberta_config(hf, num_labels, head_labels):
     max_rel = hf.get("max_relative_positions", -1)
     multiple_choice = any(a.endswith("ForMultipleChoice") for a in hf.get("architectures") or [])
     head = "none" if num_labels is None else "choice" if multiple_choice and num_labels == head_labels else "cls"
+    head = "span" if _question_answering(hf) and num_labels is None else head
     cls_drop = hf.get("cls_dropout")
     return Config(
         family="deberta-v2", vocab_size=hf["vocab_size"], n_positions=n_pos, n_layer=hf["num_hidden_layers"],

@@ -36,6 +36,9 @@ KINDS = {  # name: (transformers class, config)
     "roberta-qa": (hf.RobertaForQuestionAnswering, hf.RobertaConfig(**TINY)),
     "gpt2-qa": (hf.GPT2ForQuestionAnswering, hf.GPT2Config(**TINY_GPT2)),
     "llama-qa": (hf.LlamaForQuestionAnswering, hf.LlamaConfig(**TINY_LLAMA)),
+    "deberta-qa": (hf.DebertaV2ForQuestionAnswering, hf.DebertaV2Config(  # DeBERTaV3's relative attention, buckets
+        **TINY, relative_attention=True, position_biased_input=False, type_vocab_size=0, pos_att_type="p2c|c2p",
+        position_buckets=8, norm_rel_ebd="layer_norm", pad_token_id=0)),
 }
 
 
