@@ -373,20 +373,27 @@ def test_eval_only_and_predict_need_only_the_adapter_file(tiny_bert, glue, tmp_p
     assert [o["probability"] for o in printed] == pytest.approx([o["probability"] for o in out[:2]], rel=1e-5)
 
 
-def test_predict_refuses_wrong_input_in_one_line(tiny_bert, glue, tmp_path):
+def test_predict_refuses_wrong_input_in_one_line(tiny_bert, glue, tmp_path, monkeypatch, capsys):
     """A pair adapter given single texts, an empty text, a file that is not UTF-8, an adapter file whose settings
     are cut off: each one `error:` line. Standard input works, and each output line says which input it answers."""
+    import io
+
     import predict
-    from safetensors.torch import save_file
     from safetensors import safe_open
+    from safetensors.torch import save_file
     write_glue_task(tmp_path / "glue", "rte", [("a b", "c d", 0), ("e f", "g h", 1)] * 8, [("a b", "c d", 0)] * 2)
     train.run(parse_args(argv("rte", tiny_bert, tmp_path / "glue", tmp_path / "rte", "--max-steps", "1")))
     adapters = str(tmp_path / "rte" / "adapters.safetensors")
 
-    def error(*extra, stdin=None):
-        p = subprocess.run([sys.executable, "predict.py", adapters, *extra], input=stdin, capture_output=True,
-                           cwd=ROOT, timeout=120)
-        return p.returncode, p.stdout.decode(), p.stderr.decode().strip()
+    def error(*extra, stdin=None):  # predict.py's main in-process: (exit code, stdout, the error line)
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        try:
+            predict.main([adapters, *extra])
+            code, err = 0, ""
+        except SystemExit as e:
+            code, err = 1, str(e.code)
+        return code, capsys.readouterr().out, err
     code, _, err = error("only one text")
     assert code == 1 and err == ("error: rte classifies pairs of texts: give two texts with a tab between them "
                                  "per example")
