@@ -11,9 +11,9 @@ What an input is, by kind of task:
 - text pairs (MRPC, STS-B, QQP, MNLI, QNLI, RTE, WNLI, and SuperGLUE's BoolQ passage<TAB>question, CB
   premise<TAB>hypothesis, WiC "word: sentence1"<TAB>"word: sentence2", WSC and MultiRC as superglue.py casts
   them): the two texts with a tab between them;
-- multiple choice (COPA, RACE): one JSON object per line of --file: {"context": ..., "question": ...,
+- multiple choice (COPA, RACE, ReCoRD): one JSON object per line of --file: {"context": ..., "question": ...,
   "options": [...]}; RACE puts each option in the question's blank ("_") or after it, COPA's question is "cause"
-  or "effect". ReCoRD's candidates come from its entity annotations: evaluate it with train.py --eval-only.
+  or "effect", ReCoRD's is its query with @placeholder and its options the candidate entities.
 Each output line is one JSON object: the input's number ("n", from 1) and text, then the label (as the task's
 files write it) and its probability, a "score" for regression, or the chosen option's index and text. In Python:
 
@@ -58,9 +58,6 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     if not (model or run.get("model")):
         raise UserError(f"{adapters} does not name its base model: pass --model")
     task, name = get_task(run["task"]), model or run["model"]
-    if task.name == "record":
-        raise UserError(f"{adapters} was trained on ReCoRD, whose candidates come from its entity annotations: "
-                        f"evaluate it with python train.py --eval-only {adapters}")
     if not model and run.get("model_is_folder") and not Path(name).is_dir():
         raise UserError(f"{adapters} was trained on the local checkpoint folder {name}, which is not there any "
                         "more: pass --model with a folder that holds the same checkpoint")
@@ -131,6 +128,10 @@ def choose(p, questions, batch_size=8):
 def cast(task, question, option):
     if task == "race":
         return race.fill(question, option)
+    if task == "record":  # the options are the passage's candidate entities
+        if "@placeholder" not in question:
+            raise UserError("a ReCoRD question (its query) marks the answer's place with @placeholder")
+        return question.replace("@placeholder", option)
     if task == "copa":
         if question not in ("cause", "effect"):
             raise UserError(f"COPA's question is \"cause\" or \"effect\", got {question!r}")

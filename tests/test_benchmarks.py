@@ -103,6 +103,17 @@ def test_every_task_trains_end_to_end_and_reports_its_metrics(task, tiny_bert, f
     metrics = saved["best"][t.dev[0]]
     assert list(metrics) == list(t.metrics) and all(0 <= v <= 1 for v in metrics.values()), metrics
     assert saved["steps"] == 2 and saved["task"] == task and saved == json.loads(json.dumps(r))
+    import predict  # every task train.py trains, predict.py runs: one input of the kind it takes
+    p = predict.load(str(tmp_path / "adapters.safetensors"), device="cpu")
+    if t.shape == "choice":
+        q = {"copa": {"context": "the film was bad", "question": "effect", "options": ["we left", "we stayed"]},
+             "record": {"context": "Anna met Bob.", "question": "@placeholder met Bob", "options": ["Anna", "Bob"]},
+             "race": {"context": "the film was bad", "question": "It was _ .", "options": ["good", "bad", "long"]}}
+        [out] = predict.choose(p, [q[task]])
+        assert out["n"] == 1 and out["option"] == q[task]["options"][out["choice"]] and 0 < out["probability"] <= 1
+    else:
+        [out] = predict.predict(p, ["the film was bad"], ["was it good?"])
+        assert out["n"] == 1 and out["label"] in t.labels and 0 < out["probability"] <= 1
     cut = saved["passage_cut"]
     assert set(cut) == {"train", t.dev[0]} and cut[t.dev[0]]["rows"] > 0
     if task in ("race", "multirc", "record"):        # passages of 30-60 words do not fit 32 tokens
