@@ -25,14 +25,13 @@ files write it) and its probability, a "score" for regression, or the chosen opt
 """
 import json
 import sys
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from benchmarks import encode, get_task, race
 from data import Choice, DataError, Example, Pair, batches, load_tokenizer
-from files.adapters import read_run
+from files.adapters import check_base_is_there, read_run
 from files.hub import resolve
 from interop.peft import is_peft_folder, read_peft_run
 from model import Model
@@ -58,9 +57,8 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     if not (model or run.get("model")):
         raise UserError(f"{adapters} does not name its base model: pass --model")
     task, name = get_task(run["task"]), model or run["model"]
-    if not model and run.get("model_is_folder") and not Path(name).is_dir():
-        raise UserError(f"{adapters} was trained on the local checkpoint folder {name}, which is not there any "
-                        "more: pass --model with a folder that holds the same checkpoint")
+    if not model:
+        check_base_is_there(run, adapters)
     # train.py's own builder: the base (a checkpoint, or for --random-init runs a preset or config.json), then the
     # adapters and head rebuilt from the file
     m = build_model(task, name, run.get("random_init", False), adapter_file=adapters).eval()

@@ -122,6 +122,8 @@ def add_mixlora(model, adapters, experts=EXPERTS, top_k=TOP_K):
 def aux_loss(model, coef=AUX_COEF):
     """coef times the sum of the MixLoRA blocks' load-balancing losses of the last forward pass; 0 without them
     (or in eval). The training loss adds it: loss = task loss + aux_loss(model)."""
+    if getattr(getattr(model, "adapters", None), "method", None) != "mixlora":  # every step: no module walk for others
+        return 0.0
     losses = [m.aux for m in model.modules() if isinstance(m, MixLoRAMLP) and m.aux is not None and m.training]
     return coef * sum(losses) if losses else 0.0
 

@@ -4,6 +4,7 @@ fine-tuning), with the adapter settings and the base model's identity in the fil
 rebuilds the adapters (add_adapters_from_file).
 """
 import json
+from pathlib import Path
 from dataclasses import asdict, fields
 
 import torch
@@ -60,6 +61,13 @@ def read_run(path):
             return json.loads((f.metadata() or {}).get("run", "{}"))
         except json.JSONDecodeError as e:
             raise AdapterFileError(f"adapter file {path}: its run settings are cut off or not JSON ({e})") from None
+
+
+def check_base_is_there(run, path):
+    """A run trained on a local checkpoint folder that is gone: say which folder, rather than try the hub."""
+    if run.get("model_is_folder") and not Path(run["model"]).is_dir():
+        raise AdapterFileError(f"{path} was trained on the local checkpoint folder {run['model']}, which is not there "
+                               "any more: pass --model with a folder that holds the same checkpoint")
 
 
 def load_adapters(model, path):

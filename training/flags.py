@@ -5,7 +5,7 @@ and, for --eval-only, the settings the adapter file recorded.
 from pathlib import Path
 
 from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task
-from files.adapters import read_run
+from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
 from model import PRESETS
 from ssmlora import LOW_RANK, METHODS, STATES
@@ -137,10 +137,8 @@ def from_file(args):
     for k in ("task", "model", "tokenizer", "max_len"):  # max_len changes the metric: the trained run's, unless given
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
-    if run.get("model") and getattr(args, "model") == run["model"] and run.get("model_is_folder") \
-            and not Path(run["model"]).is_dir():
-        raise UserError(f"{args.eval_only} was trained on the local checkpoint folder {run['model']}, which is not "
-                        "there any more: pass --model with a folder that holds the same checkpoint")
+    if args.model == run.get("model"):  # the file's own base, not one given with --model
+        check_base_is_there(run, args.eval_only)
     args.random_init = args.random_init or run.get("random_init", False)
     if is_peft_folder(args.eval_only) and not args.model:
         raise UserError(f"{args.eval_only} does not name its base model (base_model_name_or_path): pass --model")
