@@ -94,8 +94,9 @@ def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expecte
         except DataError as e:
             them = "them" if len(official) > 1 else "it"
             raise DataError(f"Could not get {what}: {e}. Nothing was written to the cache. To work offline, fetch "
-                            f"{' + '.join(official)} on a machine with internet, put {them} in a folder and set SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir "
-                            f"with a folder that holds {expected}.") from None
+                            f"{' + '.join(official)} on a machine with internet, put {them} in a folder and set "
+                            f"SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir with a folder that "
+                            f"holds {expected}.") from None
     return final
 
 
@@ -284,6 +285,7 @@ class Encoded:
     offsets: np.ndarray     # int64, len(rows) + 1
     labels: np.ndarray      # int64 class ids, or float32 scores
     pad_id: int
+    full: np.ndarray = None  # int64 per row: its tokens before truncation to max_len (results by input length)
 
     def __len__(self):
         return len(self.labels)
@@ -326,12 +328,19 @@ class Tok:
             ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32))
             types.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int8))
         offsets = np.r_[0, np.cumsum(np.concatenate(lengths))]
+        full = np.diff(offsets)
+        cut = np.flatnonzero(full >= max_len)            # only a row at max_len can have been truncated
+        if len(cut):
+            self.tokenizer.no_truncation()
+            again = [examples[i].text_a if examples[i].text_b is None else (examples[i].text_a, examples[i].text_b)
+                     for i in cut]
+            full[cut] = [len(e.ids) for e in self.tokenizer.encode_batch(again)]
         flat_types = np.concatenate(types)
         if self.family not in TYPED:      # RoBERTa has a single token type and GPT-2 none: all zeros
             flat_types[:] = 0
         is_float = bool(examples) and isinstance(examples[0].label, float)
         labels = np.array([e.label for e in examples], dtype=np.float32 if is_float else np.int64)
-        return Encoded(np.concatenate(ids), flat_types, offsets.astype(np.int64), labels, self.pad_id)
+        return Encoded(np.concatenate(ids), flat_types, offsets.astype(np.int64), labels, self.pad_id, full)
 
 
 # ----------------------------------------------------------------------------- passage-first rows (Pair, Choice)
@@ -353,6 +362,7 @@ class Rows:
     pad_id: int
     cut: int = 0             # rows whose passage was cut to fit max_len
     cut_text: int = 0        # rows whose second text alone was too long, so that it was cut too
+    full: np.ndarray = None  # int64 per row: its tokens before any cut (results by input length)
 
     def __len__(self):
         return len(self.labels)
@@ -420,7 +430,8 @@ def encode_rows(tok, examples, max_len):
     types = np.array(types if tok.family in TYPED else [0] * 5, np.int64)   # RoBERTa: one type; GPT-2: none
     return Rows(np.concatenate([specials, ids]), starts, lens, types, offsets,
                 np.array([e.label for e in examples], np.int64), gold, tok.pad_id,
-                int(np.sum(a_len < lengths[a])), int(np.sum(b_len < lengths[b])))
+                int(np.sum(a_len < lengths[a])), int(np.sum(b_len < lengths[b])),
+                len(specials) + lengths[a] + lengths[b])
 
 
 def _collate_rows(enc, examples):

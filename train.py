@@ -1,10 +1,12 @@
 """
-Fine-tune a RoBERTa / BERT / GPT-2 / LLaMA on a GLUE, SuperGLUE or RACE task with SSMLoRA or one of the paper's
-baselines.
+Fine-tune a RoBERTa / BERT / GPT-2 / LLaMA / DeBERTa on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with
+SSMLoRA or one of the paper's baselines.
 
     python train.py --task sst2 --rank 8                       # roberta-base, SSMLoRA, the LoRA paper's recipe
     python train.py --task boolq --rank 8                      # SuperGLUE, evaluated on val
     python train.py --task race --rank 8                       # RACE: dev accuracy for All, Middle and High
+    python train.py --task squad --model microsoft/deberta-v3-base   # extractive QA (Table 3): F1 and EM
+    python train.py --task narrativeqa --length-bins 200:1400  # ROUGE-L, and by input length as Table 5
     python train.py --task rte --method lora --model ./roberta-base
     python train.py --task mrpc --dry-run --random-init --model roberta-large    # parameter report, no download
     python train.py --task sst2 --resume                       # continue a killed run from its last checkpoint
@@ -12,7 +14,8 @@ baselines.
     torchrun --standalone --nproc_per_node=4 train.py --task mnli   # data-parallel: 4 GPUs (or CPU processes)
 
 Writes to --out: eval.jsonl (one line per evaluation), adapters.safetensors (the best adapters + head, small),
-checkpoint.pt (everything needed to resume), results.json (at the end). Under torchrun only rank 0 writes.
+checkpoint.pt (everything needed to resume), results.json (at the end). Every evaluation also reports its metric
+by bins of input length (--length-bins), printed as a table at the end. Under torchrun only rank 0 writes.
 """
 import json
 import math
@@ -25,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import encode, get_task, load_data
+from benchmarks import encode, get_task, lengths, load_data
 from data import collate, load_tokenizer
 from files import atomic_write
 from files.adapters import save_adapters
@@ -67,17 +70,20 @@ def run(args, on_step=None):
     train_rows = data["train"][:args.max_train] if args.max_train else data["train"]
     cut = {}
     print("tokenising", flush=True)
-    encoded = {split: encode(tok, task, rows, max_len, split, cut) for split, rows in data.items() if split != "train"}
+    encoded = {split: encode(tok, task, rows, max_len, split, cut, args.doc_stride)
+               for split, rows in data.items() if split != "train"}
     model.to(device)
     trivial = trivial_scores(task, encoded[task.dev[0]], data[task.dev[0]])  # what learning nothing scores
     if trivial:
         print(f"{task.dev[0]}: a model that learned nothing scores {fmt(trivial)}")
     if args.eval_only:
-        metrics = {split: evaluate(model, encoded[split], task, args.batch_size, device, data[split])
-                   for split in task.dev}
+        both = {split: evaluate(model, encoded[split], task, args.batch_size, device, data[split], args.bins)
+                for split in task.dev}
+        metrics, by_length = ({s: m[i] for s, m in both.items()} for i in (0, 1))
         print(json.dumps(metrics))
-        return {"eval": metrics}
-    encoded["train"] = encode(tok, task, train_rows, max_len, "train", cut)
+        print_by_length(by_length)
+        return {"eval": metrics, "by_length": by_length if args.bins else None}
+    encoded["train"] = encode(tok, task, train_rows, max_len, "train", cut, args.doc_stride)
     return fit(model, encoded, task, args, device, on_step, data, cut, trivial)
 
 
@@ -136,11 +142,15 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
     def evaluation(epoch, **train_stats):
         """Evaluate, log a line, keep the best adapters; True when --patience evaluations brought no improvement."""
         t0 = time.time()
-        tqdm.write(f"evaluating on {' and '.join(f'{s} ({len(encoded[s]):,} examples)' for s in task.dev)}")
-        metrics = {split: evaluate(model, encoded[split], task, args.batch_size, device, (examples or {}).get(split))
-                   for split in task.dev}
+        count = {s: len((examples or encoded)[s]) for s in task.dev}  # QA: questions, not windows
+        tqdm.write(f"evaluating on {' and '.join(f'{s} ({count[s]:,} examples)' for s in task.dev)}")
+        both = {split: evaluate(model, encoded[split], task, args.batch_size, device, (examples or {}).get(split),
+                                args.bins) for split in task.dev}
+        metrics = {s: m for s, (m, _) in both.items()}
         tqdm.write(f"evaluated in {time.time() - t0:.1f} s")
         line = {"epoch": epoch, "step": progress["step"], "lr": sched.get_last_lr()[0], **train_stats, **metrics}
+        if args.bins:
+            line["by_length"] = {s: b for s, (_, b) in both.items()}
         if dist.is_main():
             with open(log_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
@@ -217,6 +227,7 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
     results = {"task": task.name, "model": args.model, "method": args.method,
                "rank": args.rank if args.method in LOW_RANK else None,
                "params": param_report(model), "select": select, "best": progress["best_metrics"],
+               "by_length": progress["best_metrics"].get("by_length"),  # the best evaluation's, per dev split
                "final": progress.get("last_metrics"), "steps": progress["step"], "examples_per_step": per_step,
                "processes": dist.world(), "epoch_seconds": progress["epoch_times"],
                "peak_memory_bytes": peak_memory(device), "device": str(device), "passage_cut": cut or None,
@@ -228,7 +239,14 @@ def fit(model, encoded, task, args, device, on_step=None, examples=None, cut=Non
     print(f"best {select} {progress['best']:.4f}{f' ({others})' if others else ''}"
           f"{f'; learning nothing: {fmt(trivial)}' if trivial else ''}; adapters in {best_path}; "
           f"results in {out / 'results.json'}")  # RACE: best all ... (middle ..., high ...)
+    print_by_length(results["by_length"], "the best evaluation, ")
     return results
+
+
+def print_by_length(by_length, which=""):
+    """Each dev split's metrics by input length, as the paper's Table 5: bins as columns."""
+    for split, bins in (by_length or {}).items():
+        print(f"\n{split}, {which}by input tokens (--length-bins):\n{lengths.table(bins)}")
 
 
 def run_settings(args):
@@ -237,7 +255,8 @@ def run_settings(args):
     the metric."""
     where = lambda name: str(Path(name).resolve()) if name and Path(name).is_dir() else name  # noqa: E731
     return {"task": args.task, "model": where(args.model), "model_is_folder": Path(args.model).is_dir(),
-            "tokenizer": where(args.tokenizer), "random_init": args.random_init, "max_len": args.max_len_used}
+            "tokenizer": where(args.tokenizer), "random_init": args.random_init, "max_len": args.max_len_used,
+            "doc_stride": args.doc_stride}
 
 
 def peak_memory(device):

@@ -3,12 +3,16 @@ Results by input length (the paper's Table 5 and Figure 2): a task's metric with
 
     edges("200") -> [0, 200, 400, 600, 800, 1000]  bins 0-200 ... 800-1000, and 1000+ (the last bin is open)
     edges("200:1400"), edges("0,256,512,1024")      a top other than 1000; explicit edges
+    input_lengths(encoded)                          each example's input tokens, before any truncation or window
     by_length(lengths, score, edges) -> [{"bin": "0-200", "n": count, metric: value, ...}, ...]
     table(bins) -> Table 5's layout: one column per bin, one row per metric, then the number of examples
 """
+import math
+
 import numpy as np
 
-from data import DataError
+from benchmarks.squad import Windows
+from data import DataError, Encoded, Rows
 
 DEFAULT = "200"
 
@@ -33,6 +37,18 @@ def edges(spec=DEFAULT):
     return out
 
 
+def input_lengths(enc):
+    """Tokens of each example's whole input, special tokens included, before truncation: a GLUE text or pair, a
+    passage-first row (a multiple-choice question: its longest option's row), a QA question with its whole context."""
+    if isinstance(enc, Windows):
+        return enc.lengths
+    if isinstance(enc, Rows):
+        return np.maximum.reduceat(enc.full, enc.offsets[:-1])
+    if isinstance(enc, Encoded):
+        return enc.full
+    raise TypeError(f"no input lengths for {type(enc).__name__}")
+
+
 def labels(e):
     return [f"{a}-{b}" for a, b in zip(e, e[1:])] + [f"{e[-1]}+"]
 
@@ -52,7 +68,8 @@ def by_length(lengths, score, e):
     out = []
     for i, name in enumerate(labels(e)):
         idx = np.flatnonzero((b == i) & ~below)
-        out.append({"bin": name, "n": int(len(idx)), **(fn(idx) if len(idx) else {})})
+        got = fn(idx) if len(idx) else {}   # a correlation of one example is none: null, not NaN, in JSON
+        out.append({"bin": name, "n": int(len(idx)), **{k: v if math.isfinite(v) else None for k, v in got.items()}})
     return out
 
 
@@ -60,8 +77,8 @@ def table(bins, title="tokens"):
     """Table 5's layout as text: bins as columns, each metric a row (empty bins show -), then the counts."""
     names = list(dict.fromkeys(k for b in bins for k in b if k not in ("bin", "n")))
     w = max(9, *(len(b["bin"]) + 1 for b in bins))
-    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)
+    cell = lambda v: "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
     lines = [f"{title:<10}" + "".join(f"{b['bin']:>{w}}" for b in bins)]
-    lines += [f"{m:<10}" + "".join(f"{cell(b[m]) if m in b else '-':>{w}}" for b in bins) for m in names]
+    lines += [f"{m:<10}" + "".join(f"{cell(b.get(m)):>{w}}" for b in bins) for m in names]
     lines.append(f"{'samples':<10}" + "".join(f"{b['n']:>{w}}" for b in bins))
     return "\n".join(lines)

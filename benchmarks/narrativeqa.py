@@ -19,6 +19,7 @@ import numpy as np
 
 from benchmarks.metrics import ROUGE_BETA, rouge_l, words
 from benchmarks.squad import Question, find_or_download
+from benchmarks.task import Task
 from data import DataError
 from files import atomic_write
 
@@ -120,3 +121,8 @@ def load_narrativeqa(data_dir=None, cache_dir=None, base_url=None, max_span=20):
 def scores(texts, questions):
     """ROUGE-L of each extracted span against the question's two answers (the better of the two)."""
     return {"rouge_l": np.array([rouge_l(t, q.answers) for t, q in zip(texts, questions)])}
+
+
+# the paper's Table 5 and Figure 2 report the test set; valid selects the model
+TASK = Task(name="narrativeqa", benchmark="narrativeqa", folder="NarrativeQA", shape="span", metrics=("rouge_l",),
+            select="rouge_l", dev=("valid", "test"), scores=scores)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from benchmarks.metrics import max_over_gold
+from benchmarks.task import Task
 from data import DataError, Rows, batches, benchmark_folder, download, mirror, template
 
 URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
@@ -123,7 +124,7 @@ def windows(tok, questions, max_len=384, stride=128, max_query=64):
     room = max_len - n_special - q_keep                               # context tokens a window can hold
     if len(questions) and (room.min() < 1 or room.min() <= stride):
         raise DataError(f"max length {max_len} leaves {room.min()} context tokens a window next to a {max_query}-"
-                        f"token question, not more than the stride {stride}: raise --max-len or lower the stride")
+                        f"token question, not more than the stride {stride}: raise --max-len or lower --doc-stride")
     step, L = room - stride, c_len[ctx]
     count = 1 + np.ceil(np.maximum(L - room, 0) / step).astype(np.int64)  # windows per question
     qi = np.repeat(np.arange(len(questions)), count)
@@ -167,13 +168,13 @@ def span_logits(model, win, batch_size=32, device="cpu"):
     return out[..., 0], out[..., 1]
 
 
-def decode(win, questions, start_logits, end_logits, n_best=20, max_answer=30):
-    """(answer texts, scores) of every question: its best start/end pair (score: start + end logit) over its
-    windows, among each window's n_best starts and n_best ends inside its context, end >= start, at most
-    max_answer tokens. start_logits, end_logits: (windows, positions), any padding past a row's end."""
+def best_spans(at, size, start_logits, end_logits, n_best=20, max_answer=30):
+    """Each window's best (score, start, end) positions: among its n_best starts and n_best ends inside its context
+    (row positions at..at + size - 1), end >= start, at most max_answer tokens; score = start + end logit.
+    start_logits, end_logits: (windows, positions), any padding past a row's end; at, size: (windows,)."""
     s, e = torch.as_tensor(start_logits).float(), torch.as_tensor(end_logits).float()
-    pos = torch.arange(s.shape[1])
-    at, size = torch.as_tensor(win.at)[:, None], torch.as_tensor(win.size)[:, None]
+    pos = torch.arange(s.shape[1], device=s.device)
+    at, size = torch.as_tensor(at, device=s.device)[:, None], torch.as_tensor(size, device=s.device)[:, None]
     context = (pos >= at) & (pos < at + size)                                 # only context tokens can answer
     k = min(n_best, s.shape[1])
     s_val, s_pos = s.masked_fill(~context, -torch.inf).topk(k, dim=1)
@@ -181,23 +182,36 @@ def decode(win, questions, start_logits, end_logits, n_best=20, max_answer=30):
     score = s_val[:, :, None] + e_val[:, None, :]                             # (windows, k starts, k ends)
     span = e_pos[:, None, :] - s_pos[:, :, None]
     score = score.masked_fill((span < 0) | (span >= max_answer), -torch.inf).flatten(1)
-    best, pair = score.max(1)                                                 # each window's best pair
+    best, pair = score.max(1)
+    return best, s_pos.gather(1, (pair // k)[:, None])[:, 0], e_pos.gather(1, (pair % k)[:, None])[:, 0]
+
+
+def answers(win, questions, best, start, end):
+    """(answer texts, scores) of every question: the best of its windows' best spans (best_spans), the first
+    window of equals; the text is the context's characters from the start token's first to the end token's last."""
+    best, start, end = (torch.as_tensor(x).cpu() for x in (best, start, end))
     q = torch.as_tensor(win.question)
     top = torch.full((len(questions),), -torch.inf).scatter_reduce(0, q, best, "amax")
-    # the first window of each question that reaches its question's best
     hit = torch.nonzero(best == top[q]).squeeze(1)
     w = torch.full((len(questions),), len(win), dtype=torch.long).scatter_reduce(0, q[hit], hit, "amin")
     w = w.clamp(max=len(win) - 1).numpy()
-    i, j = pair[w] // k, pair[w] % k
-    tok_s = s_pos[w, i].numpy() - win.at[w] + win.first[w] + win.token0
-    tok_e = e_pos[w, j].numpy() - win.at[w] + win.first[w] + win.token0
-    top = top.numpy()
+    shift = win.first[w] - win.at[w] + win.token0                             # row position -> context token
+    tok_s, tok_e, top = start.long().numpy()[w] + shift, end.long().numpy()[w] + shift, top.numpy()
     texts = [q.context[win.char_start[a]:win.char_end[b]].strip() if np.isfinite(sc) else ""
              for q, a, b, sc in zip(questions, tok_s, tok_e, top)]
     return texts, top
+
+
+def decode(win, questions, start_logits, end_logits, n_best=20, max_answer=30):
+    """(answer texts, scores) of every question from the logits of all its windows (best_spans, then answers)."""
+    return answers(win, questions, *best_spans(win.at, win.size, start_logits, end_logits, n_best, max_answer))
 
 
 def scores(texts, golds):
     """Per question (arrays): the official v1.1 exact match and token F1, each the maximum over its gold answers."""
     each = [max_over_gold([p], [gs]) for p, gs in zip(texts, golds)]
     return {m: np.array([x[m] for x in each]) for m in ("f1", "em")}
+
+
+TASK = Task(name="squad", benchmark="squad", folder="SQuAD", shape="span", metrics=("f1", "em"), select="f1",
+            scores=lambda texts, questions: scores(texts, [q.answers for q in questions]))

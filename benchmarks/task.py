@@ -2,22 +2,26 @@
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from data import DataError
 
 
 @dataclass(frozen=True, kw_only=True)
 class Task:
     name: str                        # our key: "sst2", "boolq", "race"
-    benchmark: str                   # the reader that loads it: "glue", "superglue" or "race"
+    benchmark: str                   # the reader that loads it: "glue", "superglue", "race", "squad", "narrativeqa"
     folder: str                      # its folder in the official archive and under --data-dir: "SST-2", "BoolQ"
     shape: str                       # "text": GLUE's texts and text pairs (data.Example), truncated as a pair;
                                      # "pair" / "choice": passage-first rows (data.Pair / data.Choice), only the
-                                     # passage cut to fit
+                                     # passage cut to fit; "span": extractive QA (squad.Question), the
+                                     # context split into windows, the answer a span of it
     metrics: tuple                   # what is reported, in the paper's order
     select: str                      # the metric used for model selection and early stopping
     dev: tuple = ("dev",)            # the split(s) evaluated, file names without their extension
     num_labels: int = 2              # classes; 1: a regression score (STS-B) or one logit per choice
-    scores: Callable = None          # reading tasks: (predictions, examples) -> {metric: value}; see score()
+    scores: Callable = None          # reading tasks: (predictions, examples) -> {metric: value}; span tasks:
+                                     # (answer texts, questions) -> {metric: per-question values}; see score()
     read: Callable = None            # SuperGLUE: one JSON object -> a list of Pair or Choice
     # GLUE's TSV files: the official archive, the columns of the text(s) and of the label, the label values as
     # written (class id = position; None: regression), the columns of a header-less file, and whether rows with
@@ -39,9 +43,12 @@ class Task:
         return self.num_labels == 1 and self.shape == "text"
 
     def score(self, preds, examples):
-        """A reading task's metrics from its predicted classes or choices, one per example."""
+        """A reading task's metrics from its predicted classes or choices (a span task: answer texts), one per
+        example."""
         if len(preds) != len(examples) or not len(examples):
             raise DataError(f"{self.name}: {len(preds)} predictions for {len(examples)} examples")
+        if self.shape == "span":  # F1, EM, ROUGE-L per question, averaged over the questions
+            return {k: float(np.mean(v)) for k, v in self.scores(list(preds), examples).items()}
         return self.scores(list(map(int, preds)), examples)
 
     @property

@@ -65,7 +65,7 @@ def run(mode, args, data_dir):
             sched.step()
             opt.zero_grad(set_to_none=True)
             log["update"].append(norms({n: p.detach() - before[n] for n, p in params.items()}))
-        metrics = evaluate(model, dev[task.dev[0]], task, 16, torch.device("cpu"), data[task.dev[0]])
+        metrics = evaluate(model, dev[task.dev[0]], task, 16, torch.device("cpu"), data[task.dev[0]])[0]
         log["dev"].append(metrics[task.select])
     return log
 

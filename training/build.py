@@ -28,7 +28,7 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
     """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
     task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file (ours, or a PEFT LoRA
     folder). meta: no weights (counts)."""
-    head = "choice" if task.shape == "choice" else "cls"
+    head = {"choice": "choice", "span": "span"}.get(task.shape, "cls")
     with torch.device("meta" if meta else "cpu"):
         if random_init and Path(model).is_dir():
             base = Model(replace(config_from_hf(read_config(model), task.num_labels), head=head))
@@ -41,7 +41,8 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
     if adapter_file is not None:
         return add_adapters_from_file(base, adapter_file, add=attach)
     if getattr(base, "new_head", None):
-        what = "multiple-choice" if head == "choice" else f"{task.num_labels}-label classification"
+        what = {"choice": "multiple-choice", "span": "question-answering (span)"}.get(
+            head, f"{task.num_labels}-label classification")
         print(f"{model}: the checkpoint has no {what} head; initialised a new one ({', '.join(base.new_head)})")
     return attach(base, adapters)
 

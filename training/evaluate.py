@@ -1,41 +1,57 @@
 """The metrics of a model on a dev set (each process its share under torchrun), as train.py evaluates after each
-epoch and --eval-only once."""
+epoch and --eval-only once, with the same metrics per bin of input length (benchmarks/lengths.py)."""
 import numpy as np
 import torch
 
-from benchmarks import compute_metrics
+from benchmarks import compute_metrics, squad
+from benchmarks.lengths import by_length, input_lengths
 from data import collate
 from training import dist
 from training.build import to_device
 
 
 @torch.no_grad()
-def evaluate(model, encoded, task, batch_size, device, examples):
-    """Metrics on a whole dev set. Under torchrun each process evaluates its own contiguous share of the examples
-    and the outputs are gathered: every example is evaluated once, and every process gets the same metrics."""
+def evaluate(model, encoded, task, batch_size, device, examples, bins=None):
+    """(metrics, by length) on a whole dev set; by length is None without bins (length edges). Under torchrun each
+    process evaluates its own contiguous share of the rows (QA: of the windows) and the outputs are gathered: every
+    row is evaluated once, and every process gets the same metrics."""
+    span = task.shape == "span"
+    rows_of = encoded.rows if span else encoded  # QA: the windows' rows; decoding needs the rest of encoded
     model.eval()
     rows, outs = dist.my_share(np.arange(len(encoded)))[0], []
     rows = rows if len(rows) else np.arange(1)  # none here (fewer examples than processes): one, dropped when gathered
     for start in range(0, len(rows), 2 * batch_size):
-        batch = to_device(collate(encoded, rows[start:start + 2 * batch_size]), model.cfg, device)
+        part = rows[start:start + 2 * batch_size]
+        batch = to_device(collate(rows_of, part), model.cfg, device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             out, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                            choices=batch.get("choices"))
+        if span:  # each window's best span: (score, start, end), its positions exact in float32
+            out = torch.stack(squad.best_spans(encoded.at[part], encoded.size[part], out[..., 0], out[..., 1]), 1)
         # the reading tasks keep the predicted class or choice (a batch's choices are as many as its longest
         # question has); GLUE keeps the logits
-        outs.append(out.float().argmax(-1) if task.is_reading else out.float())
+        outs.append(out.float() if span or not task.is_reading else out.float().argmax(-1))
     model.train()
     outs = dist.gather_rows(torch.cat(outs), len(encoded))
-    if task.is_reading:  # the task scores its predictions with what its examples hold
-        return task.score(outs.tolist(), examples)
-    return compute_metrics(task, outs, torch.from_numpy(encoded.labels))
+    if span:  # each question's answer: the best span over its windows
+        preds = squad.answers(encoded, examples, *outs.cpu().T)[0]
+    else:
+        preds = outs.cpu().tolist() if task.is_reading else outs.cpu()
+    labels = None if task.is_reading else torch.from_numpy(encoded.labels)
+
+    def metrics(idx):  # the task's metrics on some examples: all of them, or one bin of lengths
+        if task.is_reading:  # scored with what its examples hold
+            return task.score([preds[i] for i in idx], [examples[i] for i in idx])
+        return compute_metrics(task, preds[idx], labels[idx])
+    whole = metrics(np.arange(len(examples) if task.is_reading else len(labels)))
+    return whole, None if bins is None else by_length(input_lengths(encoded), metrics, bins)
 
 
 def trivial_scores(task, encoded, examples):
     """What a model that learned nothing scores, to read a dev metric against: the majority class, scored with the
     task's own metrics (classification), or the expected accuracy of a random choice (multiple choice); None for
-    regression."""
-    if task.is_regression:
+    regression and QA."""
+    if task.is_regression or task.shape == "span":
         return None
     if task.shape == "choice":
         return {"chance_accuracy": float(np.mean([len(e.gold) / len(e.choices) for e in examples]))}

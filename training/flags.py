@@ -4,7 +4,7 @@ and, for --eval-only, the settings the adapter file recorded.
 """
 from pathlib import Path
 
-from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task
+from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
 from model import PRESETS
@@ -13,7 +13,8 @@ from training import dist
 from training.cli import OneLineParser, UserError
 
 CLIP_MODES = ("state", "global")
-DESCRIPTION = "Fine-tune a transformer on a GLUE, SuperGLUE or RACE task with SSMLoRA or one of the paper's baselines."
+DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
+               "the paper's baselines.")
 
 
 ADAPTER_FLAGS = {"rank": 8, "alpha": 16.0, "dropout": 0.1, "targets": "query,value", "state": "reset"}
@@ -50,8 +51,11 @@ def parse(argv=None):
     o.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimizer step: a step sees "
                    "batch-size x processes x grad-accum examples (default: 1)")
     o.add_argument("--epochs", type=int, help="at most this many epochs (default: the task's recipe)")
-    o.add_argument("--max-len", type=int, help="tokens per example, special tokens included (default: 512, or "
-                   "fewer if the model's position table is shorter; with --eval-only: the file's own)")
+    o.add_argument("--max-len", type=int, help="tokens per example (QA: per window), special tokens included "
+                   "(default: 512, QA 384, or fewer if the model's position table is shorter; with --eval-only: the "
+                   "file's own)")
+    o.add_argument("--doc-stride", type=int, help="QA (squad, narrativeqa): context tokens two consecutive windows "
+                   "of a long context share (default: 128; with --eval-only: the file's own)")
     o.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up, in [0, 1) "
                    "(default: 0.06)")
     o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: 0.01)")
@@ -68,9 +72,11 @@ def parse(argv=None):
                    "the end of each epoch (default: 0)")
     f = p.add_argument_group("files and machine")
     f.add_argument("--data-dir", help="local data folder, offline: GLUE's (data-dir/SST-2/train.tsv), SuperGLUE's "
-                   "(data-dir/BoolQ/train.jsonl) or RACE's (data-dir/RACE/train/middle/1.txt)")
-    f.add_argument("--cache-dir", help="where downloaded files are kept (default: ~/.cache/ssmlora/glue, "
-                   "superglue or race)")
+                   "(data-dir/BoolQ/train.jsonl), RACE's (data-dir/RACE/train/middle/1.txt), SQuAD's "
+                   "(data-dir/SQuAD/train-v1.1.json) or NarrativeQA's (data-dir/NarrativeQA/qaps.csv and "
+                   "third_party/wikipedia/summaries.csv, as its repository)")
+    f.add_argument("--cache-dir", help="where downloaded files are kept (default: ~/.cache/ssmlora/<benchmark>: "
+                   "glue, superglue, race, squad or narrativeqa)")
     f.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
     f.add_argument("--out", help="output folder (default: out/<task>-<method>[-r<rank>])")
     f.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
@@ -80,6 +86,9 @@ def parse(argv=None):
                    "(default: 500)")
     f.add_argument("--log-every", type=int, default=100, help="when output is not a terminal, a progress line every "
                    "N steps or every minute, whichever comes first (default: 100)")
+    f.add_argument("--length-bins", default=lengths.DEFAULT, help="every evaluation also reports its metric per "
+                   "bin of input tokens: a width (200: 0-200, ..., 800-1000, 1000+), width:top (200:1400, Table 5's "
+                   "columns), or edges (0,256,512,1024); 0: off (default: 200)")
     r = p.add_argument_group("modes")
     r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
     r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
@@ -93,7 +102,13 @@ def parse(argv=None):
         p.error("the following arguments are required: --task")
     args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
     args.model = args.model or "roberta-base"
-    args.max_len = 512 if args.max_len is None else args.max_len
+    span = get_task(args.task).shape == "span"
+    args.max_len = (384 if span else 512) if args.max_len is None else args.max_len
+    args.doc_stride = 128 if args.doc_stride is None else args.doc_stride
+    try:
+        args.bins = None if args.length_bins.strip() in ("0", "off") else lengths.edges(args.length_bins)
+    except ValueError as e:
+        p.error(str(e))
     adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
         args.sparse is not None)
@@ -109,7 +124,8 @@ def parse(argv=None):
         p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
                 f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
     checks = [("batch-size", args.batch_size >= 1), ("grad-accum", args.grad_accum >= 1), ("epochs", args.epochs >= 1),
-              ("max-len", args.max_len >= 1), ("save-every", args.save_every >= 1), ("log-every", args.log_every >= 1),
+              ("max-len", args.max_len >= 1), ("doc-stride", args.doc_stride >= 1),
+              ("save-every", args.save_every >= 1), ("log-every", args.log_every >= 1),
               ("max-steps", args.max_steps is None or args.max_steps >= 1),
               ("max-train", args.max_train is None or args.max_train >= 1),
               ("threads", args.threads is None or args.threads >= 1)]
@@ -134,7 +150,7 @@ def from_file(args):
     if args.task and run.get("task") and get_task(args.task).name != run["task"]:
         raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
                         f"{run['task']} (leave --task out)")
-    for k in ("task", "model", "tokenizer", "max_len"):  # max_len changes the metric: the trained run's, unless given
+    for k in ("task", "model", "tokenizer", "max_len", "doc_stride"):  # these change the metric: the trained run's
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
     if args.model == run.get("model"):  # the file's own base, not one given with --model
