@@ -4,6 +4,7 @@ Run trained adapters on new inputs: the adapter file names its task, base checkp
     python predict.py out/sst2-ssmlora-r8/adapters.safetensors "a gripping, funny film" "dull and far too long"
     python predict.py out/mrpc-ssmlora-r8/adapters.safetensors --file pairs.tsv   # a tab between a pair's texts
     python predict.py out/race-ssmlora-r8/adapters.safetensors --file questions.jsonl
+    python predict.py out/squad-ssmlora-r8/adapters.safetensors --file qa.jsonl        # {"question", "context"}
     cat pairs.tsv | python predict.py out/rte-lora-r8/adapters.safetensors --file -
 
 What an input is, by kind of task:
@@ -13,15 +14,19 @@ What an input is, by kind of task:
   them): the two texts with a tab between them;
 - multiple choice (COPA, RACE, ReCoRD): one JSON object per line of --file: {"context": ..., "question": ...,
   "options": [...]}; RACE puts each option in the question's blank ("_") or after it, COPA's question is "cause"
-  or "effect", ReCoRD's is its query with @placeholder and its options the candidate entities.
+  or "effect", ReCoRD's is its query with @placeholder and its options the candidate entities;
+- extractive QA (SQuAD, NarrativeQA): {"question": ..., "context": ...} per line, or the question and the context
+  with a tab between them; a context longer than the trained --max-len is read in overlapping windows.
 Each output line is one JSON object: the input's number ("n", from 1) and text, then the label (as the task's
-files write it) and its probability, a "score" for regression, or the chosen option's index and text. In Python:
+files write it) and its probability, a "score" for regression, the chosen option's index and text, or the answer
+span's text and its score (its start plus its end logit). In Python:
 
     from predict import load, predict, choose
     p = load("out/sst2-ssmlora-r8/adapters.safetensors")
     predict(p, ["a gripping, funny film"])            # [{'n': 1, 'text': ..., 'label': '1', 'probability': ...}]
     predict(p, ["first sentence"], ["second one"])    # pair tasks: texts_b
     choose(p, [{"context": ..., "question": ..., "options": [...]}])   # multiple choice
+    answer(p, ["Where is the key?"], ["Anna hid the key under the bridge."])  # QA: [{'answer': ..., 'score': ...}]
 """
 import json
 import sys
@@ -29,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from benchmarks import encode, get_task, race
+from benchmarks import encode, get_task, race, squad
 from data import Choice, DataError, Example, Pair, batches, load_tokenizer
 from files.adapters import check_base_is_there, read_run
 from files.hub import resolve
@@ -45,6 +50,7 @@ class Predictor(NamedTuple):
     task: object
     device: torch.device
     max_len: int
+    stride: int = 128    # QA: the tokens two windows of a long context share, as trained
 
 
 def load(adapters, model=None, tokenizer=None, device="auto", task=None):
@@ -65,15 +71,19 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     source = tokenizer or run.get("tokenizer") or (name if run.get("random_init") else m.source)
     device = pick_device(device)
     max_len = min(run.get("max_len") or 512, m.cfg.max_tokens)  # the length the adapters were trained with
-    return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device, max_len)
+    return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device, max_len,
+                     run.get("doc_stride") or 128)
 
 
 @torch.no_grad()
 def predict(p, texts_a, texts_b=None, batch_size=32):
     """One dict per example: its number and text(s), the label (as the task's files write it) and its probability,
     or a regression score. Pair tasks need texts_b, single-text tasks refuse it."""
-    if p.task.shape == "choice":
-        raise UserError(f"{p.task.name} is a multiple-choice task: give contexts, questions and options (choose())")
+    if p.task.shape in ("choice", "span"):
+        what = "contexts, questions and options (choose())" if p.task.shape == "choice" else \
+            "questions and contexts (answer())"
+        raise UserError(f"{p.task.name} is a {'multiple-choice' if p.task.shape == 'choice' else 'QA'} task: give "
+                        f"{what}")
     pair = p.task.shape == "pair" or p.task.text_b is not None
     if pair != (texts_b is not None):
         raise UserError(f"{p.task.name} classifies {'pairs of texts' if pair else 'single texts'}: give "
@@ -123,6 +133,22 @@ def choose(p, questions, batch_size=8):
             for i, (q, (c, pr)) in enumerate(zip(questions, out))]
 
 
+@torch.no_grad()
+def answer(p, questions, contexts, batch_size=32):
+    """Extractive QA: for each question, the span of its context that answers it, and its score (start + end
+    logit), decoded over all the context's windows as train.py evaluates."""
+    if p.task.shape != "span":
+        raise UserError(f"{p.task.name} is not a question-answering task: give texts")
+    if len(questions) != len(contexts):
+        raise UserError(f"{len(questions)} questions but {len(contexts)} contexts")
+    check_texts(list(zip(questions, contexts)))
+    qs = [squad.Question(str(i), q, c, ()) for i, (q, c) in enumerate(zip(questions, contexts))]
+    win = encode(p.tok, p.task, qs, p.max_len, "predict", {}, p.stride)
+    texts, scores = squad.decode(win, qs, *squad.span_logits(p.model, win, batch_size, p.device))
+    return [{"n": i + 1, "question": q, "answer": t, "score": float(s)}
+            for i, (q, t, s) in enumerate(zip(questions, texts, scores))]
+
+
 def cast(task, question, option):
     if task == "race":
         return race.fill(question, option)
@@ -162,9 +188,10 @@ def read_lines(path):
 def main(argv=None):
     ap = OneLineParser(prog="predict.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("adapters", help="an adapters.safetensors written by train.py, or a PEFT LoRA folder")
-    ap.add_argument("texts", nargs="*", help="texts to classify; a tab between a pair's two texts")
+    ap.add_argument("texts", nargs="*", help="texts to classify; a tab between a pair's two texts (QA: between the "
+                    "question and its context)")
     ap.add_argument("--file", help="one example per line (- : standard input): texts, a tab between a pair's two; "
-                    "multiple choice: a JSON object {context, question, options}")
+                    "multiple choice: a JSON object {context, question, options}; QA: {question, context}")
     ap.add_argument("--model", help="base checkpoint folder (default: the one the file names)")
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the one the file names)")
     ap.add_argument("--task", help="the task (default: the one the file names; a PEFT folder may not)")
@@ -177,6 +204,9 @@ def main(argv=None):
         p = load(args.adapters, args.model, args.tokenizer, args.device, args.task)
         if p.task.shape == "choice":
             results = choose(p, [json_line(args.file or "argument", n, t) for n, t in lines])
+        elif p.task.shape == "span":
+            pairs = [qa_line(args.file or "argument", n, t) for n, t in lines]
+            results = answer(p, [q for q, _ in pairs], [c for _, c in pairs])
         else:
             rows = [t.split("\t", 1) for _, t in lines]
             if len({len(r) for r in rows}) > 1:
@@ -193,6 +223,19 @@ def json_line(path, lineno, text):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}, line {lineno}: not a JSON object ({e.msg})") from None
+
+
+def qa_line(path, lineno, text):
+    """(question, context) from {"question", "context"} or the two with a tab between them."""
+    if text.lstrip().startswith("{"):
+        q = json_line(path, lineno, text)
+        if not isinstance(q, dict) or not isinstance(q.get("question"), str) or not isinstance(q.get("context"), str):
+            raise DataError(f"{path}, line {lineno}: expected {{\"question\": text, \"context\": text}}")
+        return q["question"], q["context"]
+    if "\t" not in text:
+        raise DataError(f"{path}, line {lineno}: give a question and its context with a tab between them, or a JSON "
+                        "object {\"question\": ..., \"context\": ...}")
+    return tuple(text.split("\t", 1))
 
 
 if __name__ == "__main__":

@@ -123,8 +123,8 @@ def windows(tok, questions, max_len=384, stride=128, max_query=64):
     q_keep = np.minimum(q_len, max_query)
     room = max_len - n_special - q_keep                               # context tokens a window can hold
     if len(questions) and (room.min() < 1 or room.min() <= stride):
-        raise DataError(f"max length {max_len} leaves {room.min()} context tokens a window next to a {max_query}-"
-                        f"token question, not more than the stride {stride}: raise --max-len or lower --doc-stride")
+        raise DataError(f"--max-len {max_len} leaves {room.min()} context tokens a window beside the question, not "
+                        f"more than --doc-stride {stride}: raise --max-len or lower --doc-stride")
     step, L = room - stride, c_len[ctx]
     count = 1 + np.ceil(np.maximum(L - room, 0) / step).astype(np.int64)  # windows per question
     qi = np.repeat(np.arange(len(questions)), count)
