@@ -1,6 +1,7 @@
 """
 Pictures of what the JSON says: bench.py's latency and peak memory against sequence length per method (the paper's
-Table 12 view), and a run's training loss and dev metric over its steps (eval.jsonl).
+Table 12 view), and a run's training loss and dev metric over its steps (eval.jsonl), with, when the run has them,
+its best evaluation's metrics by input length (the paper's Figure 2 view).
 
     python -m interop.plots out/sst2-ssmlora-r8              # -> out/sst2-ssmlora-r8/curves.png
     python -m interop.plots out/bench.json --out bench.png   # a bench.py result file
@@ -68,7 +69,8 @@ def plot_bench(result, path=None):
 
 
 def read_run(folder):
-    """(eval.jsonl lines, the metric train.py selects on) of a run's output folder."""
+    """(eval.jsonl lines, the metric train.py selects on, the best evaluation's metrics by input length or None) of
+    a run's output folder."""
     folder = Path(folder)
     log = folder / "eval.jsonl"
     if not log.exists():
@@ -76,29 +78,38 @@ def read_run(folder):
     lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if not lines:
         raise UserError(f"{log} has no evaluations yet")
-    results = folder / "results.json"
-    select = json.loads(results.read_text()).get("select") if results.exists() else None
-    return lines, select
+    results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
+    return lines, results.get("select"), results.get("by_length", lines[-1].get("by_length"))
 
 
 def plot_run(folder, path=None):
-    """A run's training loss (left) and dev metric (right) over its optimizer steps, from its eval.jsonl."""
-    lines, select = read_run(folder)
-    splits = [k for k, v in lines[0].items() if isinstance(v, dict)]  # {"validation": {"accuracy": ...}, ...}
-    select = select or next(iter(lines[0][splits[0]]))
+    """A run's training loss (left) and dev metric (middle) over its optimizer steps, from its eval.jsonl, and the
+    best evaluation's dev metric per bin of input length (right), if the run reported it."""
+    lines, select, by_length = read_run(folder)
+    splits = [k for k, v in lines[0].items() if isinstance(v, dict) and k != "by_length"]  # {"dev": {"f1": ...}}
     if not splits:
         raise UserError(f"{Path(folder) / 'eval.jsonl'} has no dev metrics to plot")
+    select = select or next(iter(lines[0][splits[0]]))
     steps = [line["step"] for line in lines]
-    fig, ax = figure(1, 2, (10, 3.8))
+    fig, ax = figure(1, 3 if by_length else 2, (15 if by_length else 10, 3.8))
     ax[0, 0].plot(steps, [line.get("train_loss") for line in lines], "o-", color="tab:blue")
     ax[0, 0].set_ylabel("training loss (mean over the epoch so far)")
     for split in splits:
         ax[0, 1].plot(steps, [line[split].get(select) for line in lines], "o-", label=split)
     ax[0, 1].set_ylabel(f"dev {select}")
     ax[0, 1].legend(fontsize="small")
-    for a in ax[0]:
+    for a in ax[0, :2]:
         a.set_xlabel("optimizer step")
         a.grid(alpha=0.3)
+    for split, bins in (by_length or {}).items():
+        y = [b.get(select) for b in bins]
+        ax[0, 2].plot(range(len(bins)), [float("nan") if v is None else v for v in y], "o-", label=split)
+        ax[0, 2].set_xticks(range(len(bins)), [f"{b['bin']}\n({b['n']})" for b in bins], fontsize="small")
+    if by_length:
+        ax[0, 2].set_xlabel("input tokens (examples)")
+        ax[0, 2].set_ylabel(f"{select}, best evaluation")
+        ax[0, 2].legend(fontsize="small")
+        ax[0, 2].grid(alpha=0.3)
     fig.suptitle(Path(folder).resolve().name)
     return save(fig, path)
 

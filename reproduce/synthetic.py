@@ -1,9 +1,17 @@
 """
-One synthetic sentiment task, in the official GLUE layout, for measurements, demos and the tests: sentences of
-filler words with sentiment words among them; the label is their polarity (SST-2), or for graded rows a similarity-
-like score that grows with their number, signed by their polarity (STS-B, 0 to 5). A model learns it only by
-reading the words, so it tells a training loop that works from one that does not.
+Synthetic tasks in official layouts, for measurements, demos and the tests. A model learns them only by reading the
+words, so they tell a training loop that works from one that does not.
+
+- sentiment (GLUE's SST-2 / STS-B layout): sentences of filler words with sentiment words among them; the label is
+  their polarity, or for graded rows a similarity-like score that grows with their number, signed by it.
+- made-up people (SQuAD v1.1's layout): paragraphs of invented facts, "Orla Venn, a weaver from Caldrun, built a
+  green boat in 1874.", one to ninety of them, so that inputs run from 40 to about 1,500 tokens; each question asks
+  for one fact of one person, whose sentence may be anywhere in the paragraph.
+
+    python -m reproduce.synthetic squad out/data     # out/data/SQuAD/train-v1.1.json (2,000) and dev (400)
 """
+import json
+import sys
 from pathlib import Path
 
 POS = "good great excellent wonderful lovely superb fine delightful".split()
@@ -38,3 +46,58 @@ def write_sst2(folder, n_train, n_dev, rng):
     for split, n in (("train", n_train), ("dev", n_dev)):
         lines = [f"{text}\t{y}" for text, _, y in sentiment_rows(n, rng)]
         (Path(folder) / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
+
+
+FIRST = "Orla Bram Ines Tomas Wren Edda Kai Lio Mara Sven Juno Alba Ivo Nell Per Runa Tavi Yara Cole Dara".split()
+LAST = "Venn Halloway Corrin Mistle Dunmore Quill Ashby Tarn Pell Rooke Fenwick Lorne Skerry Vail Brack".split()
+TOWN = "Caldrun Ostermere Fallow Brindle Harrowgate Quillon Saltmarsh Vesper Thornby Eastwick Marrow Dunhollow".split()
+TRADE = "weaver potter smith baker miller tanner mason carpenter fisher glassblower clockmaker cooper".split()
+THING = "boat bridge tower mill barn organ loom kiln cart bell".split()
+COLOUR = "green red blue grey white black yellow amber".split()
+ASK = {"town": "Where was {name} from?", "trade": "What was the trade of {name}?",
+       "thing": "What did {name} build?", "year": "In which year did {name} build it?"}
+
+
+def people_paragraph(rng, n_facts):
+    """(paragraph, {name: {"town": (text, start), ...}}): n_facts sentences, one per person, names all different."""
+    names = rng.sample([f"{a} {b}" for a in FIRST for b in LAST], n_facts)
+    text, facts = "", {}
+    for name in names:
+        town, trade = rng.choice(TOWN), rng.choice(TRADE)
+        thing, year = f"a {rng.choice(COLOUR)} {rng.choice(THING)}", str(rng.randint(1700, 1999))
+        a = "an" if trade[0] in "aeiou" else "a"
+        parts = [f"{name}, {a} ", trade, " from ", town, ", built ", thing, " in ", year, ". "]
+        where, at = {}, len(text)
+        for key, i in (("trade", 1), ("town", 3), ("thing", 5), ("year", 7)):
+            where[key] = (parts[i], at + sum(len(p) for p in parts[:i]))
+        text += "".join(parts)
+        facts[name] = where
+    return text.strip(), facts
+
+
+def people_questions(n, rng, most_facts=90):
+    """n questions of SQuAD v1.1's JSON (one paragraph each), the paragraph's length drawn evenly in 1..most_facts."""
+    paragraphs = []
+    for i in range(n):
+        context, facts = people_paragraph(rng, rng.randint(1, most_facts))
+        name, key = rng.choice(sorted(facts)), rng.choice(sorted(ASK))
+        answer, start = facts[name][key]
+        assert context[start:start + len(answer)] == answer
+        paragraphs.append({"context": context, "qas": [{"id": f"p{i}", "question": ASK[key].format(name=name),
+                                                        "answers": [{"text": answer, "answer_start": start}]}]})
+    return {"version": "1.1", "data": [{"title": "made-up people", "paragraphs": paragraphs}]}
+
+
+def write_squad(folder, n_train, n_dev, rng):
+    """folder/SQuAD/train-v1.1.json and dev-v1.1.json, as the official files are laid out, of made-up people."""
+    (Path(folder) / "SQuAD").mkdir(parents=True, exist_ok=True)
+    for name, n in (("train-v1.1.json", n_train), ("dev-v1.1.json", n_dev)):
+        (Path(folder) / "SQuAD" / name).write_text(json.dumps(people_questions(n, rng)))
+
+
+if __name__ == "__main__":
+    import random
+    if len(sys.argv) != 3 or sys.argv[1] != "squad":
+        sys.exit("usage: python -m reproduce.synthetic squad FOLDER")
+    write_squad(sys.argv[2], 2000, 400, random.Random(0))
+    print(f"wrote {sys.argv[2]}/SQuAD/train-v1.1.json (2,000 questions) and dev-v1.1.json (400)")

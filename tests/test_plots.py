@@ -52,6 +52,18 @@ def test_run_plot_from_eval_jsonl_and_the_command(tmp_path, capsys):
     assert (tmp_path / "x.png").stat().st_size > 5000
 
 
+def test_run_plot_draws_the_best_evaluation_by_input_length(tmp_path):
+    run = write_run(tmp_path / "run", select="f1")
+    bins = [{"bin": "0-200", "n": 3, "f1": 0.5}, {"bin": "200-400", "n": 0}, {"bin": "400+", "n": 1, "f1": 0.25}]
+    line = {"epoch": 4, "step": 40, "train_loss": 0.2, "validation": {"f1": 0.9}, "by_length": {"validation": bins}}
+    with open(run / "eval.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    loss, metric, by_length = plots.plot_run(run).axes
+    assert [x.get_text() for x in by_length.get_xticklabels()] == ["0-200\n(3)", "200-400\n(0)", "400+\n(1)"]
+    assert list(by_length.lines[0].get_ydata()) == pytest.approx([0.5, float("nan"), 0.25], nan_ok=True)
+    assert len(metric.lines) == 1 and by_length.get_ylabel() == "f1, best evaluation"
+
+
 def test_missing_matplotlib_and_bad_input_are_one_line_errors(tmp_path, monkeypatch):
     real = builtins.__import__
 

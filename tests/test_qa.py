@@ -233,6 +233,17 @@ def test_length_bins():
     assert text.splitlines()[-1].split() == ["samples", "2", "1", "1", "0", "0", "2"]
 
 
+def test_input_lengths_are_counted_before_truncation(tmp_path):
+    tok = _tok(tmp_path)
+    words = lambda n: " ".join(["river"] * n)                         # one token each, between [CLS] and [SEP]
+    enc = tok.encode([data.Example(words(3), None, 0), data.Example(words(20), None, 1)], max_len=8)
+    assert np.diff(enc.offsets).tolist() == [5, 8] and lengths.input_lengths(enc).tolist() == [5, 22]
+    rows = data.encode_rows(tok, [data.Pair(words(30), words(2), 0)], max_len=10)
+    assert rows.lengths.sum() == 10 and lengths.input_lengths(rows).tolist() == [35]       # [CLS] p [SEP] t [SEP]
+    choice = data.encode_rows(tok, [data.Choice(words(4), (words(1), words(6)), (1,))], max_len=64)
+    assert lengths.input_lengths(choice).tolist() == [13]             # its longest option's row
+
+
 # ----------------------------------------------------------------------------- train.py and predict.py, end to end
 
 def write_squad(path, questions):

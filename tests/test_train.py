@@ -92,6 +92,8 @@ def test_frozen_random_model_learns_with_adapters(method, tiny_bert, glue, tmp_p
     assert r["params"]["adapter"] == (8 * (32 * 8 + 8 * 32) if method == "lora" else 4 * (32 * 8 + 8 * 32 + 2 * 8 * 8))
     lines = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == list(range(1, len(lines) + 1)) and len(lines) == r["final"]["epoch"]
+    assert [b["n"] for b in lines[0]["by_length"]["dev"]] == [64, 0, 0, 0, 0, 0]    # every task, by input length
+    assert r["by_length"]["dev"][0]["accuracy"] == r["best"]["dev"]["accuracy"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["best"] == r["best"] and saved["task"] == "sst2" and saved["peak_memory_bytes"] > 0
     assert len(load_file(out / "adapters.safetensors")) > 0
