@@ -4,11 +4,11 @@ words, so they tell a training loop that works from one that does not.
 
 - sentiment (GLUE's SST-2 / STS-B layout): sentences of filler words with sentiment words among them; the label is
   their polarity, or for graded rows a similarity-like score that grows with their number, signed by it.
-- made-up people (SQuAD v1.1's layout): paragraphs of invented facts, "Orla Venn, a weaver from Caldrun, built a
-  green boat in 1874.", one to ninety of them, so that inputs run from 40 to about 1,500 tokens; each question asks
+- made-up people (SQuAD v1.1's layout): paragraphs of invented facts, "Korin Venn, a weaver from Caldrun, built a
+  green boat in 1874.", one to sixty of them, so that inputs run from 30 to about 1,100 tokens; each question asks
   for one fact of one person, whose sentence may be anywhere in the paragraph.
 
-    python -m reproduce.synthetic squad out/data     # out/data/SQuAD/train-v1.1.json (2,000) and dev (400)
+    python -m reproduce.synthetic squad out/data     # out/data/SQuAD/train-v1.1.json (600) and dev (200)
 """
 import json
 import sys
@@ -48,7 +48,8 @@ def write_sst2(folder, n_train, n_dev, rng):
         (Path(folder) / "SST-2" / f"{split}.tsv").write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
 
 
-FIRST = "Orla Bram Ines Tomas Wren Edda Kai Lio Mara Sven Juno Alba Ivo Nell Per Runa Tavi Yara Cole Dara".split()
+FIRST = [a + b for a in "Bra Cor Del Fen Gal Hal Isk Jor Kel Lom Mar Nev Orr Pel Quin Ros Sil Tam Ulf Vor".split()
+         for b in "a in ek is o wen".split()]                  # 120 made-up first names, all different
 LAST = "Venn Halloway Corrin Mistle Dunmore Quill Ashby Tarn Pell Rooke Fenwick Lorne Skerry Vail Brack".split()
 TOWN = "Caldrun Ostermere Fallow Brindle Harrowgate Quillon Saltmarsh Vesper Thornby Eastwick Marrow Dunhollow".split()
 TRADE = "weaver potter smith baker miller tanner mason carpenter fisher glassblower clockmaker cooper".split()
@@ -59,8 +60,9 @@ ASK = {"town": "Where was {name} from?", "trade": "What was the trade of {name}?
 
 
 def people_paragraph(rng, n_facts):
-    """(paragraph, {name: {"town": (text, start), ...}}): n_facts sentences, one per person, names all different."""
-    names = rng.sample([f"{a} {b}" for a in FIRST for b in LAST], n_facts)
+    """(paragraph, {name: {"town": (text, start), ...}}): n_facts sentences, one per person, first names all
+    different (a question's person is told apart by a word, as in most SQuAD questions)."""
+    names = [f"{a} {rng.choice(LAST)}" for a in rng.sample(FIRST, n_facts)]
     text, facts = "", {}
     for name in names:
         town, trade = rng.choice(TOWN), rng.choice(TRADE)
@@ -75,7 +77,7 @@ def people_paragraph(rng, n_facts):
     return text.strip(), facts
 
 
-def people_questions(n, rng, most_facts=90):
+def people_questions(n, rng, most_facts=60):
     """n questions of SQuAD v1.1's JSON (one paragraph each), the paragraph's length drawn evenly in 1..most_facts."""
     paragraphs = []
     for i in range(n):
@@ -99,5 +101,5 @@ if __name__ == "__main__":
     import random
     if len(sys.argv) != 3 or sys.argv[1] != "squad":
         sys.exit("usage: python -m reproduce.synthetic squad FOLDER")
-    write_squad(sys.argv[2], 2000, 400, random.Random(0))
-    print(f"wrote {sys.argv[2]}/SQuAD/train-v1.1.json (2,000 questions) and dev-v1.1.json (400)")
+    write_squad(sys.argv[2], 600, 200, random.Random(0))
+    print(f"wrote {sys.argv[2]}/SQuAD/train-v1.1.json (600 questions) and dev-v1.1.json (200)")

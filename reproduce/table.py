@@ -74,7 +74,8 @@ def run_one(task, method, rank, seed, args):
         if code:
             return record
     r = json.loads((out / "results.json").read_text())
-    split = next(k for k, v in r["best"].items() if isinstance(v, dict))  # the first dev split: the selection one
+    # the first dev split: the selection one
+    split = next(k for k, v in r["best"].items() if isinstance(v, dict) and k != "by_length")
     params = r["params"]
     record.update(metric=r["select"], split=split, value=r["best"][split][r["select"]],
                   params=params[{"bitfit": "biases", "full": "body"}.get(method, "adapter")],

@@ -300,10 +300,23 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     lines = [json.loads(x) for x in (out / "eval.jsonl").read_text().splitlines()]
     assert all(line["by_length"]["dev"][0]["bin"] == "0-16" for line in lines)
     assert "samples" in capsys.readouterr().out                      # the end-of-run table
+    again = train.run(parse(["--eval-only", str(out / "adapters.safetensors"), "--data-dir", str(tmp_path),
+                             "--length-bins", "0,16,20"]))
+    assert again["eval"]["dev"] == r["best"]["dev"] and again["by_length"]["dev"] == bins   # window and stride kept
     p = predict.load(str(out / "adapters.safetensors"))                # the best adapters answer as evaluated
     ans = predict.answer(p, [q.question for q in dev], [q.context for q in dev])
     assert squad.scores([a["answer"] for a in ans], [q.answers for q in dev])["em"].mean() == r["best"]["dev"]["em"]
     assert all(a["answer"] in q.context and np.isfinite(a["score"]) for a, q in zip(ans, dev))
+    lines = tmp_path / "qa.jsonl"                                      # the command line: JSON or a tab
+    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n\n"
+                     + f"{dev[1].question}\t{dev[1].context}\n")
+    capsys.readouterr()
+    predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (3, ans[1]["answer"])]
+    lines.write_text("a question without its context\n")
+    with pytest.raises(SystemExit, match=r"qa.jsonl, line 1: give a question and its context with a tab"):
+        predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
 
 
 def test_train_py_learns_narrativeqa_from_its_oracle_spans(tmp_path):
