@@ -35,7 +35,9 @@ TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn",
 ALTERNATING = ("query", "key", "value", "qkv")  # sparse insertion alternates these; other targets are dense (§3.4)
 ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r")  # W_r: MixLoRA's router
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
-EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eq. (8) runs in float32
+EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eqs. (3)-(8) run in float32:
+# under bf16 autocast the step h_dot + h is summed there too, or a derivative small next to h (bf16 steps of 1/128
+# near 1) is lost and the normalisation then blows its rounding up to the whole [0, 1]
 
 
 @dataclass
@@ -171,7 +173,7 @@ class SSMLoRALinear(LowRankLinear):
     def next_state(self, x_new, h):
         """h_norm, the normalised h_t+1, from x_new = x W_a (..., r) and the incoming state h_t (..., r)."""
         h_dot = h @ self.W_c + x_new @ self.W_d               # eq. (2): h'_t, the derivative of the state
-        h = (h_dot + h).float()                               # eqs. (3), (4): one Euler step (float32: see EPS)
+        h = h_dot.float() + h.float()                         # eqs. (3), (4): one Euler step, in float32: see EPS
         lo, hi = torch.aminmax(h, dim=-1, keepdim=True)       # eqs. (6), (7): per token, over the rank
         return ((h - lo) / (hi - lo + EPS)).to(x_new.dtype)   # eq. (8), typo fixed (decision 1)
 

@@ -215,6 +215,19 @@ def test_fp16_state_at_init_is_not_nan():
     assert torch.isfinite(m(torch.randn(2, 3, 8).half())).all()
 
 
+def test_euler_step_and_normalisation_run_in_float32_under_bf16_autocast():
+    # h near 1 (bf16 steps of 1/128 there) plus a derivative 100 times smaller: summed in bf16 the spread is lost and
+    # eq. (8) gives 0 / eps; summed in float32, as eqs. (3)-(8) are meant to run, it is the derivative's own spread
+    m = S.SSMLoRALinear(nn.Linear(4, 4), 4, 8.0, 0.0, S.TimeAxes(), axis="query", position=1)
+    with torch.no_grad():
+        m.W_d.copy_(torch.eye(4))
+    x_new = torch.tensor([[[1e-4, 2e-4, 3e-4, 4e-4]]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h_norm = m.next_state(x_new.bfloat16(), torch.ones(1, 1, 4, dtype=torch.bfloat16))
+    assert h_norm.dtype == torch.bfloat16
+    torch.testing.assert_close(h_norm.float(), torch.tensor([[[0, 1 / 3, 2 / 3, 1]]]), atol=1e-2, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # time axes: the state flows along its own axis, detached
 
