@@ -307,8 +307,9 @@ class Tok:
     def __init__(self, tokenizer, family, pad_id):
         self.tokenizer, self.family, self.pad_id = tokenizer, family, pad_id
 
-    def encode(self, examples, max_len, chunk=8192):
-        """Tokenize (and truncate to max_len tokens, specials included) a list of Examples."""
+    def encode(self, examples, max_len, chunk=8192, count_cut=False):
+        """Tokenize (and truncate to max_len tokens, specials included) a list of Examples. count_cut: also count
+        each row's tokens before truncation (Encoded.full, for results by input length)."""
         pair = any(e.text_b is not None for e in examples)
         specials = self.tokenizer.post_processor.num_special_tokens_to_add(pair) if self.tokenizer.post_processor else 0
         if max_len < specials + 1 + pair:     # tokenizers would silently return rows longer than max_len
@@ -328,8 +329,8 @@ class Tok:
             ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32))
             types.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int8))
         offsets = np.r_[0, np.cumsum(np.concatenate(lengths))]
-        full = np.diff(offsets)
-        cut = np.flatnonzero(full >= max_len)            # only a row at max_len can have been truncated
+        full = np.diff(offsets) if count_cut else None
+        cut = np.flatnonzero(full >= max_len) if count_cut else []  # only a row at max_len can have been cut
         if len(cut):
             self.tokenizer.no_truncation()
             again = [examples[i].text_a if examples[i].text_b is None else (examples[i].text_a, examples[i].text_b)

@@ -21,7 +21,7 @@ Each output line is one JSON object: the input's number ("n", from 1) and text, 
 files write it) and its probability, a "score" for regression, the chosen option's index and text, or the answer
 span's text and its score (its start plus its end logit). In Python:
 
-    from predict import load, predict, choose
+    from predict import answer, choose, load, predict
     p = load("out/sst2-ssmlora-r8/adapters.safetensors")
     predict(p, ["a gripping, funny film"])            # [{'n': 1, 'text': ..., 'label': '1', 'probability': ...}]
     predict(p, ["first sentence"], ["second one"])    # pair tasks: texts_b

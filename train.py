@@ -79,10 +79,11 @@ def run(args, on_step=None):
     if args.eval_only:
         both = {split: evaluate(model, encoded[split], task, args.batch_size, device, data[split], args.bins)
                 for split in task.dev}
-        metrics, by_length = ({s: m[i] for s, m in both.items()} for i in (0, 1))
+        metrics = {s: m for s, (m, _) in both.items()}
+        by_length = {s: b for s, (_, b) in both.items()} if args.bins else None
         print(json.dumps(metrics))
         print_by_length(by_length)
-        return {"eval": metrics, "by_length": by_length if args.bins else None}
+        return {"eval": metrics, "by_length": by_length}
     encoded["train"] = encode(tok, task, train_rows, max_len, "train", cut, args.doc_stride)
     return fit(model, encoded, task, args, device, on_step, data, cut, trivial)
 

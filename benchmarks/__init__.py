@@ -68,8 +68,8 @@ def encode(tok, task, examples, max_len, split, report, stride=128):
     """GLUE as before; the reading tasks as rows whose passage is cut to fit, never the question or option; QA as
     windows over the context, `stride` tokens shared by consecutive ones (squad.windows: training takes its rows,
     evaluation the windows with what decoding needs). What was cut goes into report[split] (and results.json)."""
-    if not task.is_reading:
-        return tok.encode(examples, max_len)
+    if not task.is_reading:  # dev rows are also counted uncut, for results by input length
+        return tok.encode(examples, max_len, count_cut=split != "train")
     if task.shape == "span":
         win = squad.windows(tok, examples, max_len, stride)
         report[split] = {"questions": len(examples), "windows": len(win), "several_windows": win.rows.cut,

@@ -2,8 +2,6 @@
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
-
 from data import DataError
 
 
@@ -43,12 +41,10 @@ class Task:
         return self.num_labels == 1 and self.shape == "text"
 
     def score(self, preds, examples):
-        """A reading task's metrics from its predicted classes or choices (a span task: answer texts), one per
-        example."""
+        """A reading task's metrics from its predicted classes or choices, one per example (a span task's scores
+        are per question: training/evaluate.py averages them)."""
         if len(preds) != len(examples) or not len(examples):
             raise DataError(f"{self.name}: {len(preds)} predictions for {len(examples)} examples")
-        if self.shape == "span":  # F1, EM, ROUGE-L per question, averaged over the questions
-            return {k: float(np.mean(v)) for k, v in self.scores(list(preds), examples).items()}
         return self.scores(list(map(int, preds)), examples)
 
     @property

@@ -236,7 +236,7 @@ def test_length_bins():
 def test_input_lengths_are_counted_before_truncation(tmp_path):
     tok = _tok(tmp_path)
     words = lambda n: " ".join(["river"] * n)                         # one token each, between [CLS] and [SEP]
-    enc = tok.encode([data.Example(words(3), None, 0), data.Example(words(20), None, 1)], max_len=8)
+    enc = tok.encode([data.Example(words(3), None, 0), data.Example(words(20), None, 1)], max_len=8, count_cut=True)
     assert np.diff(enc.offsets).tolist() == [5, 8] and lengths.input_lengths(enc).tolist() == [5, 22]
     rows = data.encode_rows(tok, [data.Pair(words(30), words(2), 0)], max_len=10)
     assert rows.lengths.sum() == 10 and lengths.input_lengths(rows).tolist() == [35]       # [CLS] p [SEP] t [SEP]

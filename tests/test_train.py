@@ -247,6 +247,10 @@ def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert
     monkeypatch.chdir(tmp_path)
     again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors"), "--data-dir", str(glue)]))
     assert again["eval"]["dev"] == r["best"]["dev"]
+    assert again["by_length"]["dev"] == r["by_length"]["dev"]
+    off = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval", "--length-bins", "0",
+                                    "--eval-only", str(tmp_path / "adapters.safetensors"))))
+    assert off["eval"] == again["eval"] and off["by_length"] is None
 
 
 def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path):

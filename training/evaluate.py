@@ -33,10 +33,11 @@ def evaluate(model, encoded, task, batch_size, device, examples, bins=None):
         outs.append(out.float() if span or not task.is_reading else out.float().argmax(-1))
     model.train()
     outs = dist.gather_rows(torch.cat(outs), len(encoded))
-    if span:  # each question's answer: the best span over its windows
-        preds = squad.answers(encoded, examples, *outs.cpu().T)[0]
-    else:
-        preds = outs.cpu().tolist() if task.is_reading else outs.cpu()
+    if span:  # each question's answer, the best span over its windows; F1, EM or ROUGE-L per question, once
+        per = task.scores(squad.answers(encoded, examples, *outs.cpu().T)[0], examples)
+        whole = {k: float(np.mean(v)) for k, v in per.items()}
+        return whole, None if bins is None else by_length(input_lengths(encoded), per, bins)
+    preds = outs.cpu().tolist() if task.is_reading else outs.cpu()
     labels = None if task.is_reading else torch.from_numpy(encoded.labels)
 
     def metrics(idx):  # the task's metrics on some examples: all of them, or one bin of lengths
