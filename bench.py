@@ -29,7 +29,7 @@ import torch
 from baselines.qlora import weight_memory
 from files import atomic_write
 from files.hub import config_to_hf, from_pretrained
-from interop.plots import plot_bench
+from reproduce.plots import plot_bench
 from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser, free_cores
@@ -79,7 +79,7 @@ def get_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny model and shapes, few repeats: a smoke test")
     p.add_argument("--json", default="out/bench.json", help="where the results are written (default out/bench.json)")
     p.add_argument("--plot", metavar="FILE", help="also draw latency and peak memory against length per method into "
-                   "FILE (a .png; needs matplotlib; python -m interop.plots redraws it from --json)")
+                   "FILE (a .png; needs matplotlib; python -m reproduce.plots redraws it from --json)")
     a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")

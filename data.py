@@ -1,37 +1,25 @@
 """
-The data machinery every benchmark shares: finding its official files or downloading them once into a cache
-(atomically), the checkpoint's own tokenizer, and padded batches. Each reader in benchmarks/ turns its official
-files into examples (GLUE: Examples; SuperGLUE, RACE: Pairs and Choices); benchmarks/metrics.py scores predictions.
+Examples to token ids to padded batches: what every task shares between its reader (tasks/) and the model. Files
+and downloads are files/'s job (files/downloads.py, files/tokenizer.py for the checkpoint's tokenizer).
 
-    Example(text_a, text_b, label)            text_b None for single texts; label a class id or a float score
-    benchmark_folder(what, folder, ...)       data_dir/folder, or cache_dir/folder downloaded once: every reader's
-    fetch_once(cache_dir, folder, build)      cache_dir/folder, built by build(tmp) the first time, atomically
-    download(url, dest), download_zip(url, into, name), untar(archive, url, into)
-    Pair(text_a, text_b, label, group), Choice(context, choices, gold, ...)   the reading benchmarks' shapes
-    load_tokenizer(folder, family=None) -> Tok;  Tok.encode(examples, max_len) -> Encoded
+    Example(text_a, text_b, label)      GLUE: a text or a text pair; label a class id or a float score
+    Pair(text_a, text_b, label, group), Choice(context, choices, gold, ...)   the reading tasks' passage-first shapes
+    Tok                                 a tokenizers.Tokenizer with its family and padding id (files.tokenizer makes it)
+    tokenize(tokenizer, texts)          every text's ids (and character spans), flat, in chunks: the one loop
+    Tok.encode(examples, max_len) -> Encoded        GLUE's texts, truncated as a pair
     encode_rows(tok, pairs_or_choices, max_len) -> Rows   the passage is cut to fit, never the question or option
-    batches(encoded, batch_size, shuffle=False, generator=None) -> dicts of input_ids, attention_mask (None when
-        nothing in the batch is padded), token_type_ids, labels; for Choices also choices (questions, most choices)
+    batches(encoded, batch_size) -> dicts of input_ids, attention_mask (None when nothing in the batch is padded),
+        token_type_ids, labels; for Choices also choices (questions, most choices)
     collate(encoded, examples) -> one such dict, of the chosen examples (an array of their numbers)
 """
-import json
-import os
-import shutil
-import tarfile
-import tempfile
-import urllib.request
-import zipfile
-import zlib
 from dataclasses import dataclass
-from http.client import HTTPException
 from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tqdm import tqdm
 
+TYPED = ("bert", "deberta-v2")  # the families whose pairs have token types 0 then 1
 
 
 class DataError(ValueError):
@@ -70,212 +58,6 @@ class Choice(NamedTuple):
         return self.gold[0] if self.gold else -1
 
 
-# ----------------------------------------------------------------------------- downloading once, into a cache
-
-def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expected, official, env):
-    """The folder that holds a benchmark's files, found or downloaded once; every reader in benchmarks/ uses this.
-    With data_dir (offline): data_dir/<folder>, where the official archive unpacks, or data_dir itself. Without:
-    cache_dir/<folder> (default $SSMLORA_<env>_CACHE, else ~/.cache/ssmlora/<env>), built by build(tmp) the first
-    time (fetch_once: all or nothing). complete(folder): whether it holds every file; expected: those files, for the
-    messages; official: the official URLs, for the way to work offline."""
-    if data_dir is not None:
-        for candidate in (os.path.join(data_dir, folder), data_dir):
-            if complete(candidate):
-                return candidate
-        raise DataError(f"{what}: --data-dir {data_dir} lacks {expected}. Put the official files there (as they "
-                        "unpack), or leave --data-dir out to download them into the cache.")
-    cache_dir = cache_dir or os.environ.get(f"SSMLORA_{env.upper()}_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "ssmlora", env)
-    final = os.path.join(cache_dir, folder)
-    if not complete(final):
-        print(f"data: downloading {what} into {cache_dir}")
-        try:
-            fetch_once(cache_dir, folder, build)
-        except DataError as e:
-            them = "them" if len(official) > 1 else "it"
-            raise DataError(f"Could not get {what}: {e}. Nothing was written to the cache. To work offline, fetch "
-                            f"{' + '.join(official)} on a machine with internet, put {them} in a folder and set "
-                            f"SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir with a folder that "
-                            f"holds {expected}.") from None
-    return final
-
-
-def mirror(name, base_url, env, official):
-    """The URL of a benchmark file: base_url or $SSMLORA_<env>_URL (a folder that serves every file by its plain
-    name) when given, else the official one."""
-    base_url = base_url or os.environ.get(f"SSMLORA_{env.upper()}_URL")
-    return f"{base_url.rstrip('/')}/{name}" if base_url else official
-
-
-def fetch_once(cache_dir, folder, build):
-    """cache_dir/folder, built the first time by build(tmp), which must create tmp/folder. All or nothing: it is
-    built in a temporary folder beside its final place and moved there by one os.replace, so an interrupted run
-    leaves nothing half-written, and a later run finds either the whole folder or none."""
-    final = os.path.join(cache_dir, folder)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{folder}-partial-", dir=cache_dir)
-    try:
-        build(tmp)
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete folder (files removed by hand) is replaced
-        os.replace(os.path.join(tmp, folder), final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def download(url, dest):
-    """Stream url into the file dest with a progress bar; any failure, a short body included, is a DataError."""
-    done = total = 0
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
-            total = int(r.headers.get("Content-Length") or 0)
-            with tqdm(total=total or None, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1]) as bar:
-                while chunk := r.read(1 << 20):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-                    done += len(chunk)
-    except (OSError, HTTPException) as e:        # URLError, HTTPError, timeouts, refused connections, IncompleteRead
-        raise DataError(f"download of {url} failed ({e})") from None
-    if total and done != total:
-        raise DataError(f"download of {url} stopped after {done} of {total} bytes")
-
-
-def untar(archive, url, into):
-    """Extract a downloaded .tar.gz; the "data" filter refuses members that would land outside `into` (links,
-    absolute paths, ..)."""
-    try:
-        with tarfile.open(archive, "r:*") as t:
-            t.extractall(into, filter="data")
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise DataError(f"{url} is not a valid .tar.gz archive ({e})") from None
-
-
-def download_zip(url, into, name):
-    """Download the zip at url as into/name and extract it into `into`, after checking every member's CRC."""
-    archive = os.path.join(into, name)
-    download(url, archive)
-    try:
-        with zipfile.ZipFile(archive) as z:
-            bad = z.testzip()                      # reads every member and checks its CRC
-            if bad is not None:
-                raise DataError(f"{url}: member {bad} is corrupt")
-            z.extractall(into)                     # extractall keeps member paths inside `into`
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise DataError(f"{url} is not a valid zip archive ({e})") from None
-
-
-# ----------------------------------------------------------------------------- tokenization
-
-# The padding token, when the tokenizer declares none of its own: GPT-2 and LLaMA have none and pad with their
-# end-of-text token, which the attention mask hides anyway (and the head pools the last real token).
-PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>", "llama": "</s>", "deberta-v2": "[PAD]"}
-TYPED = ("bert", "deberta-v2")  # the families whose pairs have token types 0 then 1
-SPECIAL_TOKENS = {"bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-                  "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
-
-
-def _read_json(path):
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from None
-
-
-def _with_specials(tok, family):
-    """Built from vocabulary files, a tokenizer must still map a special token's spelling in a text to that token,
-    as Hugging Face's do (a tokenizer.json lists its special tokens itself)."""
-    tok.add_special_tokens([AddedToken(t, special=True, lstrip=t == "<mask>", normalized=False)
-                            for t in SPECIAL_TOKENS[family] if tok.token_to_id(t) is not None])
-    return tok
-
-
-def _wordpiece(folder):
-    """BERT's tokenizer from vocab.txt, with the options tokenizer_config.json sets (uncased by default)."""
-    cfg = _read_json(os.path.join(folder, "tokenizer_config.json"))
-    tok = Tokenizer(models.WordPiece.from_file(os.path.join(folder, "vocab.txt"), unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=cfg.get("tokenize_chinese_chars", True),
-        strip_accents=cfg.get("strip_accents"), lowercase=cfg.get("do_lower_case", True))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    if cls is None or sep is None:
-        raise DataError(f"{folder}/vocab.txt has no [CLS] or [SEP]: not a BERT vocabulary")
-    tok.post_processor = processors.TemplateProcessing(     # [CLS] a [SEP] b [SEP], token types 0 then 1
-        single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    return _with_specials(tok, "bert")
-
-
-def _byte_level_bpe(folder, family):
-    """RoBERTa's or GPT-2's tokenizer from vocab.json + merges.txt. RoBERTa wraps texts as <s> a </s></s> b </s>;
-    GPT-2 adds nothing and simply concatenates the two texts of a pair."""
-    tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    family = family or ("roberta" if tok.token_to_id("<s>") is not None else "gpt2")
-    if family == "roberta":
-        bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
-        if bos is None or eos is None:
-            raise DataError(f"{folder}/vocab.json has no <s> or </s>: not a RoBERTa vocabulary")
-        tok.post_processor = processors.RobertaProcessing(("</s>", eos), ("<s>", bos))
-    return _with_specials(tok, family), family
-
-
-def _declared_pad_token(folder):
-    """The pad token a Hugging Face tokenizer folder declares (tokenizer_config.json, special_tokens_map.json)."""
-    for name in ("tokenizer_config.json", "special_tokens_map.json"):
-        pad = _read_json(os.path.join(folder, name)).get("pad_token")
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        if pad:
-            return pad
-    return None
-
-
-def load_tokenizer(folder, family=None):
-    """The checkpoint's own tokenizer: tokenizer.json, else vocab.json + merges.txt, else vocab.txt. family
-    ("bert", "roberta", "gpt2", "llama") defaults to config.json's model_type, then to what the vocabulary contains.
-    It pads with the tokenizer's own pad token when it declares one, else with its family's (PAD_TOKENS)."""
-    if family is None:
-        family = _read_json(os.path.join(folder, "config.json")).get("model_type")
-        family = family if family in PAD_TOKENS else None
-    elif family not in PAD_TOKENS:
-        raise DataError(f"Unknown model family {family!r}: use one of {', '.join(PAD_TOKENS)}.")
-    has = lambda name: os.path.isfile(os.path.join(folder, name))
-    bpe = has("vocab.json") and has("merges.txt")
-    if not (has("tokenizer.json") or bpe or has("vocab.txt") or has("spm.model")):
-        raise DataError(f"No tokenizer in {folder}: expected tokenizer.json (LLaMA: only that), or vocab.json + "
-                        "merges.txt (RoBERTa, GPT-2), or vocab.txt (BERT), or spm.model (DeBERTa), as in a Hugging "
-                        "Face checkpoint folder.")
-    try:
-        if has("tokenizer.json"):
-            tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))   # brings its own special tokens
-        elif has("spm.model"):                    # DeBERTa's SentencePiece model, converted once and cached
-            from files import spm
-            tok, family = spm.tokenizer(folder), family or "deberta-v2"
-        elif bpe:
-            tok, family = _byte_level_bpe(folder, family)
-        elif family in (None, "bert"):
-            tok, family = _wordpiece(folder), "bert"
-        else:
-            raise DataError(f"{folder} holds BERT's vocab.txt, not a {family} tokenizer")
-    except DataError:
-        raise
-    except Exception as e:                        # tokenizers raises plain Exception for unreadable files
-        raise DataError(f"Cannot load the tokenizer files in {folder} ({e})") from None
-    family = family or next((f for f, pad in PAD_TOKENS.items() if tok.token_to_id(pad) is not None), None)
-    pad = _declared_pad_token(folder)
-    pad = pad if pad is not None and tok.token_to_id(pad) is not None else PAD_TOKENS.get(family)
-    if pad is None or tok.token_to_id(pad) is None:
-        raise DataError(f"Cannot tell the padding token of the tokenizer in {folder}: it declares none "
-                        f"(tokenizer_config.json's pad_token) and has none of {', '.join(PAD_TOKENS.values())}. "
-                        f"Pass --tokenizer with the tokenizer folder of a checkpoint of this model's family.")
-    return Tok(tok, family, tok.token_to_id(pad))
-
-
 @dataclass
 class Encoded:
     """Tokenized examples stored flat: row i is ids[offsets[i]:offsets[i + 1]]. A few arrays instead of a Python
@@ -301,6 +83,26 @@ class Encoded:
                 "label": self.labels[i].item()}
 
 
+def tokenize(tokenizer, texts, specials=False, spans=False, chunk=8192):
+    """(ids int32, type ids int8, lengths int64, character spans (tokens, 2) or None) of texts (strings or pairs),
+    flat. Chunks turned into arrays at once bound the memory of tokenizers' Encoding objects and Python int lists.
+    specials: the tokenizer's post-processing (and truncation, if enabled) applies; spans: each token's characters."""
+    ids, types, lengths, where = [np.zeros(0, np.int32)], [np.zeros(0, np.int8)], [np.zeros(0, np.int64)], []
+    for start in range(0, len(texts), chunk):
+        try:
+            encodings = tokenizer.encode_batch(texts[start:start + chunk], add_special_tokens=specials)
+        except Exception as e:                       # tokenizers raises plain Exception, e.g. for a None text
+            raise DataError(f"Cannot tokenize examples {start}..{start + len(texts[start:start + chunk]) - 1}: "
+                            f"{e}") from None
+        lengths.append(np.array([len(e.ids) for e in encodings], np.int64))
+        ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32))
+        types.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int8))
+        if spans:
+            where.append(np.array([o for e in encodings for o in e.offsets], np.int64).reshape(-1, 2))
+    spans = (np.concatenate(where) if where else np.zeros((0, 2), np.int64)) if spans else None
+    return np.concatenate(ids), np.concatenate(types), np.concatenate(lengths), spans
+
+
 class Tok:
     """A tokenizers.Tokenizer plus what batching needs: the family and the padding id."""
 
@@ -317,31 +119,19 @@ class Tok:
                             f"tokens to {'a pair' if pair else 'a text'}; use at least {specials + 1 + pair}.")
         self.tokenizer.no_padding()                      # batches() pads, per batch
         self.tokenizer.enable_truncation(max_len)        # longest_first, as Hugging Face's truncation=True
-        # Chunks turned into arrays at once bound the memory of tokenizers' Encoding objects and Python int lists.
-        ids, types, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int8)], [np.zeros(0, np.int64)]
-        for start in range(0, len(examples), chunk):
-            texts = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples[start:start + chunk]]
-            try:
-                encodings = self.tokenizer.encode_batch(texts)
-            except Exception as e:                       # tokenizers raises plain Exception, e.g. for a None text
-                raise DataError(f"Cannot tokenize examples {start}..{start + len(texts) - 1}: {e}") from None
-            lengths.append(np.array([len(e.ids) for e in encodings], dtype=np.int64))
-            ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32))
-            types.append(np.fromiter(chain.from_iterable(e.type_ids for e in encodings), np.int8))
-        offsets = np.r_[0, np.cumsum(np.concatenate(lengths))]
+        texts = [e.text_a if e.text_b is None else (e.text_a, e.text_b) for e in examples]
+        ids, flat_types, lengths = tokenize(self.tokenizer, texts, specials=True, chunk=chunk)[:3]
+        offsets = np.r_[0, np.cumsum(lengths)]
         full = np.diff(offsets) if count_cut else None
         cut = np.flatnonzero(full >= max_len) if count_cut else []  # only a row at max_len can have been cut
         if len(cut):
             self.tokenizer.no_truncation()
-            again = [examples[i].text_a if examples[i].text_b is None else (examples[i].text_a, examples[i].text_b)
-                     for i in cut]
-            full[cut] = [len(e.ids) for e in self.tokenizer.encode_batch(again)]
-        flat_types = np.concatenate(types)
+            full[cut] = tokenize(self.tokenizer, [texts[i] for i in cut], specials=True)[2]
         if self.family not in TYPED:      # RoBERTa has a single token type and GPT-2 none: all zeros
             flat_types[:] = 0
         is_float = bool(examples) and isinstance(examples[0].label, float)
         labels = np.array([e.label for e in examples], dtype=np.float32 if is_float else np.int64)
-        return Encoded(np.concatenate(ids), flat_types, offsets.astype(np.int64), labels, self.pad_id, full)
+        return Encoded(ids, flat_types, offsets.astype(np.int64), labels, self.pad_id, full)
 
 
 # ----------------------------------------------------------------------------- passage-first rows (Pair, Choice)
@@ -383,17 +173,14 @@ def template(tokenizer):
             [types[s] if e > s else 0 for s, e in zip(bounds, bounds[1:])])
 
 
-def _tokenize_texts(tokenizer, texts, chunk=8192):
-    """Token ids of each text (no special tokens), concatenated, and the length of each."""
-    ids, lengths = [np.zeros(0, np.int32)], [np.zeros(0, np.int64)]
-    for start in range(0, len(texts), chunk):
-        try:
-            encodings = tokenizer.encode_batch(texts[start:start + chunk], add_special_tokens=False)
-        except Exception as e:                       # tokenizers raises plain Exception, e.g. for a None text
-            raise DataError(f"Cannot tokenize texts {start}..{start + chunk - 1}: {e}") from None
-        lengths.append(np.array([len(e.ids) for e in encodings], np.int64))
-        ids.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32))
-    return np.concatenate(ids), np.concatenate(lengths)
+def segments(template, a_start, a_len, b_start, b_len):
+    """(starts, lengths), each (rows, 5), of rows made of five segments: the template's prefix, a first text, its
+    middle, a second text, its suffix. The template's tokens open Rows.tokens: prefix, middle, suffix in a row."""
+    prefix, middle, suffix = template
+    const = lambda v: np.full(len(a_start), v, np.int64)  # noqa: E731
+    starts = np.stack([const(0), a_start, const(len(prefix)), b_start, const(len(prefix) + len(middle))], 1)
+    lens = np.stack([const(len(prefix)), a_len, const(len(middle)), b_len, const(len(suffix))], 1)
+    return starts, lens
 
 
 def encode_rows(tok, examples, max_len):
@@ -413,16 +200,15 @@ def encode_rows(tok, examples, max_len):
     counts = np.array([len(s) for s in seconds], np.int64)
     texts = list(dict.fromkeys(chain(firsts, chain.from_iterable(seconds))))
     index = {text: i for i, text in enumerate(texts)}
-    ids, lengths = _tokenize_texts(t, texts)
+    ids, _, lengths = tokenize(t, texts)[:3]
     text_start = len(specials) + np.r_[0, np.cumsum(lengths)[:-1]]
     a = np.repeat(np.array([index[x] for x in firsts], np.int64), counts)
     b = np.array([index[x] for x in chain.from_iterable(seconds)], np.int64)
     room = max_len - len(specials)
     b_len = np.minimum(lengths[b], room - 1)                 # at least one passage token stays
     a_len = np.minimum(lengths[a], room - b_len)
-    n, const = len(a), lambda v: np.full(len(a), v, np.int64)
-    starts = np.stack([const(0), text_start[a], const(len(prefix)), text_start[b], const(len(prefix) + len(middle))], 1)
-    lens = np.stack([const(len(prefix)), a_len, const(len(middle)), b_len, const(len(suffix))], 1)
+    n = len(a)
+    starts, lens = segments((prefix, middle, suffix), text_start[a], a_len, text_start[b], b_len)
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
     gold = None
     if choice:
@@ -486,7 +272,7 @@ def collate(encoded, examples):
 def batches(encoded, batch_size, shuffle=False, generator=None, drop_last=False):
     """Iterator of padded batches of Encoded or Rows (batch_size counts examples: a Choice brings all its rows). With
     shuffle, the order is drawn now from generator (a seeded torch.Generator), so the same seed and the same number
-    of earlier draws give the same order, e.g. in a resumed run."""
+    of earlier draws give the same order."""
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, not {batch_size}")
     n = len(encoded)

@@ -208,8 +208,9 @@ def reached_rows(T, cfg):
 
 
 def project(linear, r):
-    """A linear of the attention applied to the relative embeddings r. An adapter applies its low-rank update
-    without state (ssmlora.LowRankLinear.lora): the Time Module's state runs over tokens, and r holds none."""
+    """A linear of the attention applied to the relative embeddings r. The one thing this file knows of adapters:
+    an adapted linear may offer lora(r), its low-rank update without the Time Module's state, which runs over tokens
+    (r holds none). ssmlora.LowRankLinear.lora is it."""
     return getattr(linear, "lora", linear)(r)
 
 
@@ -226,7 +227,7 @@ class Attention(nn.Module):
         self.scale, self.terms = None, ()  # SDPA's 1 / sqrt(head_dim)
         if cfg.family == "deberta-v2":
             self.terms = tuple(t for t in ("c2p", "p2c") if t in cfg.pos_att_type.split("|"))
-            self.scale = (self.head_dim * (1 + len(self.terms))) ** -0.5  # 1 / sqrt(3d) with both terms (eq. 4)
+            self.scale = (self.head_dim * (1 + len(self.terms))) ** -0.5  # 1 / sqrt(3d) with both terms (DeBERTa paper, eq. 4)
             self.pos_drop = nn.Dropout(cfg.dropout)
             own = not cfg.share_att_key  # else the positions go through query and key themselves
             self.pos_key = nn.Linear(d, d) if own and "c2p" in self.terms else None
@@ -248,7 +249,7 @@ class Attention(nn.Module):
         self.qkv, self.query, self.key, self.value = fused.train(self.query.training), None, None, None
 
     def position_scores(self, q, k, r, idx):
-        """DeBERTa's content-to-position plus position-to-content scores (He et al., eq. 4), scaled as the content
+        """DeBERTa's content-to-position plus position-to-content scores (the DeBERTa paper, He et al. 2021, eq. 4), scaled as the content
         term. r: the relative position embeddings (2 span, d); idx (T, T): the row of r for each (i, j)."""
         B, H, T, hd = q.shape
         r = self.pos_drop(r)

@@ -34,8 +34,9 @@ from typing import NamedTuple
 
 import torch
 
-from benchmarks import encode, get_task, race, squad
-from data import Choice, DataError, Example, Pair, batches, load_tokenizer
+from tasks import encode, get_task, race, squad
+from data import Choice, DataError, Example, Pair, batches
+from files.tokenizer import load_tokenizer
 from files.adapters import check_base_is_there, read_run
 from files.hub import resolve
 from interop.peft import is_peft_folder, read_peft_run

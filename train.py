@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks import encode, get_task, lengths, load_data
-from data import collate, load_tokenizer
+from tasks import encode, get_task, lengths, load_data
+from data import collate
+from files.tokenizer import load_tokenizer
 from files import atomic_write
 from files.adapters import save_adapters
 from files.hub import resolve

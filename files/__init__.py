@@ -1,12 +1,16 @@
 """
-What goes to and comes from disk, apart from the benchmarks' data (data.py, benchmarks/):
+What goes to and comes from disk: every file format and download of the project, apart from the task readers'
+parsing of their own files (tasks/).
 
     hub.py        original Hugging Face checkpoints: found or downloaded, config.json <-> Config, weights, loaded
                   exactly (from_pretrained); used by train.py, predict.py, bench.py and the tests
+    tokenizer.py  the checkpoint's own tokenizer from its folder (load_tokenizer), DeBERTa's through spm.py
+    spm.py        DeBERTa's spm.model read as a tokenizers Unigram, converted once and cached
     adapters.py   adapters.safetensors: what a method trained, with the settings that rebuild it
-    resume.py     checkpoint.pt: everything a killed training run needs to continue (train.py only)
+    downloads.py  a benchmark's official files, in --data-dir or downloaded once into a cache, all or nothing
 
-and atomic_write, which every writer here uses: a file is replaced whole or not at all.
+and atomic_write, which every writer here uses: a file is replaced whole or not at all. (training/resume.py writes
+checkpoint.pt with it.)
 """
 import os
 

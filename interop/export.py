@@ -9,7 +9,7 @@ The model is rebuilt from the adapter file as train.py --eval-only does (trainin
 import json
 import sys
 
-from benchmarks import get_task
+from tasks import get_task
 from files.adapters import read_run
 from interop.merged import export_merged
 from interop.peft import RUN, export_peft

@@ -246,7 +246,7 @@ def load_head(model, head, folder):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the command line: python -m interop.peft export|merge ADAPTERS OUTDIR
+# what the export command (python -m interop.export peft|merge, interop/export.py) writes beside a PEFT folder
 
 RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the task and tokenizer (PEFT ignores other files)
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import encode, get_task, load_data
-from data import collate, load_tokenizer
+from tasks import encode, get_task, load_data
+from data import collate
+from files.tokenizer import load_tokenizer
 from files.hub import resolve
 from reproduce.synthetic import write_sst2
 from ssmlora import Adapters

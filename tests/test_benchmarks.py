@@ -7,10 +7,10 @@ import random
 import pytest
 
 import checkpoints
-from benchmarks import race
-from benchmarks import superglue
+from tasks import race
+from tasks import superglue
 import train
-from benchmarks import get_task
+from tasks import get_task
 from training.flags import parse as parse_args
 from checkpoints import MINILM
 from reproduce.synthetic import FILL, NEG, POS, filler

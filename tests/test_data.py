@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import data
+from files.tokenizer import load_tokenizer
 from data import Choice, DataError, Example, Pair
 
 
@@ -72,7 +73,7 @@ def check_rows_parity(ours, hf):
 
 def test_bert_tokenizer_json_matches_transformers():
     from transformers import AutoTokenizer
-    ours = data.load_tokenizer(minilm_folder())
+    ours = load_tokenizer(minilm_folder())
     assert ours.family == "bert"         # from config.json
     check_parity(ours, AutoTokenizer.from_pretrained(minilm_folder()), "bert")
     enc = ours.encode([Example("a", "b", 0)], 512)[0]
@@ -88,7 +89,7 @@ def test_bert_vocab_txt_matches_transformers(tmp_path, lower):
     cfg["do_lower_case"] = lower
     with open(tmp_path / "tokenizer_config.json", "w") as f:
         json.dump(cfg, f)
-    ours = data.load_tokenizer(str(tmp_path))          # no config.json: the family comes from the vocabulary
+    ours = load_tokenizer(str(tmp_path))          # no config.json: the family comes from the vocabulary
     assert ours.family == "bert"
     check_parity(ours, BertTokenizer.from_pretrained(str(tmp_path)), "bert")
 
@@ -116,12 +117,12 @@ def train_byte_level_bpe(folder, specials_first, specials_last):
 def test_roberta_bpe_matches_transformers(tmp_path):
     from transformers import RobertaTokenizer
     train_byte_level_bpe(tmp_path, ["<s>", "<pad>", "</s>", "<unk>"], ["<mask>"])   # <mask> is the last id
-    ours = data.load_tokenizer(str(tmp_path), family="roberta")
+    ours = load_tokenizer(str(tmp_path), family="roberta")
     assert ours.pad_id == 1
     check_parity(ours, RobertaTokenizer.from_pretrained(str(tmp_path)), "roberta")
     ids = ours.encode([Example("Hello", "world", 0)], 512)[0]["input_ids"]
     assert ids[:1] == [0] and ids.count(2) == 3 and ids[-1] == 2       # <s> a </s></s> b </s>
-    assert data.load_tokenizer(str(tmp_path)).family == "roberta"       # guessed from <s> in the vocabulary
+    assert load_tokenizer(str(tmp_path)).family == "roberta"       # guessed from <s> in the vocabulary
 
 
 def test_gpt2_bpe_matches_transformers(tmp_path):
@@ -129,7 +130,7 @@ def test_gpt2_bpe_matches_transformers(tmp_path):
     train_byte_level_bpe(tmp_path, [], ["<|endoftext|>"])
     with open(tmp_path / "config.json", "w") as f:
         json.dump({"model_type": "gpt2"}, f)
-    ours = data.load_tokenizer(str(tmp_path))
+    ours = load_tokenizer(str(tmp_path))
     hf = GPT2Tokenizer.from_pretrained(str(tmp_path))
     hf.pad_token = hf.eos_token                         # GPT-2 has no pad token: pad with end-of-text
     assert ours.family == "gpt2" and ours.pad_id == hf.eos_token_id == len(hf) - 1
@@ -140,16 +141,16 @@ def test_gpt2_bpe_matches_transformers(tmp_path):
 
 def test_tokenizer_errors(tmp_path):
     with pytest.raises(DataError, match="No tokenizer in"):
-        data.load_tokenizer(str(tmp_path))
+        load_tokenizer(str(tmp_path))
     with pytest.raises(DataError, match="Unknown model family"):
-        data.load_tokenizer(minilm_folder(), family="t5")
+        load_tokenizer(minilm_folder(), family="t5")
     shutil.copy(os.path.join(minilm_folder(), "vocab.txt"), tmp_path)
     with pytest.raises(DataError, match="not a roberta tokenizer"):
-        data.load_tokenizer(str(tmp_path), family="roberta")
+        load_tokenizer(str(tmp_path), family="roberta")
     (tmp_path / "vocab.txt").write_text("just\nwords\n")
     with pytest.raises(DataError, match=r"no \[CLS\]"):
-        data.load_tokenizer(str(tmp_path))
-    bert = data.load_tokenizer(minilm_folder())
+        load_tokenizer(str(tmp_path))
+    bert = load_tokenizer(minilm_folder())
     with pytest.raises(DataError, match="--max-len 4 leaves no room for text: this tokenizer adds 3 special tokens"):
         bert.encode([Example("a b c", None, 0), Example("a b c", "d e f", 0)], 4)     # [CLS] a [SEP] b [SEP]
     assert bert.encode([Example("a b c", "d e f", 0)], 5)[0]["input_ids"] == [101, 1037, 102, 1040, 102]
@@ -188,7 +189,7 @@ def test_shuffle_is_seeded():
 
 
 def test_encode_end_to_end_labels(tmp_path):
-    tok = data.load_tokenizer(minilm_folder())
+    tok = load_tokenizer(minilm_folder())
     enc = tok.encode([Example("a", "b", 1.5), Example("longer text here", "c", 3.0)], 64)
     assert len(enc) == 2 and enc.labels.dtype == np.float32 and enc[-1]["label"] == 3.0
     cls = tok.encode([Example("a", None, 1)], 64)
@@ -196,7 +197,7 @@ def test_encode_end_to_end_labels(tmp_path):
 
 
 def test_choice_rows_batch_into_a_question_matrix():
-    tok = data.load_tokenizer(minilm_folder())
+    tok = load_tokenizer(minilm_folder())
     questions = [Choice("passage one", ("a", "b", "c"), (2,)), Choice("passage two", ("d", "e"), (0,)),
                  Choice("passage one", ("f", "g", "h", "i"), (1, 3))]    # ReCoRD: two right choices
     enc = data.encode_rows(tok, questions, 64)
@@ -213,7 +214,7 @@ def test_choice_rows_batch_into_a_question_matrix():
 
 
 def test_rows_cut_the_passage_never_the_question():
-    tok = data.load_tokenizer(minilm_folder())
+    tok = load_tokenizer(minilm_folder())
     question = "which of these words comes last"          # 6 tokens: [CLS] p [SEP] q [SEP] leaves max_len - 9 for p
     enc = data.encode_rows(tok, [Pair("one two three four five six", question, 1), Pair("one", question, 0)], 12)
     ids = next(data.batches(enc, 2))["input_ids"]

@@ -7,6 +7,7 @@ import transformers as hf
 import model
 import ssmlora
 from files import hub
+from files.tokenizer import load_tokenizer
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
             max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
@@ -172,7 +173,7 @@ def test_spm_tokenizer_segments_as_sentencepiece(spm_folder, tmp_path, monkeypat
     import data
     from files import spm
     monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path))
-    tok = data.load_tokenizer(spm_folder)
+    tok = load_tokenizer(spm_folder)
     assert (tok.family, tok.pad_id) == ("deberta-v2", 0)
     sp = sentencepiece.SentencePieceProcessor(model_file=str(spm_folder / "spm.model"))
     for text in TEXTS:  # SentencePiece itself (what DeBERTa's own code runs), NFKC and spaces included
@@ -190,7 +191,7 @@ def test_spm_tokenizer_segments_as_sentencepiece(spm_folder, tmp_path, monkeypat
     # converted once: the second load reads the cache
     assert len(list(tmp_path.glob("spm-*.json"))) == 1
     monkeypatch.setattr(spm, "convert", lambda data: pytest.fail("converted again"))
-    assert data.load_tokenizer(spm_folder).tokenizer.encode(TEXTS[0]).ids == [1] + sp.encode(TEXTS[0]) + [2]
+    assert load_tokenizer(spm_folder).tokenizer.encode(TEXTS[0]).ids == [1] + sp.encode(TEXTS[0]) + [2]
 
 
 def test_spm_tokenizer_errors(tmp_path, monkeypatch):
@@ -198,7 +199,7 @@ def test_spm_tokenizer_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path / "cache"))
     (tmp_path / "spm.model").write_bytes(b"\x0a\x05short")  # a truncated proto
     with pytest.raises(data.DataError, match="not a SentencePiece Unigram model.*tokenizer.json"):
-        data.load_tokenizer(tmp_path)
+        load_tokenizer(tmp_path)
 
 
 def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from benchmarks import get_task, glue
+from tasks import get_task, glue
 from data import DataError, Example
 from glue_fixtures import glue_zip, msr_files, write_glue_task
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import metrics
-from benchmarks import get_task
+from tasks import metrics
+from tasks import get_task
 
 
 def no_warnings(fn, *args):

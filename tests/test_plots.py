@@ -1,11 +1,11 @@
-"""interop.plots on CPU: files written, axes labelled, and the one-line error when matplotlib is missing."""
+"""reproduce.plots on CPU: files written, axes labelled, and the one-line error when matplotlib is missing."""
 import builtins
 import json
 
 import pytest
 
 pytest.importorskip("matplotlib")
-from interop import plots  # noqa: E402
+from reproduce import plots  # noqa: E402
 from training.cli import UserError  # noqa: E402
 
 

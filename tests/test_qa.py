@@ -9,9 +9,10 @@ import torch
 
 import checkpoints
 import data
+from files.tokenizer import load_tokenizer
 import model
 from files import hub
-from benchmarks import lengths, metrics, narrativeqa, squad
+from tasks import lengths, metrics, narrativeqa, squad
 from training.evaluate import evaluate
 
 
@@ -60,7 +61,7 @@ def test_squad_metric_official_rules():
 
 
 def _tok(tmp_path):
-    return data.load_tokenizer(checkpoints.tiny_bert(tmp_path / "bert"))
+    return load_tokenizer(checkpoints.tiny_bert(tmp_path / "bert"))
 
 
 def test_windows_and_decoding_past_the_position_table(tmp_path):
@@ -285,7 +286,7 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     r = train.run(parse(["--task", "squad", "--model", str(tmp_path / "bert"), "--data-dir", str(tmp_path),
                          "--out", str(out), "--lr", "1e-2", "--epochs", "12", "--batch-size", "32", "--dropout", "0",
                          "--max-len", "20", "--doc-stride", "4", "--length-bins", "0,16,20"]))
-    tok = data.load_tokenizer(tmp_path / "bert")
+    tok = load_tokenizer(tmp_path / "bert")
     win = squad.windows(tok, dev, 20, 4)
     before = evaluate(hub.from_pretrained(tmp_path / "bert", head="span"), win, squad.TASK, 32, torch.device("cpu"),
                       dev)[0]
@@ -332,7 +333,7 @@ def test_train_py_learns_narrativeqa_from_its_oracle_spans(tmp_path):
                          "--batch-size", "32", "--max-len", "32", "--doc-stride", "8"]))
     valid = narrativeqa.load_narrativeqa(str(tmp_path))["valid"]
     before = evaluate(hub.from_pretrained(tmp_path / "bert", head="span"),
-                      squad.windows(data.load_tokenizer(tmp_path / "bert"), valid, 32, 8), narrativeqa.TASK, 32,
+                      squad.windows(load_tokenizer(tmp_path / "bert"), valid, 32, 8), narrativeqa.TASK, 32,
                       torch.device("cpu"), valid)[0]
     # the answers are "light blue" and "it is light blue", the oracle span the colour: ROUGE-L 1.0 at best; measured
     # on valid: 0.24 before, 0.88 after (SSMLoRA, frozen random body)

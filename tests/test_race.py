@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from benchmarks import race
+from tasks import race
 from data import Choice, DataError
 from superglue_fixtures import race_article, race_tar, write_race
 

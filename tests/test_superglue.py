@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from benchmarks import get_task
-from benchmarks import superglue as sg
+from tasks import get_task
+from tasks import superglue as sg
 from data import Choice, DataError, Pair
 from superglue_fixtures import boolq, cb, copa, multirc, record, superglue_zip, wic, write_superglue_task, wsc
 

@@ -18,9 +18,10 @@ import train
 from training.cli import UserError
 from training.flags import parse as parse_args
 from checkpoints import MINILM
-from data import batches, load_tokenizer
-from benchmarks import get_task
-from benchmarks.glue import load_glue
+from data import batches
+from files.tokenizer import load_tokenizer
+from tasks import get_task
+from tasks.glue import load_glue
 from glue_fixtures import write_glue_task
 from reproduce.synthetic import FILL, NEG, POS, sentiment_rows
 

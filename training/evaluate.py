@@ -1,10 +1,10 @@
 """The metrics of a model on a dev set (each process its share under torchrun), as train.py evaluates after each
-epoch and --eval-only once, with the same metrics per bin of input length (benchmarks/lengths.py)."""
+epoch and --eval-only once, with the same metrics per bin of input length (tasks/lengths.py)."""
 import numpy as np
 import torch
 
-from benchmarks import compute_metrics, squad
-from benchmarks.lengths import by_length, input_lengths
+from tasks import compute_metrics, squad
+from tasks.lengths import by_length, input_lengths
 from data import collate
 from training import dist
 from training.build import to_device
@@ -34,7 +34,7 @@ def evaluate(model, encoded, task, batch_size, device, examples, bins=None):
     model.train()
     outs = dist.gather_rows(torch.cat(outs), len(encoded))
     if span:  # each question's answer, the best span over its windows; F1, EM or ROUGE-L per question, once
-        per = task.scores(squad.answers(encoded, examples, *outs.cpu().T)[0], examples)
+        per = task.per_question(squad.answers(encoded, examples, *outs.cpu().T)[0], examples)
         whole = {k: float(np.mean(v)) for k, v in per.items()}
         return whole, None if bins is None else by_length(input_lengths(encoded), per, bins)
     preds = outs.cpu().tolist() if task.is_reading else outs.cpu()

@@ -4,7 +4,7 @@ and, for --eval-only, the settings the adapter file recorded.
 """
 from pathlib import Path
 
-from benchmarks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
+from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
 from model import PRESETS

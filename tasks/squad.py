@@ -18,9 +18,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from benchmarks.metrics import max_over_gold
-from benchmarks.task import Task
-from data import DataError, Rows, batches, benchmark_folder, download, mirror, template
+from tasks.metrics import max_over_gold
+from tasks.task import Task
+from data import DataError, Rows, batches, segments, template, tokenize
+from files.downloads import find_or_download
 
 URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/"
 FILES = {"train": "train-v1.1.json", "dev": "dev-v1.1.json"}
@@ -35,22 +36,6 @@ class Question(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- files: found or downloaded once
-
-def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, how=""):
-    """{relative path: local path} of a benchmark's files (files: {relative path: official url}), through
-    data.benchmark_folder: in data_dir (or data_dir/name), else in the cache, downloaded there once."""
-    env = name.lower()
-    complete = lambda folder: all(os.path.isfile(os.path.join(folder, f)) for f in files)
-    urls = {f: mirror(f, base_url, env, url) for f, url in files.items()}
-
-    def build(tmp):
-        for f, url in urls.items():
-            os.makedirs(os.path.dirname(os.path.join(tmp, name, f)), exist_ok=True)
-            download(url, os.path.join(tmp, name, f))
-    folder = benchmark_folder(name, name, data_dir, cache_dir, complete, build, f"{', '.join(files)}{how}",
-                              list(files.values()), env)
-    return {f: os.path.join(folder, f) for f in files}
-
 
 def read_squad(path):
     """The questions of an official SQuAD v1.1 file, in file order."""
@@ -98,15 +83,6 @@ class Windows:
         return len(self.question)
 
 
-def _tokens(tokenizer, texts):
-    """Ids, character starts and ends of each text's tokens (no specials), flat, and each text's count."""
-    enc = tokenizer.encode_batch(list(texts), add_special_tokens=False) if texts else []
-    n = np.array([len(e.ids) for e in enc], np.int64)
-    ids = np.array([i for e in enc for i in e.ids], np.int32)
-    spans = np.array([o for e in enc for o in e.offsets], np.int64).reshape(-1, 2)
-    return ids, spans[:, 0], spans[:, 1], n
-
-
 def windows(tok, questions, max_len=384, stride=128, max_query=64):
     """Windows (above) of Questions for data.Tok tok. stride: context tokens two consecutive windows share."""
     t = tok.tokenizer
@@ -117,8 +93,9 @@ def windows(tok, questions, max_len=384, stride=128, max_query=64):
     contexts = list(dict.fromkeys(q.context for q in questions))
     index = {c: i for i, c in enumerate(contexts)}
     ctx = np.array([index[q.context] for q in questions], np.int64)
-    q_ids, _, _, q_len = _tokens(t, [q.question for q in questions])
-    c_ids, c_start, c_end, c_len = _tokens(t, contexts)
+    q_ids, _, q_len, _ = tokenize(t, [q.question for q in questions])
+    c_ids, _, c_len, c_span = tokenize(t, contexts, spans=True)
+    c_start, c_end = c_span.T
     q_tok0, c_tok0 = np.r_[0, np.cumsum(q_len)[:-1]], np.r_[0, np.cumsum(c_len)[:-1]]
     q_keep = np.minimum(q_len, max_query)
     room = max_len - n_special - q_keep                               # context tokens a window can hold
@@ -143,10 +120,9 @@ def windows(tok, questions, max_len=384, stride=128, max_query=64):
     labels = np.where(inside[:, None], np.stack([ts[qi], te[qi]], 1) - first[:, None] + at[:, None], 0)
     specials = np.array(prefix + middle + suffix, np.int32)
     base_q, base_c = len(specials), len(specials) + len(q_ids)
-    n, const = len(qi), lambda v: np.full(len(qi), v, np.int64)
-    starts = np.stack([const(0), base_q + q_tok0[qi], const(len(prefix)), base_c + c_tok0[ctx[qi]] + first,
-                       const(len(prefix) + len(middle))], 1)
-    lens = np.stack([const(len(prefix)), q_keep[qi], const(len(middle)), size, const(len(suffix))], 1)
+    n = len(qi)
+    starts, lens = segments((prefix, middle, suffix), base_q + q_tok0[qi], q_keep[qi], base_c + c_tok0[ctx[qi]] + first,
+                            size)
     rows = Rows(np.concatenate([specials, q_ids, c_ids]), starts, lens, np.array(types, np.int64),
                 np.arange(n + 1, dtype=np.int64), labels.astype(np.int64), None, tok.pad_id,
                 int(np.sum(count > 1)), int(np.sum(q_keep < q_len)))
@@ -214,4 +190,4 @@ def scores(texts, golds):
 
 
 TASK = Task(name="squad", benchmark="squad", folder="SQuAD", shape="span", metrics=("f1", "em"), select="f1",
-            scores=lambda texts, questions: scores(texts, [q.answers for q in questions]))
+            per_question=lambda texts, questions: scores(texts, [q.answers for q in questions]))

@@ -11,8 +11,9 @@ import os
 
 import numpy as np
 
-from benchmarks.task import Task
-from data import Choice, DataError, benchmark_folder, download, mirror, untar
+from tasks.task import Task
+from data import Choice, DataError
+from files.downloads import benchmark_folder, download, mirror, untar
 
 LEVELS = ("middle", "high")
 RACE_URL = "http://www.cs.cmu.edu/~glai1/data/race/RACE.tar.gz"

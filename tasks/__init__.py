@@ -12,11 +12,11 @@ train.py, predict.py and training/.
     lengths.py    every task's metric by bins of input length (Table 5, Figure 2)
     metrics.py    the official metrics, in numpy
 
-Each reader finds its files in --data-dir or downloads them once into a cache with data.benchmark_folder.
+Each reader finds its files in --data-dir or downloads them once into a cache (files/downloads.py).
 """
-from benchmarks import glue, narrativeqa, race, squad, superglue
-from benchmarks.metrics import compute_metrics
-from benchmarks.task import Task
+from tasks import glue, narrativeqa, race, squad, superglue
+from tasks.metrics import compute_metrics
+from tasks.task import Task
 from data import Choice, DataError, encode_rows
 
 # Learning rate and epochs per task for RoBERTa-base with LoRA, batch 16, warm-up ratio 0.06, max length 512:

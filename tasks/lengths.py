@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from benchmarks.squad import Windows
+from tasks.squad import Windows
 from data import DataError, Encoded, Rows
 
 DEFAULT = "200"

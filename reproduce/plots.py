@@ -3,8 +3,8 @@ Pictures of what the JSON says: bench.py's latency and peak memory against seque
 Table 12 view), and a run's training loss and dev metric over its steps (eval.jsonl), with, when the run has them,
 its best evaluation's metrics by input length (the paper's Figure 2 view).
 
-    python -m interop.plots out/sst2-ssmlora-r8              # -> out/sst2-ssmlora-r8/curves.png
-    python -m interop.plots out/bench.json --out bench.png   # a bench.py result file
+    python -m reproduce.plots out/sst2-ssmlora-r8              # -> out/sst2-ssmlora-r8/curves.png
+    python -m reproduce.plots out/bench.json --out bench.png   # a bench.py result file
     python bench.py --quick --plot bench.png                 # the same, straight after the sweep
 
 matplotlib is optional: it is imported only here, when a plot is asked for.
@@ -122,7 +122,7 @@ def save(fig, path):
 
 
 def main(argv=None):
-    p = OneLineParser(prog="-m interop.plots", description=__doc__.strip().split("\n\n")[0])
+    p = OneLineParser(prog="-m reproduce.plots", description=__doc__.strip().split("\n\n")[0])
     p.add_argument("source", help="a train.py --out folder (its eval.jsonl), or a bench.py result .json")
     p.add_argument("--out", help="the PNG to write (default: <folder>/curves.png, or the .json's name as .png)")
     args = p.parse_args(argv)

@@ -2,6 +2,8 @@
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from data import DataError
 
 
@@ -18,8 +20,9 @@ class Task:
     select: str                      # the metric used for model selection and early stopping
     dev: tuple = ("dev",)            # the split(s) evaluated, file names without their extension
     num_labels: int = 2              # classes; 1: a regression score (STS-B) or one logit per choice
-    scores: Callable = None          # reading tasks: (predictions, examples) -> {metric: value}; span tasks:
-                                     # (answer texts, questions) -> {metric: per-question values}; see score()
+    scores: Callable = None          # "pair" and "choice": (predicted classes or choices, examples) -> {metric: value}
+    per_question: Callable = None    # "span": (answer texts, questions) -> {metric: per-question values}, whose
+                                     # means are the metrics (so the bins of input length can average them)
     read: Callable = None            # SuperGLUE: one JSON object -> a list of Pair or Choice
     # GLUE's TSV files: the official archive, the columns of the text(s) and of the label, the label values as
     # written (class id = position; None: regression), the columns of a header-less file, and whether rows with
@@ -41,10 +44,12 @@ class Task:
         return self.num_labels == 1 and self.shape == "text"
 
     def score(self, preds, examples):
-        """A reading task's metrics from its predicted classes or choices, one per example (a span task's scores
-        are per question: training/evaluate.py averages them)."""
+        """A reading task's metrics, {metric: value}, from one prediction per example: its class or choice, or (span)
+        its answer text."""
         if len(preds) != len(examples) or not len(examples):
             raise DataError(f"{self.name}: {len(preds)} predictions for {len(examples)} examples")
+        if self.shape == "span":
+            return {k: float(np.mean(v)) for k, v in self.per_question(list(preds), examples).items()}
         return self.scores(list(map(int, preds)), examples)
 
     @property

@@ -12,8 +12,9 @@ folder (cache_dir, $SSMLORA_GLUE_CACHE, default ~/.cache/ssmlora/glue) filled on
 import math
 import os
 
-from benchmarks.task import Task
-from data import DataError, Example, benchmark_folder, download, download_zip, mirror
+from tasks.task import Task
+from data import DataError, Example
+from files.downloads import benchmark_folder, download, download_zip, mirror
 
 
 def glue_task(name, folder, archive, text_a, text_b, label, labels, metrics, select, **kw):
@@ -63,7 +64,7 @@ def _complete(task, folder):
 
 
 def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
-    """The folder of a task's TSV files: in data_dir, or downloaded once into the cache (data.benchmark_folder)."""
+    """The folder of a task's TSV files: in data_dir, or downloaded once into the cache (files.downloads)."""
     names = [task.archive] if task.archive else list(MSR_FILES)
     url = lambda name: mirror(name, base_url, "glue", OFFICIAL_URLS[name])  # noqa: E731
     build = (lambda tmp: _unpack(url(task.archive), task, tmp)) if task.archive else \

@@ -1,5 +1,5 @@
 """SuperGLUE v2 (Wang et al. 2019): the task table, readers for the official JSONL files, and each task's scoring
-with its official metrics (benchmarks/metrics.py).
+with its official metrics (tasks/metrics.py).
 
 Each task is cast the way the literature does, into one of the two shapes of data.py that tokenization and batching
 share: Pair(text_a, text_b, label, group), a passage and a text classified together (group: MultiRC's question,
@@ -20,9 +20,10 @@ official field names); the model is selected and reported on val, as the paper d
 import json
 import os
 
-from benchmarks.metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
-from benchmarks.task import Task
-from data import Choice, DataError, Pair, benchmark_folder, download_zip, mirror
+from tasks.metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
+from tasks.task import Task
+from data import Choice, DataError, Pair
+from files.downloads import benchmark_folder, download_zip, mirror
 
 
 # ----------------------------------------------------------------------------- readers: one JSON object -> examples
@@ -186,7 +187,7 @@ def _complete(task, folder):
 
 
 def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
-    """The folder of a task's JSONL files: in data_dir, or downloaded once into the cache (data.benchmark_folder)."""
+    """The folder of a task's JSONL files: in data_dir, or downloaded once into the cache (files.downloads)."""
     expected = ", ".join(f"{task.folder}/{s}.jsonl" for s in task.splits)
     url = mirror(task.archive, base_url, "superglue", SUPERGLUE_URL + task.archive)
 

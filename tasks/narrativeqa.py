@@ -17,9 +17,10 @@ import sys
 
 import numpy as np
 
-from benchmarks.metrics import ROUGE_BETA, rouge_l, words
-from benchmarks.squad import Question, find_or_download
-from benchmarks.task import Task
+from tasks.metrics import ROUGE_BETA, rouge_l, words
+from files.downloads import find_or_download
+from tasks.squad import Question
+from tasks.task import Task
 from data import DataError
 from files import atomic_write
 
@@ -125,4 +126,4 @@ def scores(texts, questions):
 
 # the paper's Table 5 and Figure 2 report the test set; valid selects the model
 TASK = Task(name="narrativeqa", benchmark="narrativeqa", folder="NarrativeQA", shape="span", metrics=("rouge_l",),
-            select="rouge_l", dev=("valid", "test"), scores=scores)
+            select="rouge_l", dev=("valid", "test"), per_question=scores)
