@@ -11,7 +11,6 @@ token. A question's answer is the best-scoring start/end pair over all its windo
 of each window, at most max_answer tokens long. Scored with the official v1.1 rules (metrics.normalize_answer).
 """
 import json
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -37,29 +36,110 @@ class Question(NamedTuple):
 
 # ----------------------------------------------------------------------------- files: found or downloaded once
 
-def read_squad(path):
-    """The questions of an official SQuAD v1.1 file, in file order."""
+NEAR = 16   # characters searched on each side of a misplaced answer_start
+
+
+def locate(context, text, start):
+    """(start, text) of an answer in its context: at `start` as written, else stripped of white space, else its
+    occurrence nearest `start` within NEAR characters (a few official answers start with a space, or one character
+    off their answer_start, which reference SQuAD pipelines also search around); None when not found."""
+    text = text.strip()
+    if not text or not isinstance(start, int):
+        return None
+    lo, hi = max(0, start - NEAR), max(0, start) + len(text) + NEAR
+    found, at = [], context.find(text, lo, hi)
+    while at >= 0:                                      # every occurrence, overlapping ones too
+        found.append(at)
+        at = context.find(text, at + 1, hi)
+    return (min(found, key=lambda a: abs(a - start)), text) if found else None
+
+
+JSON = {str: "a string", int: "a number", list: "a list", dict: "an object", type(None): "null", float: "a number",
+        bool: "true or false"}
+
+
+def _field(path, obj, key, kind, where, need=True):
+    """obj[key], checked to be of type kind; a missing or wrongly typed field is a DataError naming it."""
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: {where} is {JSON.get(type(obj), type(obj).__name__)}, not an object; is this an "
+                        "official SQuAD v1.1 file?")
+    if key not in obj and not need:
+        return None
+    if key not in obj:
+        raise DataError(f"{path}: {where} has no field {key!r}, which the official SQuAD v1.1 files have")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool):          # JSON true is no number
+        raise DataError(f"{path}: {where}: {key!r} is {JSON.get(type(value), type(value).__name__)}, not "
+                        f"{JSON[kind]}; is this an official SQuAD v1.1 file?")
+    return value
+
+
+def _load(path):
+    """The parsed file, refused with one line when it is no JSON object or is SQuAD 2.0."""
     try:
         with open(path, encoding="utf-8") as f:
-            articles = json.load(f)["data"]
-        return [Question(qa["id"], qa["question"], p["context"], tuple(a["text"] for a in qa["answers"]),
-                         tuple(int(a["answer_start"]) for a in qa["answers"]))
-                for article in articles for p in article["paragraphs"] for qa in p["qas"]]
+            doc = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: not a JSON file ({e}); is this an official SQuAD v1.1 file?") from None
-    except KeyError as e:
-        raise DataError(f"{path}: no field {e.args[0]!r}, which the official SQuAD v1.1 files have") from None
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{path}: {e}; is this an official SQuAD v1.1 file?") from None
+        raise DataError(f"{path}: not a JSON file ({e}); is this an official SQuAD v1.1 file? (A file cut off "
+                        "by an interrupted download: fetch it again.)") from None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if isinstance(version, str) and version.lstrip("v").startswith("2"):
+        raise DataError(f"{path}: SQuAD {version}, whose unanswerable questions need a no-answer threshold this "
+                        "reader does not have; use the v1.1 files (train-v1.1.json, dev-v1.1.json)")
+    return doc
+
+
+def read_squad(path, train=False):
+    """(questions, unlocated) of an official SQuAD v1.1 file, in file order. A dev question keeps every gold text
+    (EM and F1 need no answer_start; starts: where each was located, -1 where not). A training question keeps its
+    first answer found near its answer_start (locate); `unlocated` counts those left out, none of whose answers
+    was found."""
+    doc, out, unlocated = _load(path), [], 0
+    for i, article in enumerate(_field(path, doc, "data", list, "the file")):
+        for j, p in enumerate(_field(path, article, "paragraphs", list, f"data[{i}]")):
+            where = f"data[{i}].paragraphs[{j}]"
+            context = _field(path, p, "context", str, where)
+            for k, qa in enumerate(_field(path, p, "qas", list, where)):
+                q = _question(path, qa, context, f"{where}.qas[{k}]", train)
+                unlocated += q is None
+                out += [q] if q else []
+    if not out:
+        raise DataError(f"{path}: no questions" + (" whose answer is found in its context" if unlocated else "")
+                        + "; use the official SQuAD v1.1 file, unchanged")
+    return out, unlocated
+
+
+def _question(path, qa, context, where, train):
+    """One Question (above), or None: a training question none of whose answers is found."""
+    qid = _field(path, qa, "id", str, where)
+    where = f"question {qid}"
+    if qa.get("is_impossible"):
+        raise DataError(f"{path}: {where} is marked is_impossible, as in SQuAD 2.0, whose unanswerable questions "
+                        "this reader cannot score; use the v1.1 files")
+    question = _field(path, qa, "question", str, where)
+    golds = _field(path, qa, "answers", list, where)
+    texts, starts = [], []
+    for n, a in enumerate(golds):
+        texts.append(_field(path, a, "text", str, f"{where}, answer {n + 1}"))
+        starts.append(_field(path, a, "answer_start", int, f"{where}, answer {n + 1}", need=train))
+    if not texts:
+        raise DataError(f"{path}: {where} has no answer; SQuAD v1.1 gives every question one (is this SQuAD 2.0?)")
+    found = [locate(context, t, s) for t, s in zip(texts, starts)]
+    if not train:
+        return Question(qid, question, context, tuple(texts), tuple(f[0] if f else -1 for f in found))
+    first = next((f for f in found if f), None)
+    return first and Question(qid, question, context, (first[1],), (first[0],))
 
 
 def load_squad(data_dir=None, cache_dir=None, base_url=None):
     """{"train": [Question], "dev": [Question]} from --data-dir or the cache (downloaded once)."""
     paths = find_or_download("SQuAD", {f: URL + f for f in FILES.values()}, data_dir, cache_dir, base_url)
-    splits = {s: read_squad(paths[f]) for s, f in FILES.items()}
-    for q in splits["train"]:
-        if not q.answers or q.context[q.starts[0]:q.starts[0] + len(q.answers[0])] != q.answers[0]:
-            raise DataError(f"SQuAD train question {q.id}: its answer is not at its answer_start in the context")
+    splits = {}
+    for s, f in FILES.items():
+        splits[s], unlocated = read_squad(paths[f], train=s == "train")
+        if unlocated:
+            print(f"data: SQuAD {s}: {unlocated:,} of {unlocated + len(splits[s]):,} answers are not where "
+                  f"answer_start says and were not found near it; left out")
     return splits
 
 
