@@ -21,18 +21,21 @@ from tqdm import tqdm
 from data import DataError
 
 
-def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expected, official, env):
+def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expected, official, env, lacks=None):
     """The folder that holds a benchmark's files, found or downloaded once; every reader in tasks/ uses this.
     With data_dir (offline): data_dir/<folder>, where the official archive unpacks, or data_dir itself. Without:
     cache_dir/<folder> (default $SSMLORA_<env>_CACHE, else ~/.cache/ssmlora/<env>), built by build(tmp) the first
     time (fetch_once: all or nothing). complete(folder): whether it holds every file; expected: those files, for the
-    messages; official: the official URLs, for the way to work offline."""
+    messages; official: the official URLs, for the way to work offline; lacks(candidates), when given, says which
+    of those files the nearest candidate folder lacks (the message then names only the missing ones)."""
     if data_dir is not None:
-        for candidate in (os.path.join(data_dir, folder), data_dir):
+        candidates = (os.path.join(data_dir, folder), data_dir)
+        for candidate in candidates:
             if complete(candidate):
                 return candidate
-        raise DataError(f"{what}: --data-dir {data_dir} lacks {expected}. Put the official files there (as they "
-                        "unpack), or leave --data-dir out to download them into the cache.")
+        raise DataError(f"{what}: --data-dir {data_dir} lacks {lacks(candidates) if lacks else expected}. Put the "
+                        "official files there (as they unpack), or leave --data-dir out to download them into the "
+                        "cache.")
     cache_dir = cache_dir or os.environ.get(f"SSMLORA_{env.upper()}_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "ssmlora", env)
     final = os.path.join(cache_dir, folder)
@@ -113,18 +116,26 @@ def download_zip(url, into, name):
         raise DataError(f"{url} is not a valid zip archive ({e})") from None
 
 
-
-def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, how=""):
+def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, how="", also=None):
     """{relative path: local path} of a benchmark's files (files: {relative path: official url}), through
-    data.benchmark_folder: in data_dir (or data_dir/name), else in the cache, downloaded there once."""
-    env = name.lower()
-    complete = lambda folder: all(os.path.isfile(os.path.join(folder, f)) for f in files)
+    benchmark_folder: in data_dir (or data_dir/name), else in the cache, downloaded there once. also: {relative path:
+    another place the file may have in data_dir} (NarrativeQA's two CSVs side by side, besides the repository's
+    layout)."""
+    env, also = name.lower(), also or {}
     urls = {f: mirror(f, base_url, env, url) for f, url in files.items()}
+
+    def found(folder):  # {file: its local path, or None}
+        places = lambda f: [os.path.join(folder, p) for p in (f, also.get(f)) if p]  # noqa: E731
+        return {f: next((p for p in places(f) if os.path.isfile(p)), None) for f in files}
+
+    def lacks(candidates):  # the files the candidate holding the most of them lacks
+        missing = min(([f for f, p in found(c).items() if p is None] for c in candidates), key=len)
+        return ", ".join(f + (f" (or {also[f]})" if f in also else "") for f in missing) + how
 
     def build(tmp):
         for f, url in urls.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, name, f)), exist_ok=True)
             download(url, os.path.join(tmp, name, f))
-    folder = benchmark_folder(name, name, data_dir, cache_dir, complete, build, f"{', '.join(files)}{how}",
-                              list(files.values()), env)
-    return {f: os.path.join(folder, f) for f in files}
+    folder = benchmark_folder(name, name, data_dir, cache_dir, lambda d: all(found(d).values()), build,
+                              f"{', '.join(files)}{how}", list(files.values()), env, lacks)
+    return found(folder)

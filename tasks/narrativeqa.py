@@ -30,16 +30,42 @@ SETS = ("train", "valid", "test")
 
 
 def _read_csv(path, fields):
+    """The rows of an official CSV file as dicts; a file cut off inside a row (an interrupted download), a row of
+    the wrong number of fields or a file without rows is a DataError naming the file and the line."""
     csv.field_size_limit(sys.maxsize)   # a summary can be longer than csv's default field limit
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DataError(f"{path}: not a CSV file ({e}); is this the official NarrativeQA file?") from None
-    missing = [c for c in fields if rows and c not in rows[0]]
+        rows = _rows(path, strict=True)
+    except csv.Error:                   # not strictly CSV (a quote inside a field): read as csv does by default
+        rows = _rows(path, strict=False)
+    missing = [c for c in fields if rows and c not in rows[0][1]]
     if not rows or missing:
         raise DataError(f"{path}: {'no rows' if not rows else 'no column ' + ', '.join(missing)}; the official "
                         f"file has the columns {', '.join(fields)}")
+    return [r for _, r in rows]
+
+
+def _rows(path, strict):
+    """[(line, row)]; strict: a csv.Error other than a quoted field left open at the end of the file propagates."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, strict=strict)
+            for r in reader:
+                if None in r or None in r.values():     # csv's marks of too many fields, or too few
+                    n = sum(v is not None for k, v in r.items() if k is not None) + len(r.get(None, ()))
+                    raise DataError(f"{path}, line {reader.line_num}: {n} fields where its header has "
+                                    f"{len(reader.fieldnames)}: a file cut off (fetch it again) or not the official "
+                                    "NarrativeQA file")
+                rows.append((reader.line_num, r))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a CSV file ({e}); is this the official NarrativeQA file?") from None
+    except csv.Error as e:
+        cut = "unexpected end of data" in str(e)
+        if strict and not cut:
+            raise
+        raise DataError(f"{path}, line {reader.line_num + 1}: " + (
+            "a quoted field runs to the end of the file: the file is cut off (an interrupted download?); fetch it "
+            "again" if cut else f"not CSV ({e}); is this the official NarrativeQA file?")) from None
     return rows
 
 
@@ -73,15 +99,34 @@ def oracle_span(summary, answers, max_span=20, beta=ROUGE_BETA):
     return spans[where[0]][0], spans[where[1]][1], best
 
 
+def _cached(cache, key, n):
+    """The oracle spans saved in cache, or None when there are none for this key; a file that is not what this
+    module writes (cut off, edited) is said and computed again, as it is only a cache."""
+    try:
+        with open(cache) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        print(f"data: NarrativeQA: {cache} is unreadable ({e}); computing it again")
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    spans = saved.get("spans")
+    if isinstance(spans, list) and len(spans) == n and all(
+            isinstance(s, list) and len(s) == 3 and all(isinstance(x, (int, float)) for x in s) for s in spans):
+        return spans
+    print(f"data: NarrativeQA: {cache} does not hold {n:,} spans; computing it again")
+    return None
+
+
 def _oracles(path, rows, summaries, max_span):
     """Every training question's oracle span, from the cache file beside qaps.csv, else computed and saved."""
     cache = os.path.join(os.path.dirname(path), f"oracle-spans-{max_span}.json")
     key = {"qaps_bytes": os.path.getsize(path), "rows": len(rows), "max_span": max_span, "beta": ROUGE_BETA}
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            saved = json.load(f)
-        if saved.get("key") == key:
-            return saved["spans"]
+    spans = _cached(cache, key, len(rows))
+    if spans is not None:
+        return spans
     print(f"data: NarrativeQA: the oracle span of {len(rows):,} training questions (once; cached in {cache})")
     spans = [oracle_span(summaries[r["document_id"]], (r["answer1"], r["answer2"]), max_span) for r in rows]
 
@@ -98,9 +143,10 @@ def _oracles(path, rows, summaries, max_span):
 def load_narrativeqa(data_dir=None, cache_dir=None, base_url=None, max_span=20):
     """{"train": [Question], "valid": [Question], "test": [Question]}. Training questions carry their oracle span
     as the one answer (those with no word in common with either answer are left out); valid and test carry the
-    two written answers, which ROUGE-L compares the extracted span with."""
+    two written answers, which ROUGE-L compares the extracted span with. In --data-dir, the two CSVs may be in the
+    repository's layout or side by side."""
     paths = find_or_download("NarrativeQA", {SUMMARIES: REPO + SUMMARIES, QAPS: REPO + QAPS}, data_dir, cache_dir,
-                             base_url, " (the narrativeqa repository's layout)")
+                             base_url, also={SUMMARIES: os.path.basename(SUMMARIES)})
     summaries = {r["document_id"]: r["summary"] for r in _read_csv(paths[SUMMARIES], ("document_id", "set", "summary"))}
     qaps = _read_csv(paths[QAPS], ("document_id", "set", "question", "answer1", "answer2"))
     unknown = next((r["document_id"] for r in qaps if r["document_id"] not in summaries), None)
@@ -116,6 +162,11 @@ def load_narrativeqa(data_dir=None, cache_dir=None, base_url=None, max_span=20):
         if r["set"] in ("valid", "test"):
             out[r["set"]].append(Question(f"{r['set']}-{i}", r["question"], summaries[r["document_id"]],
                                           (r["answer1"], r["answer2"])))
+    for s in SETS:
+        if not out[s]:
+            why = " whose answers share a word with its summary" if s == "train" and train else ""
+            raise DataError(f"{paths[QAPS]}: no {s} questions{why}; the official file has train, valid and test "
+                            "rows (column set)")
     return out
 
 

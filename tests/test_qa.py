@@ -160,28 +160,80 @@ def test_oracle_span():
         == pytest.approx(score)
 
 
+NQA_SUMMARIES = ('document_id,set,summary,summary_tokenized\n'
+                 'd1,train,"Anna sails to the island of Merrow, where she finds a silver key.",x\n'
+                 'd2,valid,"Tom builds a boat, and the boat sinks in the lake.",x\n'
+                 'd3,test,"Una sings.",x\n')
+NQA_QAPS = ('document_id,set,question,answer1,answer2,question_tokenized,answer1_tokenized,answer2_tokenized\n'
+            'd1,train,Where does Anna sail?,To Merrow island,the island of Merrow,x,x,x\n'
+            'd1,train,What does she find?,zzz,qqq,x,x,x\n'
+            'd2,valid,What sinks?,The boat.,his boat,x,x,x\n'
+            'd3,test,Who sings?,Una,"Una, who sings",x,x,x\n')
+
+
+def _narrativeqa(folder, summaries=NQA_SUMMARIES, qaps=NQA_QAPS, side_by_side=False):
+    where = folder if side_by_side else folder / "third_party" / "wikipedia"
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "summaries.csv").write_text(summaries)
+    (folder / "qaps.csv").write_text(qaps)
+
+
 def test_narrativeqa_official_layout_and_cached_oracle(tmp_path):
-    (tmp_path / "third_party" / "wikipedia").mkdir(parents=True)
-    (tmp_path / narrativeqa.SUMMARIES).write_text(
-        'document_id,set,summary,summary_tokenized\n'
-        'd1,train,"Anna sails to the island of Merrow, where she finds a silver key.",x\n'
-        'd2,valid,"Tom builds a boat, and the boat sinks in the lake.",x\n')
-    (tmp_path / narrativeqa.QAPS).write_text(
-        'document_id,set,question,answer1,answer2,question_tokenized,answer1_tokenized,answer2_tokenized\n'
-        'd1,train,Where does Anna sail?,To Merrow island,the island of Merrow,x,x,x\n'
-        'd1,train,What does she find?,zzz,qqq,x,x,x\n'
-        'd2,valid,What sinks?,The boat.,his boat,x,x,x\n')
+    _narrativeqa(tmp_path)
     out = narrativeqa.load_narrativeqa(str(tmp_path))
     assert [q.answers for q in out["train"]] == [("the island of Merrow",)]   # no word in common: left out
     q = out["train"][0]
     assert q.context[q.starts[0]:].startswith("the island of Merrow")
-    assert out["valid"][0].answers == ("The boat.", "his boat") and out["test"] == []
+    assert out["valid"][0].answers == ("The boat.", "his boat") and out["test"][0].answers == ("Una", "Una, who sings")
     cached = json.loads((tmp_path / "oracle-spans-20.json").read_text())
     assert len(cached["spans"]) == 2
     cached["spans"][0] = [0, 4, 1.0]                                  # the cache is what is read next time
     (tmp_path / "oracle-spans-20.json").write_text(json.dumps(cached))
     assert narrativeqa.load_narrativeqa(str(tmp_path))["train"][0].answers == ("Anna",)
     assert narrativeqa.scores(["the boat"], out["valid"])["rouge_l"][0] == 1.0
+
+
+def test_narrativeqa_cut_oracle_cache_is_rebuilt(tmp_path, capsys):
+    _narrativeqa(tmp_path)
+    narrativeqa.load_narrativeqa(str(tmp_path))
+    cache = tmp_path / "oracle-spans-20.json"
+    whole = cache.read_text()
+    cache.write_text(whole[:len(whole) // 2])                        # cut in half
+    capsys.readouterr()
+    assert narrativeqa.load_narrativeqa(str(tmp_path))["train"][0].answers == ("the island of Merrow",)
+    assert f"{cache} is unreadable" in capsys.readouterr().out and cache.read_text() == whole
+    cache.write_text(json.dumps({**json.loads(whole), "spans": [[0, 1, 1.0]]}))   # readable, not what we write
+    assert narrativeqa.load_narrativeqa(str(tmp_path))["train"][0].answers == ("the island of Merrow",)
+    assert "does not hold 2 spans" in capsys.readouterr().out and cache.read_text() == whole
+
+
+def test_narrativeqa_side_by_side_and_what_is_missing(tmp_path):
+    _narrativeqa(tmp_path, side_by_side=True)                        # summaries.csv beside qaps.csv
+    assert narrativeqa.load_narrativeqa(str(tmp_path))["valid"][0].answers == ("The boat.", "his boat")
+    (tmp_path / "summaries.csv").unlink()
+    with pytest.raises(data.DataError, match=r"lacks third_party/wikipedia/summaries.csv \(or summaries.csv\)\. "):
+        narrativeqa.load_narrativeqa(str(tmp_path))                  # qaps.csv is there: not named
+    (tmp_path / "qaps.csv").unlink()
+    with pytest.raises(data.DataError, match=r"summaries.csv \(or summaries.csv\), qaps.csv\. "):
+        narrativeqa.load_narrativeqa(str(tmp_path))
+
+
+NQA_REFUSED = [
+    ("no valid", NQA_QAPS.replace("d2,valid", "d2,test"), r"qaps.csv: no valid questions"),
+    ("no test", NQA_QAPS.replace("d3,test", "d3,valid"), r"qaps.csv: no test questions"),
+    ("train all dropped", NQA_QAPS.replace("To Merrow island,the island of Merrow", "zz,yy"),
+     r"qaps.csv: no train questions whose answers share a word with its summary"),
+    ("cut in a row", NQA_QAPS[:NQA_QAPS.rindex(',"Una,')], r"qaps.csv, line 5: 4 fields where its header has 8: a "
+     "file cut off"),
+    ("cut in a quote", NQA_QAPS[:-16], r"qaps.csv, line 5: a quoted field runs to the end of the file"),
+]
+
+
+@pytest.mark.parametrize("case, qaps, message", NQA_REFUSED, ids=[c[0] for c in NQA_REFUSED])
+def test_narrativeqa_refuses_with_one_line(tmp_path, case, qaps, message):
+    _narrativeqa(tmp_path, qaps=qaps)
+    with pytest.raises(data.DataError, match=message):
+        narrativeqa.load_narrativeqa(str(tmp_path))
 
 
 def _squad_doc(*qas, context="Mira planted twelve apple trees behind the mill in 1921.", version="1.1"):
