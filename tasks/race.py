@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from tasks.task import Task
+from tasks.task import Task, kind, text
 from data import Choice, DataError
 from files.downloads import benchmark_folder, download, mirror, untar
 
@@ -44,15 +44,24 @@ def read_file(path, level):
     except json.JSONDecodeError as e:
         raise DataError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
     try:
-        questions, options, answers = r["questions"], r["options"], r["answers"]
+        article, questions, options, answers = text(r, "article"), r["questions"], r["options"], r["answers"]
+        if not all(isinstance(x, list) for x in (questions, options, answers)):
+            raise ValueError("questions, options and answers must be lists")
         if not len(questions) == len(options) == len(answers):
             raise ValueError(f"{len(questions)} questions, {len(options)} option lists and {len(answers)} answers")
         out = []
-        for q, opts, a in zip(questions, options, answers):
+        for n, (q, opts, a) in enumerate(zip(questions, options, answers), 1):
+            # a null or a number would otherwise be read as the text "None" or "5"
+            if not isinstance(q, str):
+                raise ValueError(f"question {n} is {kind(q)}, not a string")
+            if not isinstance(opts, list):
+                raise ValueError(f"question {n}: its options are {kind(opts)}, not a list of strings")
+            if bad := [o for o in opts if not isinstance(o, str)]:
+                raise ValueError(f"question {n}: its options hold {kind(bad[0])}, where a list of strings is expected")
             gold = "ABCDEFGH".find(a) if isinstance(a, str) and len(a) == 1 else -1
             if not 0 <= gold < len(opts):
                 raise ValueError(f"answer {a!r} for {len(opts)} options (A, B, ...)")
-            out.append(Choice(r["article"], tuple(fill(q, o) for o in opts), (gold,), level))
+            out.append(Choice(article, tuple(fill(q, o) for o in opts), (gold,), level))
         return out
     except KeyError as e:
         raise DataError(f"{path}: no field {e.args[0]!r}, which the official RACE files have") from None

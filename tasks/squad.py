@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from tasks.metrics import max_over_gold
-from tasks.task import Task
+from tasks.task import Task, kind
 from data import DataError, Rows, batches, segments, template, tokenize
 from files.downloads import find_or_download
 
@@ -54,23 +54,18 @@ def locate(context, text, start):
     return (min(found, key=lambda a: abs(a - start)), text) if found else None
 
 
-JSON = {str: "a string", int: "a number", list: "a list", dict: "an object", type(None): "null", float: "a number",
-        bool: "true or false"}
-
-
-def _field(path, obj, key, kind, where, need=True):
-    """obj[key], checked to be of type kind; a missing or wrongly typed field is a DataError naming it."""
+def _field(path, obj, key, want, where, need=True):
+    """obj[key], checked to be of type `want`; a missing or wrongly typed field is a DataError naming it."""
     if not isinstance(obj, dict):
-        raise DataError(f"{path}: {where} is {JSON.get(type(obj), type(obj).__name__)}, not an object; is this an "
-                        "official SQuAD v1.1 file?")
+        raise DataError(f"{path}: {where} is {kind(obj)}, not an object; is this an official SQuAD v1.1 file?")
     if key not in obj and not need:
         return None
     if key not in obj:
         raise DataError(f"{path}: {where} has no field {key!r}, which the official SQuAD v1.1 files have")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool):          # JSON true is no number
-        raise DataError(f"{path}: {where}: {key!r} is {JSON.get(type(value), type(value).__name__)}, not "
-                        f"{JSON[kind]}; is this an official SQuAD v1.1 file?")
+    if not isinstance(value, want) or isinstance(value, bool):          # JSON true is no number
+        raise DataError(f"{path}: {where}: {key!r} is {kind(value)}, not {kind(want())}; is this an official SQuAD "
+                        "v1.1 file?")
     return value
 
 

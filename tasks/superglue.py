@@ -21,7 +21,7 @@ import json
 import os
 
 from tasks.metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
-from tasks.task import Task
+from tasks.task import Task, kind, text
 from data import Choice, DataError, Pair
 from files.downloads import benchmark_folder, download_zip, mirror
 
@@ -40,27 +40,36 @@ BOOL = (False, True)
 CB_LABELS = ("entailment", "contradiction", "neutral")
 
 
+def _index(obj, key):
+    """obj[key] when it is a whole number (JSON true is none)."""
+    value = obj[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"field {key!r} is {kind(value)}, not a whole number")
+    return value
+
+
 def read_boolq(r):
-    return [Pair(r["passage"], r["question"], _label(r["label"], BOOL))]
+    return [Pair(text(r, "passage"), text(r, "question"), _label(r["label"], BOOL))]
 
 
 def read_cb(r):
-    return [Pair(r["premise"], r["hypothesis"], _label(r["label"], CB_LABELS))]
+    return [Pair(text(r, "premise"), text(r, "hypothesis"), _label(r["label"], CB_LABELS))]
 
 
 def read_wic(r):
-    return [Pair(f"{r['word']}: {r['sentence1']}", f"{r['word']}: {r['sentence2']}", _label(r["label"], BOOL))]
+    word = text(r, "word")
+    return [Pair(f"{word}: {text(r, 'sentence1')}", f"{word}: {text(r, 'sentence2')}", _label(r["label"], BOOL))]
 
 
 def read_wsc(r):
     """The sentence with the candidate referent marked *so* and the pronoun #so# (as T5 casts WSC), and the question
     whether the pronoun refers to the candidate. The span indices count whitespace-separated words."""
-    words, t = r["text"].split(), r["target"]
-    spans = [(t["span1_index"], t["span1_text"], "*"), (t["span2_index"], t["span2_text"], "#")]
-    for index, text, mark in sorted(spans, reverse=True):    # the later span first: marking it moves no index
-        n = len(text.split())
+    words, t = text(r, "text").split(), r["target"]
+    spans = [(_index(t, f"span{i}_index"), text(t, f"span{i}_text"), mark) for i, mark in ((1, "*"), (2, "#"))]
+    for index, span, mark in sorted(spans, reverse=True):    # the later span first: marking it moves no index
+        n = len(span.split())
         if not 0 <= index <= len(words) - n:
-            raise ValueError(f"span {text!r} at word {index} lies outside the {len(words)}-word text")
+            raise ValueError(f"span {span!r} at word {index} lies outside the {len(words)}-word text")
         words[index:index + n] = [mark + " ".join(words[index:index + n]) + mark]
     question = f"Does #{t['span2_text']}# refer to *{t['span1_text']}*?"
     return [Pair(" ".join(words), question, _label(r["label"], BOOL))]
@@ -70,7 +79,8 @@ def read_multirc(r):
     p = r["passage"]
     if not p["questions"] or not all(q["answers"] for q in p["questions"]):
         raise ValueError("a passage without questions, or a question without answers")
-    return [Pair(p["text"], f"{q['question']} {a['text']}", _label(a["label"], (0, 1)), f"{r['idx']}/{q['idx']}")
+    return [Pair(text(p, "text"), f"{text(q, 'question')} {text(a, 'text')}", _label(a["label"], (0, 1)),
+                 f"{r['idx']}/{q['idx']}")
             for q in p["questions"] for a in q["answers"]]
 
 
@@ -78,27 +88,29 @@ def read_copa(r):
     if r["question"] not in ("cause", "effect"):
         raise ValueError(f"question {r['question']!r}, expected \"cause\" or \"effect\"")
     ask = "What was the cause?" if r["question"] == "cause" else "What happened as a result?"
-    return [Choice(r["premise"], (f"{ask} {r['choice1']}", f"{ask} {r['choice2']}"), (_label(r["label"], (0, 1)),))]
+    return [Choice(text(r, "premise"), (f"{ask} {text(r, 'choice1')}", f"{ask} {text(r, 'choice2')}"),
+                   (_label(r["label"], (0, 1)),))]
 
 
 def read_record(r):
     """One Choice per query: every distinct entity of the passage (spans with inclusive ends), in order of first
     appearance, put in place of @placeholder. The passage's @highlight lines become "- " bullets."""
-    text = r["passage"]["text"]
+    passage = text(r["passage"], "text")
     spans = sorted((e["start"], e["end"]) for e in r["passage"]["entities"])
-    bad = [(a, b) for a, b in spans if not (isinstance(a, int) and isinstance(b, int) and 0 <= a <= b < len(text))]
+    bad = [(a, b) for a, b in spans if not (isinstance(a, int) and isinstance(b, int) and 0 <= a <= b < len(passage))]
     if bad:
-        raise ValueError(f"entity span {bad[0][0]}..{bad[0][1]} lies outside the {len(text)}-character passage")
-    entities = tuple(dict.fromkeys(text[start:end + 1] for start, end in spans))
+        raise ValueError(f"entity span {bad[0][0]}..{bad[0][1]} lies outside the {len(passage)}-character passage")
+    entities = tuple(dict.fromkeys(passage[start:end + 1] for start, end in spans))
     if not entities:
         raise ValueError("a passage without candidate entities")
-    context = text.replace("@highlight\n", "- ")
+    context = passage.replace("@highlight\n", "- ")
     out = []
     for q in r["qas"]:
-        if "@placeholder" not in q["query"]:
+        query = text(q, "query")
+        if "@placeholder" not in query:
             raise ValueError("a query without @placeholder")
-        answers = tuple(dict.fromkeys(a["text"] for a in q["answers"]))
-        out.append(Choice(context, tuple(q["query"].replace("@placeholder", e) for e in entities),
+        answers = tuple(dict.fromkeys(text(a, "text") for a in q["answers"]))
+        out.append(Choice(context, tuple(query.replace("@placeholder", e) for e in entities),
                           tuple(i for i, e in enumerate(entities) if e in answers), entities=entities, answers=answers))
     return out
 

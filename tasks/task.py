@@ -55,3 +55,18 @@ class Task:
     @property
     def is_reading(self):  # scored by the task from its examples, not from labels alone
         return self.shape != "text"
+
+
+def kind(value):
+    """What JSON calls a value's type, for messages."""
+    return {str: "a string", bool: "true or false", int: "a number", float: "a number", list: "a list",
+            dict: "an object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def text(obj, key):
+    """obj[key] when it is a string (a KeyError when missing, as the readers report); a null or a number is a
+    ValueError, where an f-string would read it as the text "None" or "5"."""
+    value = obj[key]
+    if not isinstance(value, str):
+        raise ValueError(f"field {key!r} is {kind(value)}, not a string")
+    return value

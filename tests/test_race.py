@@ -46,6 +46,14 @@ def test_parse_official_layout(tmp_path):
     ('{"article": "a", "questions": ["q"], "options": [["a", "b"]], "answers": ["C"]}', "answer 'C' for 2 options"),
     ('{"article": "a", "questions": ["q", "r"], "options": [["a", "b"]], "answers": ["A"]}',
      "2 questions, 1 option lists and 1 answers"),
+    # a null or a number is refused, not read as the text "None" or "5"
+    ('{"article": null, "questions": ["q"], "options": [["a", "b"]], "answers": ["A"]}',
+     "field 'article' is null, not a string"),
+    ('{"article": "a", "questions": ["q"], "options": [["a", null]], "answers": ["A"]}',
+     "question 1: its options hold null, where a list of strings is expected"),
+    ('{"article": "a", "questions": [5], "options": [["a", "b"]], "answers": ["A"]}', "question 1 is a number, not a string"),
+    ('{"article": "a", "questions": ["q"], "options": ["ab"], "answers": ["A"]}', "question 1: its options are a string, not a list"),
+    ('{"article": "a", "questions": "q", "options": ["a"], "answers": "A"}', "questions, options and answers must"),
 ])
 def test_malformed_file_is_named(tmp_path, text, message):
     folder = write_race(tmp_path, articles())

@@ -108,6 +108,17 @@ def bad_line(tmp_path, folder, objs, line):
      "entity span 4..9 lies outside the 7-character passage"),
     ("multirc", json.dumps({"idx": 5, "passage": {"text": "t", "questions": []}}),
      "a passage without questions, or a question without answers"),
+    # a text field that is null or a number is refused, not read as the text "None" or "5"
+    ("boolq", json.dumps(boolq(None, "p", True)), "field 'question' is null, not a string"),
+    ("cb", json.dumps(cb("p", 5, "neutral")), "field 'hypothesis' is a number, not a string"),
+    ("copa", json.dumps(copa("p", None, "b", "cause", 0)), "field 'choice1' is null, not a string"),
+    ("wic", json.dumps(wic("w", "a w", "b w", True) | {"sentence2": ["b w"]}), "field 'sentence2' is a list, not a"),
+    ("wsc", json.dumps(wsc("a b", ("0", "a"), (1, "b"), True)), "field 'span1_index' is a string, not a whole num"),
+    ("multirc", json.dumps({"idx": 5, "passage": {"text": "t", "questions": [{"idx": 0, "question": None, "answers": [
+        {"text": "a", "idx": 0, "label": 1}]}]}}), "field 'question' is null, not a string"),
+    ("record", json.dumps(record("A met B", ["A"], [("@placeholder met B", ["A"])]) | {"qas": [
+        {"query": "@placeholder met B", "idx": 0, "answers": [{"start": 0, "end": 0, "text": None}]}]}),
+     "field 'text' is null, not a string"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, task, line, message):
     folder, train, _, _ = CASES[task]
