@@ -3,6 +3,7 @@ A benchmark's official files, found in --data-dir or downloaded once into a cach
 tasks/ gets its folder from benchmark_folder (one archive) or find_or_download (several plain files).
 
     benchmark_folder(what, folder, data_dir, cache_dir, ...)   data_dir/folder, or cache_dir/folder downloaded once
+    missing(candidates, names)               what a --data-dir lacks, for benchmark_folder's message
     find_or_download(name, files, data_dir, cache_dir)         {relative path: local path} of plain files
     fetch_once(cache_dir, folder, build)     cache_dir/folder, built by build(tmp) the first time, atomically
     download(url, dest), download_zip(url, into, name), untar(archive, url, into)
@@ -50,6 +51,13 @@ def benchmark_folder(what, folder, data_dir, cache_dir, complete, build, expecte
                             f"SSMLORA_{env.upper()}_URL=file:///that/folder; or pass --data-dir with a folder that "
                             f"holds {expected}.") from None
     return final
+
+
+def missing(candidates, names, prefix="", exists=os.path.isfile):
+    """Of names (paths relative to a candidate folder), those lacking in the candidate that holds the most of them,
+    comma-separated with prefix before each: what a --data-dir message names, leaving out the files that are there."""
+    return ", ".join(prefix + n for n in min(([n for n in names if not exists(os.path.join(c, n))]
+                                              for c in candidates), key=len))
 
 
 def mirror(name, base_url, env, official):

@@ -14,7 +14,7 @@ import os
 
 from tasks.task import Task
 from data import DataError, Example
-from files.downloads import benchmark_folder, download, download_zip, mirror
+from files.downloads import benchmark_folder, download, download_zip, mirror, missing
 
 
 def glue_task(name, folder, archive, text_a, text_b, label, labels, metrics, select, **kw):
@@ -70,7 +70,8 @@ def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
     build = (lambda tmp: _unpack(url(task.archive), task, tmp)) if task.archive else \
         (lambda tmp: _assemble_mrpc({n: url(n) for n in names}, tmp))
     return benchmark_folder(f"GLUE task {task.folder}", task.folder, data_dir, cache_dir, lambda f: _complete(task, f),
-                            build, _expected_files(task), [OFFICIAL_URLS[n] for n in names], "glue")
+                            build, _expected_files(task), [OFFICIAL_URLS[n] for n in names], "glue",
+                            lambda folders: missing(folders, [s + ".tsv" for s in task.splits], task.folder + "/"))
 
 
 def _expected_files(task):

@@ -13,7 +13,7 @@ import numpy as np
 
 from tasks.task import Task, kind, text
 from data import Choice, DataError
-from files.downloads import benchmark_folder, download, mirror, untar
+from files.downloads import benchmark_folder, download, missing, mirror, untar
 
 LEVELS = ("middle", "high")
 RACE_URL = "http://www.cs.cmu.edu/~glai1/data/race/RACE.tar.gz"
@@ -76,8 +76,11 @@ def _complete(folder):
 def race_folder(data_dir=None, cache_dir=None, base_url=None):
     """The RACE folder: in data_dir, or downloaded once into the cache from the official RACE.tar.gz."""
     url = mirror("RACE.tar.gz", base_url, "race", RACE_URL)
+    wanted = [f"{s}/{lv}" for s in TASK.splits for lv in LEVELS]
+    lacks = lambda folders: f"the folders {missing(folders, wanted, 'RACE/', os.path.isdir)} of the official release"
     return benchmark_folder("RACE", "RACE", data_dir, cache_dir, _complete, lambda tmp: _unpack(url, tmp),
-                            "the folders RACE/{train,dev}/{middle,high} of the official release", [RACE_URL], "race")
+                            "the folders RACE/{train,dev}/{middle,high} of the official release", [RACE_URL], "race",
+                            lacks)
 
 
 def _unpack(url, tmp):

@@ -23,7 +23,7 @@ import os
 from tasks.metrics import accuracy, exact_match_per_group, f1, macro_f1, max_over_gold
 from tasks.task import Task, kind, text
 from data import Choice, DataError, Pair
-from files.downloads import benchmark_folder, download_zip, mirror
+from files.downloads import benchmark_folder, download_zip, mirror, missing
 
 
 # ----------------------------------------------------------------------------- readers: one JSON object -> examples
@@ -208,7 +208,8 @@ def task_folder(task, data_dir=None, cache_dir=None, base_url=None):
         if not _complete(task, os.path.join(tmp, task.folder)):
             raise DataError(f"{url} does not contain {expected}")
     return benchmark_folder(f"SuperGLUE task {task.folder}", task.folder, data_dir, cache_dir,
-                            lambda f: _complete(task, f), build, expected, [SUPERGLUE_URL + task.archive], "superglue")
+                            lambda f: _complete(task, f), build, expected, [SUPERGLUE_URL + task.archive], "superglue",
+                            lambda folders: missing(folders, [s + ".jsonl" for s in task.splits], task.folder + "/"))
 
 
 def load_superglue(task, data_dir=None, cache_dir=None, base_url=None):

@@ -95,6 +95,9 @@ def test_bad_header_and_missing_files(tmp_path):
         f.write("index\tpremise\thypothesis\tlabel\n0\ta\tb\tentailment\n")
     with pytest.raises(DataError, match="lacks the columns"):
         glue.load_glue("rte", data_dir=str(tmp_path))
+    os.remove(os.path.join(folder, "dev.tsv"))
+    with pytest.raises(DataError, match=r"lacks RTE/dev.tsv\. "):          # not train.tsv, which is there
+        glue.load_glue("rte", data_dir=str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- download + cache

@@ -51,8 +51,10 @@ def test_parse_official_layout(tmp_path):
      "field 'article' is null, not a string"),
     ('{"article": "a", "questions": ["q"], "options": [["a", null]], "answers": ["A"]}',
      "question 1: its options hold null, where a list of strings is expected"),
-    ('{"article": "a", "questions": [5], "options": [["a", "b"]], "answers": ["A"]}', "question 1 is a number, not a string"),
-    ('{"article": "a", "questions": ["q"], "options": ["ab"], "answers": ["A"]}', "question 1: its options are a string, not a list"),
+    ('{"article": "a", "questions": [5], "options": [["a", "b"]], "answers": ["A"]}',
+     "question 1 is a number, not a string"),
+    ('{"article": "a", "questions": ["q"], "options": ["ab"], "answers": ["A"]}',
+     "question 1: its options are a string, not a list"),
     ('{"article": "a", "questions": "q", "options": ["a"], "answers": "A"}', "questions, options and answers must"),
 ])
 def test_malformed_file_is_named(tmp_path, text, message):
@@ -67,7 +69,7 @@ def test_malformed_file_is_named(tmp_path, text, message):
 
 def test_missing_folders(tmp_path):
     write_race(tmp_path, {k: v for k, v in articles().items() if k != ("dev", "high")})
-    with pytest.raises(DataError, match=r"lacks the folders RACE/\{train,dev\}/\{middle,high\}"):
+    with pytest.raises(DataError, match=r"lacks the folders RACE/dev/high of the official release"):
         race.load_race(str(tmp_path))
 
 
