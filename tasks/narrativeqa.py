@@ -41,6 +41,9 @@ def _read_csv(path, fields):
     if not rows or missing:
         raise DataError(f"{path}: {'no rows' if not rows else 'no column ' + ', '.join(missing)}; the official "
                         f"file has the columns {', '.join(fields)}")
+    odd = next(((n, r["set"]) for n, r in rows if r["set"] not in SETS), None)   # such a row would go unused
+    if odd:
+        raise DataError(f"{path}, line {odd[0]}: set {odd[1]!r}, where the official file has {', '.join(SETS)}")
     return [r for _, r in rows]
 
 

@@ -226,6 +226,8 @@ NQA_REFUSED = [
     ("cut in a row", NQA_QAPS[:NQA_QAPS.rindex(',"Una,')], r"qaps.csv, line 5: 4 fields where its header has 8: a "
      "file cut off"),
     ("cut in a quote", NQA_QAPS[:-16], r"qaps.csv, line 5: a quoted field runs to the end of the file"),
+    ("unknown set", NQA_QAPS.replace("d2,valid", "d2,dev"), r"qaps.csv, line 4: set 'dev', where the official file "
+     "has train, valid, test"),
 ]
 
 
