@@ -137,8 +137,8 @@ def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, 
         return {f: next((p for p in places(f) if os.path.isfile(p)), None) for f in files}
 
     def lacks(candidates):  # the files the candidate holding the most of them lacks
-        missing = min(([f for f, p in found(c).items() if p is None] for c in candidates), key=len)
-        return ", ".join(f + (f" (or {also[f]})" if f in also else "") for f in missing) + how
+        gone = min(([f for f, p in found(c).items() if p is None] for c in candidates), key=len)
+        return ", ".join(f + (f" (or {also[f]})" if f in also else "") for f in gone) + how
 
     def build(tmp):
         for f, url in urls.items():
