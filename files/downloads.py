@@ -124,26 +124,28 @@ def download_zip(url, into, name):
         raise DataError(f"{url} is not a valid zip archive ({e})") from None
 
 
-def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, how="", also=None):
+def find_or_download(name, files, data_dir=None, cache_dir=None, base_url=None, also=None):
     """{relative path: local path} of a benchmark's files (files: {relative path: official url}), through
     benchmark_folder: in data_dir (or data_dir/name), else in the cache, downloaded there once. also: {relative path:
     another place the file may have in data_dir} (NarrativeQA's two CSVs side by side, besides the repository's
     layout)."""
     env, also = name.lower(), also or {}
-    urls = {f: mirror(f, base_url, env, url) for f, url in files.items()}
+    urls = {f: mirror(os.path.basename(f), base_url, env, url) for f, url in files.items()}  # a mirror: plain names
 
     def found(folder):  # {file: its local path, or None}
         places = lambda f: [os.path.join(folder, p) for p in (f, also.get(f)) if p]  # noqa: E731
         return {f: next((p for p in places(f) if os.path.isfile(p)), None) for f in files}
 
+    def named(fs):  # "a, b (or b's other place)"
+        return ", ".join(f + (f" (or {also[f]})" if f in also else "") for f in fs)
+
     def lacks(candidates):  # the files the candidate holding the most of them lacks
-        gone = min(([f for f, p in found(c).items() if p is None] for c in candidates), key=len)
-        return ", ".join(f + (f" (or {also[f]})" if f in also else "") for f in gone) + how
+        return named(min(([f for f, p in found(c).items() if p is None] for c in candidates), key=len))
 
     def build(tmp):
         for f, url in urls.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, name, f)), exist_ok=True)
             download(url, os.path.join(tmp, name, f))
     folder = benchmark_folder(name, name, data_dir, cache_dir, lambda d: all(found(d).values()), build,
-                              f"{', '.join(files)}{how}", list(files.values()), env, lacks)
+                              named(files), list(files.values()), env, lacks)
     return found(folder)

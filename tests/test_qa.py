@@ -218,6 +218,15 @@ def test_narrativeqa_side_by_side_and_what_is_missing(tmp_path):
         narrativeqa.load_narrativeqa(str(tmp_path))
 
 
+def test_narrativeqa_downloaded_once_from_a_folder_of_plain_names(tmp_path, serve):
+    server = serve({"summaries.csv": NQA_SUMMARIES.encode(), "qaps.csv": NQA_QAPS.encode()})
+    out = narrativeqa.load_narrativeqa(cache_dir=str(tmp_path), base_url=server.url)   # as the error message says
+    assert sorted(server.requests) == ["/qaps.csv", "/summaries.csv"] and len(out["test"]) == 1
+    assert (tmp_path / "NarrativeQA" / narrativeqa.SUMMARIES).is_file()                # the repository's layout
+    assert narrativeqa.load_narrativeqa(cache_dir=str(tmp_path), base_url=server.url) == out and \
+        len(server.requests) == 2
+
+
 NQA_REFUSED = [
     ("no valid", NQA_QAPS.replace("d2,valid", "d2,test"), r"qaps.csv: no valid questions"),
     ("no test", NQA_QAPS.replace("d3,test", "d3,valid"), r"qaps.csv: no test questions"),
