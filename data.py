@@ -221,7 +221,15 @@ def encode_rows(tok, examples, max_len):
                 len(specials) + lengths[a] + lengths[b])
 
 
-def _collate_rows(enc, examples):
+def padded(longest, pad_to=None):
+    """The length a batch is padded to: its longest row; with pad_to (a compiled model, train.py --compile) the next
+    power of two from 16, at most pad_to, so that the model sees a handful of shapes instead of one per length."""
+    if not pad_to:
+        return int(longest)
+    return int(min(max(16, 1 << (int(longest) - 1).bit_length()), max(pad_to, longest)))
+
+
+def _collate_rows(enc, examples, pad_to=None):
     """The rows of the chosen examples, assembled from their segments and padded to the longest, all in numpy.
     Multiple choice adds `choices`, (questions, most choices): the row of each choice, -1 where a question has
     fewer; its labels are the same shape, True at the right choices."""
@@ -230,7 +238,7 @@ def _collate_rows(enc, examples):
     rows = np.repeat(enc.offsets[examples], counts) + within
     starts, lengths = enc.starts[rows], enc.lengths[rows]
     ends = np.cumsum(lengths, 1)                                                   # (rows, 5) segment ends in a row
-    cols = np.arange(ends[:, -1].max())
+    cols = np.arange(padded(ends[:, -1].max(), pad_to))
     seg = (cols[None, :, None] >= ends[:, None, :]).sum(-1)                        # segment of each cell; 5: padding
     mask, s = seg < 5, np.minimum(seg, 4)
     src = np.take_along_axis(starts, s, 1) + cols - np.take_along_axis(ends - lengths, s, 1)
@@ -250,11 +258,11 @@ def _collate_rows(enc, examples):
 
 # ----------------------------------------------------------------------------- batching
 
-def _collate(enc, rows):
+def _collate(enc, rows, pad_to=None):
     """Pad the chosen rows to the longest of them (right padding), gathering all tokens in one indexing step."""
     starts = enc.offsets[rows]
     lengths = enc.offsets[rows + 1] - starts
-    cols = np.arange(lengths.max())
+    cols = np.arange(padded(lengths.max(), pad_to))
     mask = cols < lengths[:, None]
     where = np.where(mask, starts[:, None] + cols, 0)          # padded cells read token 0, then get overwritten
     ids = np.where(mask, enc.ids[where], enc.pad_id)
@@ -264,9 +272,9 @@ def _collate(enc, rows):
             "token_type_ids": long(types), "labels": torch.from_numpy(enc.labels[rows])}
 
 
-def collate(encoded, examples):
-    """One padded batch of the chosen examples (an array of their numbers) of Encoded or Rows."""
-    return (_collate_rows if isinstance(encoded, Rows) else _collate)(encoded, examples)
+def collate(encoded, examples, pad_to=None):
+    """One padded batch of the chosen examples (an array of their numbers) of Encoded or Rows (pad_to: padded())."""
+    return (_collate_rows if isinstance(encoded, Rows) else _collate)(encoded, examples, pad_to)
 
 
 def batches(encoded, batch_size, shuffle=False, generator=None, drop_last=False):

@@ -34,6 +34,10 @@ TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn",
            "ffn_out": ("mlp", "fc_out"), "head": ("head", None)}
 ALTERNATING = ("query", "key", "value", "qkv")  # sparse insertion alternates these; other targets are dense (§3.4)
 ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r")  # W_r: MixLoRA's router
+# Each method's default targets: the paper's q/v, and Table 1's configurations of the two baselines (QLoRA: every
+# linear of a block, 1.3M on RoBERTa-base; MixLoRA: LoRA on q, k, v beside its FFN experts, 5.7M)
+DEFAULT_TARGETS = {"qlora": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+                   "mixlora": ("query", "key", "value")}
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eqs. (3)-(8) run in float32:
 # under bf16 autocast the step h_dot + h is summed there too, or a derivative small next to h (bf16 steps of 1/128
@@ -42,12 +46,14 @@ EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in floa
 
 @dataclass
 class Adapters:
-    """What to add to a model. Checked and normalised on creation: bad values raise ValueError."""
+    """What to add to a model, with the defaults every command uses (appendix A: r 8, alpha 16, dropout 0.1; q/v).
+    Checked and normalised on creation: bad values raise ValueError."""
     method: str = "ssmlora"
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
-    targets: tuple = ("query", "value")   # or a comma-separated string, "query,value"
+    targets: tuple = None                 # or "query,value"; None: the method's default, ("query", "value") or
+                                          # DEFAULT_TARGETS
     sparse: bool = None                   # None: the method's default (SSMLoRA sparse, LoRA dense)
     state: str = "reset"                  # SSMLoRA state lifetime: "reset" (default) or "carry" (the authors')
 
@@ -62,6 +68,10 @@ class Adapters:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout!r}")
         if self.state not in STATES:
             raise ValueError(f"unknown state {self.state!r}; choose one of: {', '.join(STATES)}")
+        if self.state == "carry" and self.method != "ssmlora":
+            raise ValueError(f"state carry is how SSMLoRA's state lives; {self.method} has no state to carry")
+        if self.targets is None:
+            self.targets = DEFAULT_TARGETS.get(self.method, ("query", "value"))
         names = self.targets.split(",") if isinstance(self.targets, str) else list(self.targets)
         names = [n.strip() for n in names if n.strip()]
         unknown = [n for n in names if n not in TARGETS]

@@ -263,7 +263,7 @@ def test_train_resume_eval_only_and_predict(method, tmp_path):
     assert sum(o["label"] == y for o, (_, y) in zip(out, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
     # a run killed in epoch 2 (its checkpoint: epoch 1) and resumed ends where the whole one did
 
-    def kill(step):
+    def kill(step, model):
         if step == 6:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):

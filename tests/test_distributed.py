@@ -130,7 +130,7 @@ sys.path.insert(0, {repo!r})
 import train
 
 
-def interrupt(step):  # what Ctrl-C does: it interrupts every process (here all after the same step)
+def interrupt(step, model):  # what Ctrl-C does: it interrupts every process (here all after the same step)
     if step == {step}:
         raise KeyboardInterrupt
 

@@ -121,47 +121,25 @@ def test_decoder_checkpoints_fine_tune_end_to_end(family, own_pad, flags, glue, 
     assert r["best"]["dev"]["accuracy"] >= 0.75  # chance is 0.5; measured 0.81, 0.91, 0.92
 
 
-def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path):
-    """On the real MiniLM: step 1 moves W_b off zero, so step 2 is W_d's gradient spike. With one global norm that
+def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path, capsys):
+    """python -m reproduce.spike on the real MiniLM: train.py runs once per clipping mode and --trace-gradients records
+    each step. Step 1 moves W_b off zero (W_d stays 0), so step 2 is W_d's gradient spike. With one global norm that
     step's W_a update is ~100x smaller than the next one's; clipping W_c, W_d on their own first keeps it whole.
     (W_a is the one to watch: its gradient is zero on step 1, so AdamW has no earlier momentum to carry it.)"""
-    moves = {}
-    for mode in ("global", "state"):
-        original, seen = train.build_model, {}
-
-        def build(*a, **k):
-            seen["model"] = original(*a, **k)
-            seen["before"] = {n: p.detach().clone() for n, p in seen["model"].named_parameters() if p.requires_grad}
-            return seen["model"]
-
-        def on_step(step):  # the norm of each step's change of every W_a together
-            now = {n: p.detach().clone() for n, p in seen["model"].named_parameters() if n.endswith("W_a")}
-            moves.setdefault(mode, []).append(sum(float((now[n] - seen["before"][n]).norm() ** 2) for n in now) ** 0.5)
-            seen["before"].update(now)
-        train.build_model = build
-        try:
-            flags = ("--max-steps", "3", "--lr", "5e-4", "--warmup", "0", "--weight-decay", "0", "--clip-mode", mode)
-            train.run(parse_args(argv("sst2", MINILM, glue, tmp_path / mode, *flags)), on_step=on_step)
-        finally:
-            train.build_model = original
+    from reproduce import spike
+    spike.main(["--model", str(MINILM), "--data-dir", str(glue), "--max-train", "48", "--epochs", "1",
+                "--out", str(tmp_path), "--json", str(tmp_path / "s.json"), "--warmup", "0", "--weight-decay", "0",
+                "--threads", "1"])
+    logs = json.loads((tmp_path / "s.json").read_text())
+    assert set(logs) == {"global", "state"} and "W_d update norm at step" in capsys.readouterr().out
+    for log in logs.values():
+        assert len(log["loss"]) == len(log["update"]) == 3 and len(log["dev"]) == 1
+        assert log["update"][0]["W_d"] == 0 and log["update"][1]["W_d"] > 0
+    moves = {m: [u["W_a"] for u in log["update"]] for m, log in logs.items()}
     assert moves["global"][0] == moves["state"][0] == 0  # step 1: W_b = 0, so W_a has no gradient yet
     # step 2, the spike: measured 0.033 with state clipping (step 3: 0.013) and 0.00014 with one global norm
     assert moves["state"][1] > 0.5 * moves["state"][2]
     assert moves["global"][1] < 0.05 * moves["state"][1]
-
-
-def test_spike_tool_runs_both_clipping_modes_through_train(tmp_path, capsys):
-    """reproduce/spike.py, the measurement of the W_d spike, runs train.py's optimizer and clipping (training/): it
-    must keep working as they change. Two steps a mode: step 1 leaves W_d at zero, step 2 (after W_b left zero)
-    moves it."""
-    from reproduce import spike
-    spike.main(["--model", str(MINILM), "--max-train", "32", "--epochs", "1", "--json", str(tmp_path / "s.json")])
-    logs = json.loads((tmp_path / "s.json").read_text())
-    assert set(logs) == {"global", "state"}
-    for log in logs.values():
-        assert len(log["loss"]) == len(log["update"]) == 2 and len(log["dev"]) == 1
-        assert log["update"][0]["W_d"] == 0 and log["update"][1]["W_d"] > 0
-    assert "W_d update norm at step" in capsys.readouterr().out
 
 
 def test_regression_task_learns(tiny_bert, glue, tmp_path):
@@ -181,7 +159,7 @@ def test_killed_run_resumes_exactly(tiny_bert, glue, tmp_path):
     flags = ("--epochs", "3", "--lr", "5e-3", "--save-every", "5", "--max-train", "160")  # 10 steps an epoch
     whole = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "a", *flags)))
 
-    def kill(step):
+    def kill(step, model):
         if step == 17:  # mid-epoch 2, after epoch 1's evaluation; the last checkpoint is at step 15
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
@@ -215,7 +193,7 @@ def test_ctrl_c_saves_the_step_it_stopped_after_and_no_earlier_run_is_overwritte
     flags = ("--epochs", "2", "--lr", "5e-3", "--max-train", "160")  # 10 steps an epoch
     whole = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "a", *flags)))
 
-    def ctrl_c(step):
+    def ctrl_c(step, model):
         if step == 7:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
     with pytest.raises(SystemExit, match="interrupted after step 7, saved in .*checkpoint.pt: continue with the "
@@ -262,23 +240,13 @@ def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bert, glue, tmp_path):
-    def poison(step):
+    def poison(step, model):
         if step == 4:  # after step 4's checkpoint: the next forward pass gives a NaN loss
             with torch.no_grad():
-                model_param = poison.model.head.classifier.weight
-                model_param.fill_(float("nan"))
-    original = train.build_model
-
-    def build(*a, **k):
-        poison.model = original(*a, **k)
-        return poison.model
-    train.build_model = build
-    try:
-        with pytest.raises(train.TrainError, match="non-finite loss .* at step 5.*checkpoint.pt"):
-            train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "1", "--save-every", "2")),
-                      on_step=poison)
-    finally:
-        train.build_model = original
+                model.head.classifier.weight.fill_(float("nan"))
+    with pytest.raises(train.TrainError, match="non-finite loss .* at step 5.*checkpoint.pt"):
+        train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "1", "--save-every", "2")),
+                  on_step=poison)
     ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert ck["progress"]["step"] == 4 and all(torch.isfinite(t).all() for t in ck["trained"].values())
 
@@ -437,6 +405,9 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--method", "bitfit", "--rank", "64", "--targets", "ffn_in", "--dense", "--state", "carry"],
      "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora, lora, qlora, mixlora only, not bitfit"),
     (["--method", "none"], "invalid choice: 'none'"),
+    (["--doc-stride", "64"], "--doc-stride applies to the QA tasks (squad, narrativeqa) only, not sst2"),
+    (["--method", "lora", "--state", "carry"], "state carry is how SSMLoRA's state lives; lora has no state to carry"),
+    (["--max-eval", "0"], "--max-eval must be at least 1, got 0"),
     (["--eval-only", "no-such-file.safetensors"], "could not read adapter file no-such-file.safetensors"),
 ])
 def test_flags_that_would_do_nothing_or_the_wrong_thing_are_refused(flags, message):

@@ -1,7 +1,10 @@
 """The metrics of a model on a dev set (each process its share under torchrun), as train.py evaluates after each
 epoch and --eval-only once, with the same metrics per bin of input length (tasks/lengths.py)."""
+import time
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from tasks import compute_metrics, squad
 from tasks.lengths import by_length, input_lengths
@@ -10,22 +13,40 @@ from training import dist
 from training.build import to_device
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def evaluate_dev(model, encoded, examples, task, args, device):
+    """({split: metrics}, {split: by length} or None) on every dev split of the task, as the run's flags say."""
+    t0, count = time.time(), {s: len(examples[s]) for s in task.dev}  # QA: questions, not windows
+    tqdm.write(f"evaluating on {' and '.join(f'{s} ({count[s]:,} examples)' for s in task.dev)}")
+    both = {s: evaluate(model, encoded[s], task, args.batch_size, device, examples[s], args.bins, args.dtype,
+                        args.pad_to) for s in task.dev}
+    tqdm.write(f"evaluated in {time.time() - t0:.1f} s")
+    by_length = {s: b for s, (_, b) in both.items()} if args.bins else None
+    return {s: m for s, (m, _) in both.items()}, by_length
+
+
 @torch.no_grad()
-def evaluate(model, encoded, task, batch_size, device, examples, bins=None):
+def evaluate(model, encoded, task, batch_size, device, examples, bins=None, dtype="fp32", pad_to=None):
     """(metrics, by length) on a whole dev set; by length is None without bins (length edges). Under torchrun each
     process evaluates its own contiguous share of the rows (QA: of the windows) and the outputs are gathered: every
-    row is evaluated once, and every process gets the same metrics."""
+    row is evaluated once, and every process gets the same metrics. dtype: autocast (train.py's --dtype)."""
     span = task.shape == "span"
     rows_of = encoded.rows if span else encoded  # QA: the windows' rows; decoding needs the rest of encoded
     model.eval()
     rows, outs = dist.my_share(np.arange(len(encoded)))[0], []
     rows = rows if len(rows) else np.arange(1)  # none here (fewer examples than processes): one, dropped when gathered
+    said = time.time()
     for start in range(0, len(rows), 2 * batch_size):
         part = rows[start:start + 2 * batch_size]
-        batch = to_device(collate(rows_of, part), model.cfg, device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        batch = to_device(collate(rows_of, part, pad_to), model.cfg, device)
+        with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
             out, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                            choices=batch.get("choices"))
+        if time.time() - said > 30 and dist.is_main():  # a long evaluation says how far it is
+            tqdm.write(f"  evaluated {start + len(part):,} of {len(rows):,} {'windows' if span else 'rows'}")
+            said = time.time()
         if span:  # each window's best span: (score, start, end), its positions exact in float32
             out = torch.stack(squad.best_spans(encoded.at[part], encoded.size[part], out[..., 0], out[..., 1]), 1)
         # the reading tasks keep the predicted class or choice (a batch's choices are as many as its longest

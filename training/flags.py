@@ -1,27 +1,28 @@
 """
 train.py's command line: every flag with its default and its help, the checks that turn a mistake into one line,
-and, for --eval-only, the settings the adapter file recorded.
+and, for --eval-only, the settings the adapter file recorded. The adapter defaults (rank 8, alpha 16, dropout 0.1,
+the targets) are ssmlora.Adapters' own; the task's learning rate and epochs are tasks.RECIPE's.
 """
+from dataclasses import fields
 from pathlib import Path
 
-from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
+import torch
+
 from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
 from model import PRESETS
-from ssmlora import LOW_RANK, METHODS, STATES
+from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
+from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from training import dist
 from training.cli import OneLineParser, UserError
 
-CLIP_MODES = ("state", "global")
+ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
+DTYPES = ("fp32", "bf16", "fp16")
 DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
                "the paper's baselines.")
 
 
-ADAPTER_FLAGS = {"rank": 8, "alpha": 16.0, "dropout": 0.1, "targets": "query,value", "state": "reset"}
-
-
-def parse(argv=None):
-    """The run's settings from the command line, checked and completed with the task's recipe."""
+def parser():
     p = OneLineParser(prog="train.py", description=DESCRIPTION)
     p.add_argument("--task", help=f"{TASK_NAMES} (with --eval-only: the file's own)")
     p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
@@ -29,115 +30,131 @@ def parse(argv=None):
     p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
                    help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/")
     a = p.add_argument_group("adapters (--method ssmlora, lora, qlora or mixlora only)")
-    a.add_argument("--rank", type=int, help="r, the rank of W_a and W_b (default: 8)")
-    a.add_argument("--alpha", type=float, help="scaling s = alpha / rank (default: 16). The authors' code scales "
-                   "by alpha itself: pass their alpha times the rank to match it")
-    a.add_argument("--dropout", type=float, help="adapter dropout: on h_norm for SSMLoRA, on x for LoRA (default: 0.1)")
+    a.add_argument("--rank", type=int, help=f"r, the rank of W_a and W_b (default: {ADAPTER['rank']})")
+    a.add_argument("--alpha", type=float, help=f"scaling s = alpha / rank (default: {ADAPTER['alpha']:g}). The "
+                   "authors' code scales by alpha itself: pass their alpha times the rank to match it")
+    a.add_argument("--dropout", type=float, help=f"adapter dropout: on h_norm for SSMLoRA, on x for LoRA (default: "
+                   f"{ADAPTER['dropout']})")
     a.add_argument("--targets", help="comma-separated, of query,key,value,attn_out,ffn_in,ffn_out; qkv (query, key "
                    "and value as one projection: GPT-2 as the paper adapts it); ffn_gate (LLaMA's gate); head (an "
-                   "adapter on the task head's last linear, which then stays frozen) (default: query,value)")
+                   "adapter on the task head's last linear, which then stays frozen) (default: query,value; "
+                   + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items()) + ", Table 1's)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
                    "a single one, every other layer (SSMLoRA's default)")
     g.add_argument("--dense", dest="sparse", action="store_false",
                    help="every target in every layer (LoRA's default)")
-    a.add_argument("--state", help=f"SSMLoRA state lifetime: {' or '.join(STATES)} (the authors' code; "
-                   "default: reset)")
-    o = p.add_argument_group("optimisation")
-    o.add_argument("--lr", type=float, help="learning rate (default: the task's recipe, see README)")
-    o.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, in each process "
-                   "(default: 16)")
-    o.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimizer step: a step sees "
-                   "batch-size x processes x grad-accum examples (default: 1)")
+    a.add_argument("--state", help=f"SSMLoRA's state lifetime: {' or '.join(STATES)} (the authors' code; "
+                   f"default: {ADAPTER['state']})")
+    o = p.add_argument_group("optimisation (the defaults: the LoRA paper's RoBERTa-base recipe, README)")
+    o.add_argument("--lr", type=float, help="learning rate (default: the task's recipe)")
     o.add_argument("--epochs", type=int, help="at most this many epochs (default: the task's recipe)")
+    o.add_argument("--batch-size", type=int, default=16, help="examples per forward pass, in each process "
+                   "(default: %(default)s)")
+    o.add_argument("--grad-accum", type=int, default=1, help="forward passes per optimizer step: a step sees "
+                   "batch-size x processes x grad-accum examples (default: %(default)s)")
     o.add_argument("--max-len", type=int, help="tokens per example (QA: per window), special tokens included "
                    "(default: 512, QA 384, or fewer if the model's position table is shorter; with --eval-only: the "
                    "file's own)")
-    o.add_argument("--doc-stride", type=int, help="QA (squad, narrativeqa): context tokens two consecutive windows "
-                   "of a long context share (default: 128; with --eval-only: the file's own)")
+    o.add_argument("--doc-stride", type=int, help="QA (squad, narrativeqa) only: context tokens two consecutive "
+                   "windows of a long context share (default: 128; with --eval-only: the file's own)")
     o.add_argument("--warmup", type=float, default=0.06, help="fraction of the steps spent warming up, in [0, 1) "
-                   "(default: 0.06)")
-    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: 0.01)")
-    o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default: 1.0)")
-    o.add_argument("--clip-mode", default="state", choices=CLIP_MODES, help="state: SSMLoRA's W_c, W_d first clipped "
-                   "on their own to at most the norm of the other gradients, then everything together; global: one "
-                   "norm over every trained tensor (default: state; README: the W_d gradient spike)")
+                   "(default: %(default)s)")
+    o.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's, on matrices only (default: %(default)s)")
+    o.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (default: %(default)s)")
+    o.add_argument("--clip-mode", default="state", choices=("state", "global"), help="state: SSMLoRA's W_c, W_d "
+                   "first clipped on their own to at most the norm of the other gradients, then everything together; "
+                   "global: one norm over every trained tensor (default: state; README: the W_d gradient spike)")
     o.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
-                   "on the task's selection metric; 0: never (default: 5)")
-    o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order (default: 0)")
+                   "on the task's selection metric; 0: never (default: %(default)s)")
+    o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order "
+                   "(default: %(default)s)")
     o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     o.add_argument("--max-train", type=int, help="use only the first N training examples")
+    o.add_argument("--max-eval", type=int, help="evaluate only the first N examples (questions) of each dev split: "
+                   "a quick look, recorded in results.json; the paper's numbers use them all")
     o.add_argument("--eval-every", type=int, default=0, help="also evaluate every N optimizer steps; 0: only at "
-                   "the end of each epoch (default: 0)")
-    f = p.add_argument_group("files and machine")
+                   "the end of each epoch (default: %(default)s)")
+    m = p.add_argument_group("machine")
+    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+    m.add_argument("--dtype", choices=DTYPES, help="autocast precision of the forward pass; eqs. (3)-(8) stay in "
+                   "float32 (default: bf16 on CUDA, fp32 on the CPU)")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model (whole graph); batches are padded "
+                   "to powers of two, so only a few lengths compile")
+    m.add_argument("--threads", type=int, help="CPU threads (default: the cores not kept busy by other work, from "
+                   "the load average, at least 1: all of them on a quiet machine, 1 on a busy small one)")
+    f = p.add_argument_group("files")
     f.add_argument("--data-dir", help="local data folder, offline: GLUE's (data-dir/SST-2/train.tsv), SuperGLUE's "
                    "(data-dir/BoolQ/train.jsonl), RACE's (data-dir/RACE/train/middle/1.txt), SQuAD's "
                    "(data-dir/SQuAD/train-v1.1.json) or NarrativeQA's (data-dir/NarrativeQA/qaps.csv and "
-                   "third_party/wikipedia/summaries.csv, as its repository)")
+                   "summaries.csv); with --eval-only: the run's own, if it is still there")
     f.add_argument("--cache-dir", help="where downloaded files are kept (default: ~/.cache/ssmlora/<benchmark>: "
                    "glue, superglue, race, squad or narrativeqa)")
     f.add_argument("--tokenizer", help="tokenizer folder (default: the checkpoint's)")
     f.add_argument("--out", help="output folder (default: out/<task>-<method>[-r<rank>])")
-    f.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
-    f.add_argument("--threads", type=int, help="CPU threads (default: the cores not kept busy by other work, from "
-                   "the load average, at least 1: all of them on a quiet machine, 1 on a busy small one)")
-    f.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps, and every epoch "
-                   "(default: 500)")
+    f.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps, and at every evaluation "
+                   "(default: %(default)s)")
     f.add_argument("--log-every", type=int, default=100, help="when output is not a terminal, a progress line every "
-                   "N steps or every minute, whichever comes first (default: 100)")
+                   "N steps or every minute, whichever comes first (default: %(default)s)")
     f.add_argument("--length-bins", default=lengths.DEFAULT, help="every evaluation also reports its metric per "
                    "bin of input tokens: a width (200: 0-200, ..., 800-1000, 1000+), width:top (200:1400, Table 5's "
-                   "columns), or edges (0,256,512,1024); 0: off (default: 200)")
+                   "columns), or edges (0,256,512,1024); 0: off (default: %(default)s)")
+    f.add_argument("--trace-gradients", metavar="FILE", help="write each step's loss, gradient norms before "
+                   "clipping and update norms per kind of tensor (W_a, W_b, W_c, W_d, head) to FILE, as JSON lines: "
+                   "what python -m reproduce.spike compares")
     r = p.add_argument_group("modes")
     r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
     r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
     r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors, or a PEFT LoRA "
                    "folder, on the dev set")
+    return p
+
+
+def parse(argv=None):
+    """The run's settings from the command line, checked and completed with the task's recipe."""
+    p = parser()
     args = p.parse_args(argv)
     if args.eval_only:
         from_file(args)
     if args.task is None:
         p.error("the following arguments are required: --task")
-    args.task = get_task(args.task).name  # unknown task: an error before anything is loaded
-    args.model = args.model or "roberta-base"
-    span = get_task(args.task).shape == "span"
-    args.max_len = (384 if span else 512) if args.max_len is None else args.max_len
+    task = get_task(args.task)  # unknown task: an error before anything is loaded
+    args.task, args.model = task.name, args.model or "roberta-base"
+    if task.shape != "span" and args.doc_stride is not None and not args.eval_only:
+        p.error(f"--doc-stride applies to the QA tasks (squad, narrativeqa) only, not {task.name}")
+    args.max_len = (384 if task.shape == "span" else 512) if args.max_len is None else args.max_len
     args.doc_stride = 128 if args.doc_stride is None else args.doc_stride
+    args.dtype = args.dtype or ("bf16" if args.device != "cpu" and torch.cuda.is_available() else "fp32")
     try:
         args.bins = None if args.length_bins.strip() in ("0", "off") else lengths.edges(args.length_bins)
     except ValueError as e:
         p.error(str(e))
     adapted = args.method in LOW_RANK
-    given = [f"--{k}" for k in ADAPTER_FLAGS if getattr(args, k) is not None] + ["--sparse/--dense"] * (
-        args.sparse is not None)
+    given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
+    given += ["--sparse/--dense"] * (args.sparse is not None)
     if given and not adapted and not args.eval_only:
         p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
-    for k, v in ADAPTER_FLAGS.items():
+    for k, v in ADAPTER.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
     args.lr = lr if args.lr is None else args.lr
     args.epochs = epochs if args.epochs is None else args.epochs
+    args.targets = args.targets or ",".join(Adapters(args.method).targets)  # recorded as used
     args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
     if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
         p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
                 f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
-    checks = [("batch-size", args.batch_size >= 1), ("grad-accum", args.grad_accum >= 1), ("epochs", args.epochs >= 1),
-              ("max-len", args.max_len >= 1), ("doc-stride", args.doc_stride >= 1),
-              ("save-every", args.save_every >= 1), ("log-every", args.log_every >= 1),
-              ("max-steps", args.max_steps is None or args.max_steps >= 1),
-              ("max-train", args.max_train is None or args.max_train >= 1),
-              ("threads", args.threads is None or args.threads >= 1)]
-    for flag, ok in checks:
-        if not ok:
-            p.error(f"--{flag} must be at least 1, got {getattr(args, flag.replace('-', '_'))}")
+    at_least_1 = ("batch_size", "grad_accum", "epochs", "max_len", "doc_stride", "save_every", "log_every",
+                  "max_steps", "max_train", "max_eval", "threads")
+    for k in at_least_1:
+        if getattr(args, k) is not None and getattr(args, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
     if not 0 <= args.warmup < 1:
         p.error(f"--warmup is a fraction of the steps, in [0, 1), got {args.warmup}")
-    if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0:
-        p.error("--patience and --weight-decay must be at least 0, --lr and --clip above 0")
-    if args.eval_every < 0:
-        p.error(f"--eval-every must be at least 0 (0: only at the end of each epoch), got {args.eval_every}")
+    if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0 or args.eval_every < 0:
+        p.error("--patience and --weight-decay must be at least 0 (--eval-every too), --lr and --clip above 0")
     if args.state == "carry" and dist.world() > 1:
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
@@ -145,7 +162,7 @@ def parse(argv=None):
 
 
 def from_file(args):
-    """--eval-only: the task, base model and tokenizer the adapters were trained with, unless given again."""
+    """--eval-only: the task, base model, tokenizer and data the adapters were trained with, unless given again."""
     run = read_peft_run(args.eval_only) if is_peft_folder(args.eval_only) else read_run(args.eval_only)
     if args.task and run.get("task") and get_task(args.task).name != run["task"]:
         raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
@@ -153,6 +170,8 @@ def from_file(args):
     for k in ("task", "model", "tokenizer", "max_len", "doc_stride"):  # these change the metric: the trained run's
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
+    if args.data_dir is None and run.get("data_dir") and Path(run["data_dir"]).is_dir():
+        args.data_dir = run["data_dir"]  # the data it trained on, if it is still there (else the download cache)
     if args.model == run.get("model"):  # the file's own base, not one given with --model
         check_base_is_there(run, args.eval_only)
     args.random_init = args.random_init or run.get("random_init", False)

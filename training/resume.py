@@ -12,10 +12,10 @@ from training.cli import TrainError
 
 RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
             "grad_accum", "world_size", "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed",
-            "max_steps", "max_train", "random_init")
+            "max_steps", "max_train", "random_init", "dtype")
 
 
-def save_checkpoint(path, model, opt, sched, progress, args):
+def save_checkpoint(path, model, opt, sched, progress, args, scaler=None):
     """Called by every process (each one's random state is kept, for its own dropout masks); rank 0 writes."""
     rng = dist.gather_objects(torch.get_rng_state())
     cuda_rng = dist.gather_objects(torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
@@ -25,11 +25,11 @@ def save_checkpoint(path, model, opt, sched, progress, args):
     carried = dict(model.time_axes.h) if getattr(model, "time_axes", None) and model.adapters.state == "carry" else {}
     obj = {"run": {k: getattr(args, k) for k in RUN_KEYS}, "trained": trained, "optimizer": opt.state_dict(),
            "scheduler": sched.state_dict(), "progress": progress, "carried_state": carried, "rng": rng,
-           "cuda_rng": cuda_rng}
+           "cuda_rng": cuda_rng, "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}}
     atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a kill during the save leaves the previous one whole
 
 
-def load_checkpoint(path, model, opt, sched, args):
+def load_checkpoint(path, model, opt, sched, args, scaler=None):
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -50,6 +50,8 @@ def load_checkpoint(path, model, opt, sched, args):
     if ck["carried_state"]:
         device = next(model.parameters()).device
         model.time_axes.h.update({k: v.to(device) for k, v in ck["carried_state"].items()})
+    if ck.get("scaler") and scaler is not None:
+        scaler.load_state_dict(ck["scaler"])
     torch.set_rng_state(ck["rng"][dist.rank()])
     if ck["cuda_rng"][dist.rank()] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ck["cuda_rng"][dist.rank()])
@@ -58,9 +60,10 @@ def load_checkpoint(path, model, opt, sched, args):
 
 @contextmanager
 def interrupt_at_step_boundary():
-    """While training, the first Ctrl-C only asks (`asked`): the loop stops after the step it is in, whole, and
-    saves it, so that --resume goes on exactly from there. A second Ctrl-C interrupts at once (the last checkpoint
-    is then the one --resume uses). Outside the main thread (no signals there) Ctrl-C is left as it is."""
+    """While training, the first Ctrl-C (or SIGTERM, what a batch system or `kill` sends) only asks (`asked`): the
+    loop stops after the step it is in, whole, and saves it, so that --resume goes on exactly from there. A second
+    one interrupts at once (the last checkpoint is then the one --resume uses). Outside the main thread (no signals
+    there) both are left as they are."""
     class Interrupt:
         asked = False
 
@@ -68,13 +71,15 @@ def interrupt_at_step_boundary():
         if Interrupt.asked:
             raise KeyboardInterrupt
         Interrupt.asked = True
-        print("\nstopping after this step (Ctrl-C again to stop at once)", flush=True)
+        print("\nstopping after this step, saved (again to stop at once)", flush=True)
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, ask)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, ask)
     except ValueError:
-        previous = None
+        pass
     try:
         yield Interrupt
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
