@@ -33,7 +33,6 @@ from files import atomic_write
 from files.adapters import save_adapters
 from files.hub import resolve
 from files.tokenizer import load_tokenizer
-from reproduce.spike import GradientTrace
 from ssmlora import LOW_RANK, Adapters, format_report, param_report
 from tasks import encode, get_task, lengths, load_data
 from training import dist, flags
@@ -42,6 +41,7 @@ from training.cli import TrainError, free_cores, pick_device
 from training.evaluate import DTYPES, evaluate_dev, trivial_scores
 from training.optim import clip_gradients, lr_lambda, make_optimizer
 from training.progress import ProgressLog, fmt, peak_memory
+from training.trace import GradientTrace
 from training.resume import interrupt_at_step_boundary, load_checkpoint, save_checkpoint
 
 

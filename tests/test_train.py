@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers as hf
@@ -224,7 +225,7 @@ def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert
     run = read_run(tmp_path / "adapters.safetensors")
     assert run["model"] == str(tiny_bert.resolve()) and run["max_len"] == 64
     monkeypatch.chdir(tmp_path)
-    again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors"), "--data-dir", str(glue)]))
+    again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors")]))  # the run's data folder
     assert again["eval"]["dev"] == r["best"]["dev"]
     assert again["by_length"]["dev"] == r["by_length"]["dev"]
     off = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval", "--length-bins", "0",
@@ -435,3 +436,40 @@ def test_help_shows_each_default_once(capsys):
     for flag in ("--rank", "--batch-size", "--seed", "--weight-decay", "--threads", "--log-every"):
         block = text.split(f"  {flag} ", 1)[1].split("\n  --", 1)[0]
         assert len(block.split()) > 2, flag   # the flag's metavar and a help text
+
+
+def test_sigterm_saves_and_a_capped_evaluation_is_recorded(tiny_bert, glue, tmp_path, capsys):
+    """SIGTERM (a batch system's stop) saves the step it came in, as Ctrl-C does; the resumed run says the epoch as
+    the progress lines do, keeps the epoch's seconds from before the stop, and --max-eval is recorded."""
+    import os
+    import signal
+    flags = ("--epochs", "1", "--lr", "5e-3", "--max-train", "64", "--max-eval", "10", "--dtype", "bf16")
+
+    def term(step, model):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(SystemExit, match="interrupted after step 3, saved in"):
+        train.main(argv("sst2", tiny_bert, glue, tmp_path, *flags), on_step=term)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["progress"]["epoch_elapsed"] > 0
+    r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, *flags, "--resume")))
+    out = capsys.readouterr().out
+    assert "after step 3: epoch 1, step 3 of 4" in out and "evaluating the first 10 of 64 examples" in out
+    assert r["steps"] == 4 and r["max_eval"] == 10 and r["dtype"] == "bf16"
+    assert sum(b["n"] for b in r["by_length"]["dev"]) == 10
+
+
+def test_bucketed_padding_gives_the_same_logits(tiny_bert, glue):
+    """--compile pads batches to powers of two (data.padded): a handful of shapes, and the attention mask keeps every
+    row's logits what they are unpadded."""
+    from data import collate, padded
+    from files.hub import from_pretrained
+    assert [padded(n, 64) for n in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64] and padded(70, 64) == 70
+    enc = load_tokenizer(str(tiny_bert), "bert").encode(load_glue(get_task("sst2"), glue)["dev"][:8], 64)
+    model = from_pretrained(tiny_bert, num_labels=2).eval()
+    rows = np.arange(8)
+    a, b = collate(enc, rows), collate(enc, rows, pad_to=64)
+    assert b["input_ids"].shape[1] in (16, 32, 64) and b["input_ids"].shape[1] >= a["input_ids"].shape[1]
+    with torch.no_grad():
+        la = model(a["input_ids"], a["attention_mask"], a["token_type_ids"])[0]
+        lb = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])[0]
+    torch.testing.assert_close(la, lb, atol=1e-5, rtol=1e-5)
