@@ -139,7 +139,8 @@ def test_qlora_equals_dequantized_base():
 
 
 def test_qlora_targets_subset_and_memory():
-    m = baselines.add_adapters(tiny(), Adapters("qlora", rank=2))  # query, value adapted; the rest NF4 only
+    assert Adapters("qlora").targets == ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # Table 1's
+    m = baselines.add_adapters(tiny(), Adapters("qlora", rank=2, targets="query,value"))  # the rest NF4 only
     kinds = {n: type(x).__name__ for n, x in m.blocks[0].named_modules() if n.count(".") == 1 and n != "mlp.act"}
     assert kinds == {"attn.query": "QLoRALinear", "attn.key": "NF4Linear", "attn.value": "QLoRALinear",
                      "attn.out": "NF4Linear", "mlp.fc_in": "NF4Linear", "mlp.fc_out": "NF4Linear"}
@@ -247,7 +248,8 @@ def test_train_resume_eval_only_and_predict(method, tmp_path):
     train.main(flags + ["--out", str(tmp_path / "run")])
     r = json.loads((tmp_path / "run" / "results.json").read_text())
     assert r["method"] == method and r["rank"] == 2 and r["params"]["adapter"] == {
-        "qlora": 4 * 2 * (32 * 2 + 2 * 32), "mixlora": 4 * 2 * 128 + 4 * (7 * 2 * 2 * (32 + 64) + 7 * 32)}[method]
+        "qlora": 4 * 2 * (4 * (32 + 32) + 2 * (32 + 64)),  # the method's own targets: every linear (Table 1)
+        "mixlora": 4 * 3 * 128 + 4 * (7 * 2 * 2 * (32 + 64) + 7 * 32)}[method]  # LoRA on q, k, v + the experts
     trained = r["params"]["trainable"]
     with torch.no_grad():  # the saved adapters moved away from zero
         from safetensors.torch import load_file
