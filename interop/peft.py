@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from interop import new_folder
 from interop.names import hf_name
 from model import ModelError, convert_state_dict
 from ssmlora import TARGETS, Adapters, LoRALinear, SSMLoRALinear, add_adapters, insertion_plan, linear_of
@@ -104,9 +105,11 @@ def target_modules(model, adapted):
     return "(" + "|".join(re.escape(k) for k in sorted(adapted)) + ")"  # PEFT: re.fullmatch on a string
 
 
-def export_peft(model, folder, base=None):
-    """Write our LoRA adapters and task head as a PEFT LoRA folder; returns its path. base: the checkpoint it
-    adapts (base_model_name_or_path; default: the folder the model was loaded from)."""
+def export_peft(model, folder, base=None, run=None, sources=None):
+    """Write our LoRA adapters and task head as a new PEFT LoRA folder (interop.new_folder: never over anything);
+    returns its path. base: the checkpoint it adapts (base_model_name_or_path; default: the folder the model was
+    loaded from). run: written beside as ssmlora_run.json (RUN). sources: other folders the export reads
+    ({folder: what it is}), which it must not write into."""
     from safetensors.torch import save_file
     check_exportable(model)
     a, fam = model.adapters, model.cfg.family
@@ -129,11 +132,14 @@ def export_peft(model, folder, base=None):
                   modules_to_save=MODULES_TO_SAVE[model.head.kind], bias="none", fan_in_fan_out=fam == "gpt2",
                   use_dora=False, use_rslora=False, init_lora_weights=True, inference_mode=True, rank_pattern={},
                   alpha_pattern={})
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})
-    return out
+    source = getattr(model, "source", None)
+    reads = {**({source: "the base checkpoint folder"} if source else {}), **(sources or {})}
+    with new_folder(folder, reads) as tmp:
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        if run is not None:
+            (tmp / RUN).write_text(json.dumps(run) + "\n")
+    return Path(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,8 +154,10 @@ def read_peft_config(folder):
     path = Path(folder) / CONFIG
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError too
         raise PeftError(f"could not read {path} ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise PeftError(f"{path} is not a JSON object: not a PEFT adapter_config.json")
     if cfg.get("peft_type") != "LORA":
         raise PeftError(f"{folder} is a PEFT {cfg.get('peft_type')} adapter; only LoRA loads here")
     if cfg.get("task_type") not in (None, "SEQ_CLS"):
@@ -254,5 +262,12 @@ RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the task and tokeniz
 def read_peft_run(folder):
     """What train.py --eval-only and predict.py need from a PEFT folder: its base model and, if we exported it,
     the task and tokenizer ({} of those otherwise: pass --task)."""
-    run = json.loads((Path(folder) / RUN).read_text()) if (Path(folder) / RUN).exists() else {}
+    path = Path(folder) / RUN
+    try:
+        run = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as e:  # a JSONDecodeError says the line and column, not the file
+        raise PeftError(f"{path} is not valid JSON ({e}); export the folder again, or remove the file and pass "
+                        f"--task") from None
+    if not isinstance(run, dict):
+        raise PeftError(f"{path} is not a JSON object; export the folder again, or remove it and pass --task")
     return {**run, "model": run.get("model") or read_peft_config(folder).get("base_model_name_or_path")}

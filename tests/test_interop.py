@@ -212,3 +212,72 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
         ssm = add_adapters(from_pretrained(base, num_labels=2), method="ssmlora", rank=2)
         save_adapters(ssm, tmp_path / "ssm.safetensors", {"task": "sst2", "model": str(base)})
         main(["peft", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
+
+
+def lora_file(tmp_path, run):
+    """A LoRA adapter file of a tiny BERT at tmp_path/run/adapters.safetensors, its base at tmp_path/base."""
+    from checkpoints import tiny_bert
+    from files.adapters import save_adapters
+    base = tiny_bert(tmp_path / "base", dropout=0.0)
+    ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
+    randomise(ours)
+    path = tmp_path / "run" / "adapters.safetensors"
+    save_adapters(ours, path, {"task": "sst2", "model": str(base), **run})
+    return base, path
+
+
+def snapshot(folder):
+    return {f.name: (f.read_bytes(), f.stat().st_mode) for f in sorted(folder.iterdir())}
+
+
+def test_export_never_writes_into_its_sources_or_over_an_earlier_export(tmp_path, monkeypatch):
+    """The merge that overwrote its own base (issue 29): the sources and an earlier export are refused, untouched; a
+    failed export leaves nothing; the weights files get the umask's mode like the others, not safetensors' 0600."""
+    import os
+    from interop import merged
+    from interop.export import main
+    base, path = lora_file(tmp_path, {})
+    before = {"base": snapshot(base), "run": snapshot(path.parent)}
+    for cmd, out, what in [("merge", base, "the base checkpoint folder"), ("peft", base, "the base checkpoint folder"),
+                           ("merge", path.parent, "the adapter file's folder"),
+                           ("merge", base / "config.json", "a file, not a folder")]:
+        with pytest.raises(SystemExit, match=f"^error: {out} is {what}"):
+            main([cmd, str(path), str(out)])
+    main(["merge", str(path), str(tmp_path / "tok"), "--tokenizer", str(base)])  # the tokenizer folder is the base's
+    assert before == {"base": snapshot(base), "run": snapshot(path.parent)}
+    main(["peft", str(path), str(tmp_path / "peft")])
+    first = snapshot(tmp_path / "peft")
+    for cmd in ("peft", "merge"):
+        with pytest.raises(SystemExit, match="peft already holds files .an earlier export.*pass a new folder"):
+            main([cmd, str(path), str(tmp_path / "peft")])
+    assert snapshot(tmp_path / "peft") == first
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f: m & 0o777 for d in ("peft", "tok") for f, (_, m) in snapshot(tmp_path / d).items()}
+    assert set(modes.values()) == {0o666 & ~umask} and "model.safetensors" in modes
+    assert "adapter_model.safetensors" in modes
+    monkeypatch.setattr(merged, "to_hf", lambda *a: {"x": torch.zeros(1)})
+    monkeypatch.setattr(merged.shutil, "copy", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(SystemExit, match="^error: disk full$"):
+        main(["merge", str(path), str(tmp_path / "half")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "peft", "run", "tok"]  # no half folder, no tmp
+
+
+def test_export_of_a_file_without_base_or_task_asks_for_the_flag(tmp_path):
+    """save_adapters from Python may store no model (KeyError: 'model' before) or no task: as predict.py, ask."""
+    from files.adapters import save_adapters
+    from interop.export import main
+    base, path = lora_file(tmp_path, {})
+    ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
+    save_adapters(ours, tmp_path / "bare.safetensors", {"task": "sst2"})
+    with pytest.raises(SystemExit, match="bare.safetensors does not name its base model: pass --model$"):
+        main(["peft", str(tmp_path / "bare.safetensors"), str(tmp_path / "p")])
+    save_adapters(ours, tmp_path / "none.safetensors")
+    with pytest.raises(SystemExit, match="none.safetensors does not say which task it was trained on: pass --task$"):
+        main(["peft", str(tmp_path / "none.safetensors"), str(tmp_path / "p")])
+    main(["peft", str(tmp_path / "none.safetensors"), str(tmp_path / "p"), "--model", str(base), "--task", "sst2"])
+    assert json.loads((tmp_path / "p" / "ssmlora_run.json").read_text())["model"] == str(base)
+    from interop.peft import read_peft_run
+    (tmp_path / "p" / "ssmlora_run.json").write_text('{"task": "sst2", "mod')
+    with pytest.raises(PeftError, match=r"p/ssmlora_run.json is not valid JSON \(Unterminated string.*line 1"):
+        read_peft_run(tmp_path / "p")
