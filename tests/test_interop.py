@@ -159,6 +159,12 @@ def test_merged_multiple_choice_and_ssmlora_refused(tmp_path):
     assert (got - want).abs().max() < 1e-5
     with pytest.raises(ModelError, match="SSMLoRA cannot be merged"):
         export_merged(add_adapters(from_pretrained(tmp_path / "mc"), method="ssmlora"), tmp_path / "no")
+    import baselines
+    from ssmlora import Adapters
+    for method, why in (("qlora", "4-bit NF4"), ("mixlora", "routed experts")):  # not a stray-tensor error
+        with pytest.raises(ModelError, match=f"^{method} cannot be merged .*{why}"):
+            export_merged(baselines.add_adapters(from_pretrained(tmp_path / "mc"), Adapters(method, 2)), tmp_path / "no")
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))
