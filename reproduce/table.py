@@ -131,18 +131,27 @@ def read_results(out, run):
 
 def train(cmd, out):
     """Run one train.py; returns its exit code. It runs in its own process group, so a Ctrl-C at the terminal
-    reaches only us: we pass each one on (train.py stops after its step and saves it; a second stops it at once)
-    and wait for it to end, then raise KeyboardInterrupt naming what it left."""
-    child = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
-    interrupted = False
-    while True:
-        try:
-            code = child.wait()
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-            child.send_signal(signal.SIGINT)
-    if interrupted:
+    reaches only us: we pass each one on (train.py stops after its step and saves it; a second stops it at once),
+    and a SIGTERM too, wait for it to end, then raise KeyboardInterrupt naming what it left."""
+    child, got = None, []
+
+    def forward(signum, frame):
+        got.append(signum)
+        if child is not None:
+            child.send_signal(signum)
+    try:
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = {}
+    try:
+        child = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+        for signum in got:  # one that came while it was starting
+            child.send_signal(signum)
+        code = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if got:
         saved = "its checkpoint.pt is saved" if (out / "checkpoint.pt").exists() else "it had no checkpoint yet"
         raise KeyboardInterrupt(f"{out} stopped ({saved})")
     return code
