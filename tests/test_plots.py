@@ -80,3 +80,29 @@ def test_missing_matplotlib_and_bad_input_are_one_line_errors(tmp_path, monkeypa
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a bench.py result"):
         plots.main([str(tmp_path / "other.json")])
+
+
+def test_broken_json_names_the_file_and_line(tmp_path):
+    """A run killed while writing eval.jsonl, a cut results.json or bench.json: the file (and line) is named, not
+    only "Unterminated string at line 1 column 101" (issue 29); a bench row without its fields is no KeyError."""
+    run = write_run(tmp_path / "run")
+    log = run / "eval.jsonl"
+    log.write_text(log.read_text()[:-30])
+    with pytest.raises(SystemExit, match=f"^error: {log} line 3 is not valid JSON .*cut off. Remove that line"):
+        plots.main([str(run)])
+    write_run(tmp_path / "run2")
+    (tmp_path / "run2" / "results.json").write_text('{"select": "acc')
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'run2' / 'results.json'} is not valid JSON "
+                                         r"\(Unterminated string.*line 1"):
+        plots.main([str(tmp_path / "run2")])
+    (tmp_path / "bench.json").write_text(json.dumps(bench_result())[:200])
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'bench.json'} is not valid JSON"):
+        plots.main([str(tmp_path / "bench.json")])
+    result = bench_result()
+    del result["results"][2]["ms"]
+    (tmp_path / "bench.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'bench.json'}: bench.py result row 2 lacks one of"):
+        plots.main([str(tmp_path / "bench.json")])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="list.json holds a JSON list, not an object"):
+        plots.main([str(tmp_path / "list.json")])
