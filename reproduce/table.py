@@ -7,7 +7,8 @@ Run a paper-style table: every (task, method, rank, seed) as its own `python tra
 Each run writes into OUT/<task>/<method>[-r<rank>]/seed<seed>. A run whose results.json exists is skipped; one with a
 checkpoint.pt is continued with --resume; so the same command, run again, finishes what an interrupted one left.
 Ctrl-C is passed to the running train.py, which stops after its step and saves it (a second Ctrl-C: at once).
-QLoRA and MixLoRA get their own papers' targets (TARGETS) unless --targets is passed after --.
+QLoRA and MixLoRA get their own papers' targets (TARGETS) unless --targets is passed after --. Flags after -- that
+a method does not take (the adapter flags for bitfit and full, --state for all but ssmlora) are left out of its runs.
 Writes OUT/table.md (one row per method and rank, one column per task: the task's selection metric on its first dev
 split, x100, mean ± standard deviation over the seeds, and the trained parameter count as the paper counts it),
 OUT/runs.json (every run) and with --plot OUT/table.png (the metric against the rank, per method and task).
@@ -28,6 +29,11 @@ METHODS = RANKED + ("bitfit", "full")
 # adapts every linear of the blocks (Dettmers et al. 2023, sec. 4; Table 1's 1.3M on RoBERTa-base); MixLoRA's 7
 # experts on the FFN with LoRA on query, key and value give Table 1's 5.7M (docs/parameter-counts.md)
 TARGETS = {"qlora": "query,key,value,attn_out,ffn_in,ffn_out", "mixlora": "query,key,value"}
+# train.py flags (after --) that only some methods take: train.py refuses them for the others, so each run gets
+# those of its own method, as --ranks goes to the low-rank methods only. (flag: takes a value)
+ADAPTER_FLAGS = {"--alpha": True, "--dropout": True, "--targets": True, "--sparse": False, "--dense": False}
+SSMLORA_FLAGS = {"--state": True}
+GRID_FLAGS = ("--task", "--method", "--rank", "--seed", "--out", "--resume", "--eval-only", "--dry-run")
 
 
 class TableError(ValueError):
@@ -67,9 +73,10 @@ def get_args(argv=None):
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method {', '.join(unknown)}: choose from {', '.join(METHODS)}")
-    bad = [f for f in ("--task", "--method", "--rank", "--seed", "--out", "--resume") if f in passed]
+    bad = [f for f in GRID_FLAGS if any(x == f or x.startswith(f + "=") for x in passed)]
     if bad:
-        p.error(f"{', '.join(bad)} after -- would fight the grid: the table sets them for each run")
+        p.error(f"{', '.join(bad)} after -- would fight the grid: the table sets the task, method, rank, seed, "
+                f"output and resumption of each run, and each must train and leave its results.json")
     args.train_flags = passed
     return args
 
@@ -157,6 +164,21 @@ def train(cmd, out):
     return code
 
 
+def flags_for(method, flags):
+    """The flags after -- that this method takes: the adapter flags go to the low-rank methods, --state to SSMLoRA."""
+    drop = ({} if method in RANKED else ADAPTER_FLAGS) | ({} if method == "ssmlora" else SSMLORA_FLAGS)
+    out, skip = [], False
+    for x in flags:
+        name = x.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in drop:
+            skip = drop[name] and "=" not in x  # its value is the next word
+        else:
+            out.append(x)
+    return out
+
+
 def run_one(task, method, rank, seed, args):
     """One run as its own process; returns its record for runs.json."""
     out = folder(args, task, method, rank, seed)
@@ -164,9 +186,11 @@ def run_one(task, method, rank, seed, args):
     if (out / "results.json").exists():
         record["status"] = "done before"
     else:
-        targets = [] if "--targets" in args.train_flags or method not in TARGETS else ["--targets", TARGETS[method]]
+        flags = flags_for(method, args.train_flags)
+        given = any(x.split("=", 1)[0] == "--targets" for x in flags)
+        targets = [] if given or method not in TARGETS else ["--targets", TARGETS[method]]
         cmd = [*TRAIN, "--task", task, "--method", method, "--seed", str(seed), "--out", str(out.resolve()),
-               *([] if rank is None else ["--rank", str(rank)]), *targets, *args.train_flags]
+               *([] if rank is None else ["--rank", str(rank)]), *targets, *flags]
         if (out / "checkpoint.pt").exists():
             cmd.append("--resume")
         print(f"[table] {' '.join(cmd[1:])}", flush=True)

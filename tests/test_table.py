@@ -77,7 +77,9 @@ def test_the_grid_and_what_is_there_are_checked_before_any_run(tmp_path, monkeyp
                           (["--seeds", "0,1,0"], "--seeds lists 0 more than once: list each once"),
                           (["--methods", "lora,lora"], "--methods lists lora more than once"),
                           (["--methods", "lora,lorra"], "unknown method lorra"),
-                          (["--tasks", "sst2,sst3"], "Unknown task 'sst3'")]:
+                          (["--tasks", "sst2,sst3"], "Unknown task 'sst3'"),
+                          (["--", "--method=full"], "--method after -- would fight the grid"),
+                          (["--", "--dry-run"], "--dry-run after -- would fight the grid")]:
         with pytest.raises(SystemExit, match=f"^error: .*{message}"):
             table.main(base + argv)
     (tmp_path / "file").write_text("")
@@ -119,6 +121,13 @@ def test_qlora_and_mixlora_get_their_papers_targets(tmp_path, monkeypatch):
     calls.clear()
     table.main(["--tasks", "sst2", "--methods", "mixlora", "--out", str(tmp_path / "b"), "--", "--targets", "query"])
     assert calls[0].count("--targets") == 1 and calls[0][-2:] == ["--targets", "query"]
+    # each method gets the flags it takes: train.py refuses adapter flags for bitfit, --state for all but SSMLoRA
+    calls.clear()
+    table.main(["--tasks", "sst2", "--methods", "bitfit,lora,ssmlora", "--out", str(tmp_path / "c"), "--", "--alpha",
+                "32", "--state", "carry", "--epochs", "1", "--targets=query", "--dense"])
+    assert [c[c.index("--seed") + 4:] for c in calls] == [
+        ["--epochs", "1"], ["--rank", "8", "--alpha", "32", "--epochs", "1", "--targets=query", "--dense"],
+        ["--rank", "8", "--alpha", "32", "--state", "carry", "--epochs", "1", "--targets=query", "--dense"]]
 
 
 def test_plot_has_a_y_label_and_plain_rank_ticks(tmp_path):
