@@ -31,6 +31,9 @@ def check_new_folder(out, sources=None):
             raise ExportError(f"{out} is {what}: an export never writes into what it reads; pass a new folder")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} is a file, not a folder: pass a new folder")
+    parent = next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ExportError(f"{out} cannot be made: {parent} is a file")
     if out.is_dir() and any(out.iterdir()):
         raise ExportError(f"{out} already holds files (an earlier export?): pass a new folder, or remove it first")
 

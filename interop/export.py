@@ -12,7 +12,7 @@ from pathlib import Path
 from tasks import get_task
 from files.adapters import check_base_is_there, read_run
 from interop import check_new_folder
-from interop.merged import export_merged
+from interop.merged import TOKENIZER_FILES, export_merged
 from interop.peft import export_peft
 from training.build import build_model
 from training.cli import OneLineParser, UserError
@@ -46,6 +46,9 @@ def export(args):
     if not args.model:
         check_base_is_there(run, args.adapters)
     # before the model is built: a refused folder costs nothing (new_folder checks again when it writes)
+    if args.tokenizer and not any((Path(args.tokenizer) / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"--tokenizer {args.tokenizer} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:5])} "
+                        f"...): pass the checkpoint folder whose tokenizer the model was trained with")
     task, base = get_task(run["task"]), args.model or run["model"]
     reads = {str(Path(args.adapters).absolute().parent): "the adapter file's folder", base: "the base checkpoint folder",
              args.tokenizer or run.get("tokenizer"): "the tokenizer folder"}

@@ -16,7 +16,7 @@ from model import ModelError
 from ssmlora import ADAPTER_WEIGHTS, LoRALinear, SSMLoRALinear, adapter_modules
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "special_tokens_map.json", "tokenizer.model", "added_tokens.json")
+                   "special_tokens_map.json", "tokenizer.model", "spm.model", "added_tokens.json")  # spm: DeBERTa
 REFUSED = {"qlora": "its W0 is stored in 4-bit NF4, which a transformers checkpoint does not hold",
            "mixlora": "its routed experts have no counterpart in the base architecture"}
 ARCH = {("bert", "cls"): "BertForSequenceClassification", ("roberta", "cls"): "RobertaForSequenceClassification",

@@ -287,3 +287,22 @@ def test_export_of_a_file_without_base_or_task_asks_for_the_flag(tmp_path):
     (tmp_path / "p" / "ssmlora_run.json").write_text('{"task": "sst2", "mod')
     with pytest.raises(PeftError, match=r"p/ssmlora_run.json is not valid JSON \(Unterminated string.*line 1"):
         read_peft_run(tmp_path / "p")
+
+
+def test_export_input_mistakes_are_one_line_and_deberta_keeps_its_spm_model(tmp_path):
+    """A folder given as the adapter file ("No such device"), an OUT under a file ("File exists"), a --tokenizer
+    with no tokenizer in it (the export went through without one); DeBERTa's spm.model was not copied."""
+    from interop.export import main
+    base, path = lora_file(tmp_path, {})
+    for argv, message in [(["peft", str(base), str(tmp_path / "a")], f"{base} is a folder, not an adapter file"),
+                          (["merge", str(path), str(path / "x")], f"{path / 'x'} cannot be made: {path} is a file"),
+                          (["merge", str(path), str(tmp_path / "b"), "--tokenizer", str(tmp_path / "run")],
+                           f"--tokenizer {tmp_path / 'run'} holds no tokenizer files")]:
+        with pytest.raises(SystemExit, match=f"^error: {message}"):
+            main(argv)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    tok = tmp_path / "deberta-tok"
+    tok.mkdir()
+    (tok / "spm.model").write_bytes(b"pieces")
+    main(["merge", str(path), str(tmp_path / "c"), "--tokenizer", str(tok)])
+    assert (tmp_path / "c" / "spm.model").read_bytes() == b"pieces"
