@@ -165,6 +165,12 @@ def read_peft_config(folder):
     if cfg.get("bias", "none") != "none":
         raise PeftError(f"{folder}: bias={cfg['bias']!r} trains the base's biases too, which is not implemented "
                         f"here (only bias='none')")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for k, ok, what in (("r", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+                        ("lora_alpha", number, "a number"), ("lora_dropout", lambda v: number(v) and 0 <= v < 1,
+                                                             "a number in [0, 1)")):
+        if k in cfg and not ok(cfg[k]):  # else a TypeError deep in the model, or a wrong scale
+            raise PeftError(f"{Path(folder) / CONFIG}: {k} is {cfg[k]!r}, not {what}")
     for k, v in cfg.items():
         if k not in HARMLESS and k != "bias" and v not in (None, False, {}, [], ""):
             raise PeftError(f"{folder}: {k}={v!r} ({NAMED.get(k, 'a PEFT setting')}) is not implemented here; "
@@ -191,6 +197,9 @@ def add_peft_adapters(model, folder):
     if getattr(model, "adapters", None) is not None:
         raise PeftError("this model already has adapters; load the PEFT folder into a bare base model")
     cfg, fam = read_peft_config(folder), model.cfg.family
+    if not (Path(folder) / WEIGHTS).exists() and (Path(folder) / "adapter_model.bin").exists():
+        raise PeftError(f"{folder} holds adapter_model.bin (PEFT's older pickle format), which is not read here: "
+                        f"save it again with save_pretrained(folder, safe_serialization=True)")
     try:
         state = load_file(Path(folder) / WEIGHTS)
     except Exception as e:

@@ -115,10 +115,20 @@ def test_ssmlora_and_other_settings_are_refused(bases, tmp_path):
     for edit, message in [({"use_dora": True}, "use_dora=True .DoRA"),
                           ({"use_rslora": True}, "use_rslora=True .rsLoRA"),
                           ({"bias": "all"}, "bias='all'"), ({"rank_pattern": {"query": 8}}, "rank_pattern"),
-                          ({"peft_type": "IA3"}, "PEFT IA3 adapter"), ({"task_type": "CAUSAL_LM"}, "CAUSAL_LM")]:
+                          ({"peft_type": "IA3"}, "PEFT IA3 adapter"), ({"task_type": "CAUSAL_LM"}, "CAUSAL_LM"),
+                          ({"r": "4"}, "adapter_config.json: r is '4', not a positive integer"),
+                          ({"lora_alpha": None}, "lora_alpha is None, not a number"),
+                          ({"lora_dropout": 1.5}, r"lora_dropout is 1.5, not a number in \[0, 1\)")]:
         config_path.write_text(json.dumps({**good, **edit}))
         with pytest.raises(PeftError, match=message):
             add_peft_adapters(from_pretrained(folder), tmp_path / "p")
+    config_path.write_text(json.dumps(good))
+    (tmp_path / "p" / "adapter_model.safetensors").rename(tmp_path / "p" / "adapter_model.bin")
+    with pytest.raises(PeftError, match="holds adapter_model.bin .PEFT's older pickle format.*safe_serialization"):
+        add_peft_adapters(from_pretrained(folder), tmp_path / "p")
+    config_path.write_text('{"peft_type": "LORA", "r": 4')
+    with pytest.raises(PeftError, match=f"could not read {config_path} .JSONDecodeError: .*line 1"):
+        add_peft_adapters(from_pretrained(folder), tmp_path / "p")
     # "dense" in PEFT also hits the pooler and the classifier's dense: no target of ours wraps those
     peft.get_peft_model(hf.AutoModelForSequenceClassification.from_pretrained(folder), peft.LoraConfig(
         task_type="SEQ_CLS", r=4, target_modules=["dense"])).save_pretrained(tmp_path / "d")
