@@ -40,8 +40,8 @@ def save_adapters(model, path, run=None):
 def read_settings(path):
     """(Adapters, base identity dict) from a file written by save_adapters."""
     if Path(path).is_dir():  # safetensors would say "No such device"
-        raise AdapterFileError(f"{path} is a folder, not an adapter file: pass the adapters.safetensors a train.py "
-                               f"--out folder holds (or a PEFT folder, with its adapter_config.json, where one is read)")
+        raise AdapterFileError(f"{path} is a folder, neither an adapter file nor a PEFT folder (it has no "
+                               f"adapter_config.json): pass the adapters.safetensors a train.py --out folder holds")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}

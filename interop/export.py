@@ -13,7 +13,7 @@ from tasks import get_task
 from files.adapters import check_base_is_there, read_run
 from interop import check_new_folder
 from interop.merged import TOKENIZER_FILES, export_merged
-from interop.peft import export_peft
+from interop.peft import export_peft, is_peft_folder
 from training.build import build_model
 from training.cli import OneLineParser, UserError
 
@@ -37,6 +37,9 @@ def main(argv=None):
 
 def export(args):
     """The model rebuilt from the adapter file (as predict.load does, with the same refusals), then written."""
+    if is_peft_folder(args.adapters):
+        raise UserError(f"{args.adapters} is a PEFT folder, exported already: pass the adapters.safetensors train.py "
+                        f"wrote")
     run = read_run(args.adapters)
     run["task"] = args.task or run.get("task")
     if not run["task"]:
@@ -50,8 +53,8 @@ def export(args):
         raise UserError(f"--tokenizer {args.tokenizer} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:5])} "
                         f"...): pass the checkpoint folder whose tokenizer the model was trained with")
     task, base = get_task(run["task"]), args.model or run["model"]
-    reads = {str(Path(args.adapters).absolute().parent): "the adapter file's folder", base: "the base checkpoint folder",
-             args.tokenizer or run.get("tokenizer"): "the tokenizer folder"}
+    reads = {str(Path(args.adapters).absolute().parent): "the adapter file's folder",
+             base: "the base checkpoint folder", args.tokenizer or run.get("tokenizer"): "the tokenizer folder"}
     check_new_folder(args.outdir, reads)
     model = build_model(task, base, run.get("random_init", False), adapter_file=args.adapters).eval()
     tokenizer = args.tokenizer or run.get("tokenizer") or (base if run.get("random_init") else model.source)

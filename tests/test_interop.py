@@ -173,7 +173,8 @@ def test_merged_multiple_choice_and_ssmlora_refused(tmp_path):
     from ssmlora import Adapters
     for method, why in (("qlora", "4-bit NF4"), ("mixlora", "routed experts")):  # not a stray-tensor error
         with pytest.raises(ModelError, match=f"^{method} cannot be merged .*{why}"):
-            export_merged(baselines.add_adapters(from_pretrained(tmp_path / "mc"), Adapters(method, 2)), tmp_path / "no")
+            model = baselines.add_adapters(from_pretrained(tmp_path / "mc"), Adapters(method, 2))
+            export_merged(model, tmp_path / "no")
     assert not (tmp_path / "no").exists()
 
 
@@ -304,13 +305,16 @@ def test_export_input_mistakes_are_one_line_and_deberta_keeps_its_spm_model(tmp_
     with no tokenizer in it (the export went through without one); DeBERTa's spm.model was not copied."""
     from interop.export import main
     base, path = lora_file(tmp_path, {})
-    for argv, message in [(["peft", str(base), str(tmp_path / "a")], f"{base} is a folder, not an adapter file"),
+    for argv, message in [(["peft", str(base), str(tmp_path / "a")], f"{base} is a folder, neither an adapter file"),
                           (["merge", str(path), str(path / "x")], f"{path / 'x'} cannot be made: {path} is a file"),
                           (["merge", str(path), str(tmp_path / "b"), "--tokenizer", str(tmp_path / "run")],
                            f"--tokenizer {tmp_path / 'run'} holds no tokenizer files")]:
         with pytest.raises(SystemExit, match=f"^error: {message}"):
             main(argv)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    main(["peft", str(path), str(tmp_path / "p")])
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'p'} is a PEFT folder, exported already"):
+        main(["merge", str(tmp_path / "p"), str(tmp_path / "m")])
     tok = tmp_path / "deberta-tok"
     tok.mkdir()
     (tok / "spm.model").write_bytes(b"pieces")

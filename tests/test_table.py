@@ -160,7 +160,8 @@ def test_ctrl_c_reaches_the_run_which_saves_then_one_line(tmp_path):
     """Ctrl-C once killed train.py before it saved, with a KeyboardInterrupt traceback (issue 28). The terminal
     sends it to the table's process group: here, to the table alone."""
     (tmp_path / "fake_train.py").write_text(FAKE_TRAIN)
-    code = (f"import sys; from reproduce import table; table.TRAIN = [sys.executable, {str(tmp_path / 'fake_train.py')!r}]; "
+    fake = str(tmp_path / "fake_train.py")
+    code = (f"import sys; from reproduce import table; table.TRAIN = [sys.executable, {fake!r}]; "
             f"table.main(['--tasks', 'sst2', '--seeds', '0,1', '--out', {str(tmp_path / 't')!r}])")
     root = os.path.dirname(os.path.dirname(os.path.abspath(table.__file__)))
     p = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
