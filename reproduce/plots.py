@@ -167,6 +167,7 @@ def main(argv=None):
     p.add_argument("--out", help="the PNG to write (default: <folder>/curves.png, or the .json's name as .png)")
     args = p.parse_args(argv)
     src = Path(args.source)
+    src = src.parent if src.name == "eval.jsonl" and src.is_file() else src  # the run's log itself: its folder
     try:
         if src.suffix == ".json":
             out = args.out or src.with_suffix(".png")

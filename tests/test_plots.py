@@ -45,7 +45,7 @@ def test_run_plot_from_eval_jsonl_and_the_command(tmp_path, capsys):
     assert loss.get_ylabel().startswith("training loss") and metric.get_ylabel() == "dev f1"
     assert list(metric.lines[0].get_xdata()) == [10, 20, 30]
     assert list(metric.lines[0].get_ydata()) == pytest.approx([0.5, 0.6, 0.7])
-    plots.main([str(run)])
+    plots.main([str(run / "eval.jsonl")])  # the log itself: its run folder
     assert (run / "curves.png").stat().st_size > 5000 and "curves.png" in capsys.readouterr().out
     (tmp_path / "bench.json").write_text(json.dumps(bench_result()))
     plots.main([str(tmp_path / "bench.json"), "--out", str(tmp_path / "x.png")])
