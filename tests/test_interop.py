@@ -292,6 +292,9 @@ def test_export_of_a_file_without_base_or_task_asks_for_the_flag(tmp_path):
     save_adapters(ours, tmp_path / "none.safetensors")
     with pytest.raises(SystemExit, match="none.safetensors does not say which task it was trained on: pass --task$"):
         main(["peft", str(tmp_path / "none.safetensors"), str(tmp_path / "p")])
+    save_adapters(ours, tmp_path / "list.safetensors", ["sst2"])
+    with pytest.raises(SystemExit, match="list.safetensors: its run settings are a JSON list, not an object$"):
+        main(["peft", str(tmp_path / "list.safetensors"), str(tmp_path / "p")])
     main(["peft", str(tmp_path / "none.safetensors"), str(tmp_path / "p"), "--model", str(base), "--task", "sst2"])
     assert json.loads((tmp_path / "p" / "ssmlora_run.json").read_text())["model"] == str(base)
     from interop.peft import read_peft_run
