@@ -194,6 +194,7 @@ def run_one(task, method, rank, seed, args):
         if (out / "checkpoint.pt").exists():
             cmd.append("--resume")
         print(f"[table] {' '.join(cmd[1:])}", flush=True)
+        record["command"] = cmd[1:]  # runs.json says what each run was given (its targets among them)
         code = train(cmd, out)
         record["status"] = "ran" if code == 0 else f"failed (exit {code})"
         if code:
