@@ -150,8 +150,10 @@ def add_qlora(model, adapters, double_quant=True):
     if adapters.method != "qlora":
         raise ValueError(f"add_qlora adds qlora, not {adapters.method}")
     add_adapters(model, replace(adapters, method="lora"))
+    # DeBERTa's own position projections (share_att_key false) are block linears too, though no target wraps them
+    own = {("attn", "pos_key"), ("attn", "pos_query")}
     for block in model.blocks:
-        for part, name in set(TARGETS.values()) - {("head", None)}:
+        for part, name in set(TARGETS.values()) - {("head", None)} | own:
             parent = getattr(block, part)
             m = getattr(parent, name, None)
             if isinstance(m, LoRALinear):

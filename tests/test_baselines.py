@@ -301,15 +301,15 @@ def quantized_reference(model, fuse=False):
 
 @pytest.mark.parametrize("kind,targets", [("roberta-2", ALL), ("bert", "query,value"), ("gpt2-cls", "qkv"),
                                           ("gpt2-cls", "query,value"), ("llama-cls", ALL + ",ffn_gate"),
-                                          ("deberta", ALL)])
+                                          ("deberta", ALL), ("deberta-own", "query,value")])
 def test_qlora_on_every_family_starts_at_the_quantized_base_and_trains(tmp_path, kind, targets):
     """DeBERTa's relative positions go through the shared query and key (model.project -> lora()), which read a
     .weight QLoRA does not keep: AttributeError (issue 29). Every family: at init, the NF4-dequantized base."""
     from checkpoints import make
     from files.hub import from_pretrained
-    if kind == "deberta":
-        from test_deberta import make as make_deberta  # DeBERTa-v3's settings: positions through query and key
-        make_deberta("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=True)
+    if kind.startswith("deberta"):  # DeBERTa-v3's settings: positions through query and key; or their own linears
+        from test_deberta import make as make_deberta
+        make_deberta("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=kind == "deberta")
     else:
         make(kind, tmp_path)
     base = from_pretrained(tmp_path)
@@ -319,6 +319,9 @@ def test_qlora_on_every_family_starts_at_the_quantized_base_and_trains(tmp_path,
     mask[1, 12:] = 0
     m.eval()
     assert torch.allclose(m(ids, mask)[0], ref(ids, mask)[0], atol=1e-5)
+    real = mask.bool()
+    got, want = m.encode(ids, mask)[real], ref.encode(ids, mask)[real]
+    assert (got - want).abs().max() < 2e-6 and (base.encode(ids, mask)[real] - want).abs().max() > 1e-5  # NF4 shows
     m.train()
     m(ids, mask)[0].sum().backward()
     assert all(p.grad is not None for n, p in m.named_parameters() if n.endswith("W_a"))
