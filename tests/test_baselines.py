@@ -8,11 +8,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import baselines
-from baselines.mixlora import MixLoRAMLP, aux_loss
+from baselines.mixlora import aux_loss
 from baselines.qlora import (BLOCK, NF4, NF4Linear, NF4Weight, QLoRALinear, dequantize_constants, pack,
                              quantize_blocks, quantize_constants, unpack, weight_bytes)
 from model import Config, Model, preset
-from ssmlora import Adapters, LoRALinear, add_adapters, param_report
+from ssmlora import Adapters, add_adapters, param_report
 
 ALL = "query,key,value,attn_out,ffn_in,ffn_out"
 HALF_GAP = max(b - a for a, b in zip(NF4, NF4[1:])) / 2  # the largest rounding error of a scaled weight
