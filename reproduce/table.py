@@ -4,7 +4,8 @@ Run a paper-style table: every (task, method, rank, seed) as its own `python tra
     python -m reproduce.table --tasks sst2,mrpc --methods lora,ssmlora --ranks 4,8 --seeds 0,1 --out tables/t1 \
         -- --model roberta-base --device cuda          # everything after -- goes to every train.py run
 
-Each run writes into OUT/<task>/<method>[-r<rank>]/seed<seed>. A run whose results.json exists is skipped; one with a
+Each run writes into OUT/<task>/<method>[-r<rank>]/seed<seed>. A run whose results.json exists (with the settings
+this command gives it) is skipped; one with a
 checkpoint.pt is continued with --resume; so the same command, run again, finishes what an interrupted one left.
 Ctrl-C is passed to the running train.py, which stops after its step and saves it (a second Ctrl-C: at once).
 QLoRA and MixLoRA get their own papers' targets (TARGETS) unless --targets is passed after --. Flags after -- that
@@ -99,6 +100,32 @@ def check_before(args):
     for run in grid(args):
         if (folder(args, *run) / "results.json").exists():
             read_results(folder(args, *run), run)
+            same_settings(folder(args, *run), command(args, *run))
+
+
+def same_settings(out, cmd):
+    """A run done before counts only if it had the settings this command gives it (--epochs 1 then, 10 now would
+    mix the two in one table): those a resumed run must keep (training.resume.RUN_KEYS), as train.py parses them."""
+    from training.flags import parse
+    from training.resume import RUN_KEYS
+    path = out / "results.json"
+    then = json.loads(path.read_text()).get("args") or {}
+    now = vars(parse(cmd[len(TRAIN):]))
+    differ = [k for k in RUN_KEYS if k in then and k in now and then[k] != now[k]]
+    if differ:
+        was = ", ".join(f"{k} {then[k]!r} (now {now[k]!r})" for k in differ[:3])
+        raise TableError(f"{path} was trained with {was}: use another --out for these settings, or remove that run "
+                         f"folder to train it again")
+
+
+def command(args, task, method, rank, seed):
+    """The train.py command of one run (without --resume)."""
+    out = folder(args, task, method, rank, seed)
+    flags = flags_for(method, args.train_flags)
+    given = any(x.split("=", 1)[0] == "--targets" for x in flags)
+    targets = [] if given or method not in TARGETS else ["--targets", TARGETS[method]]
+    return [*TRAIN, "--task", task, "--method", method, "--seed", str(seed), "--out", str(out.resolve()),
+            *([] if rank is None else ["--rank", str(rank)]), *targets, *flags]
 
 
 def grid(args):
@@ -186,11 +213,7 @@ def run_one(task, method, rank, seed, args):
     if (out / "results.json").exists():
         record["status"] = "done before"
     else:
-        flags = flags_for(method, args.train_flags)
-        given = any(x.split("=", 1)[0] == "--targets" for x in flags)
-        targets = [] if given or method not in TARGETS else ["--targets", TARGETS[method]]
-        cmd = [*TRAIN, "--task", task, "--method", method, "--seed", str(seed), "--out", str(out.resolve()),
-               *([] if rank is None else ["--rank", str(rank)]), *targets, *flags]
+        cmd = command(args, task, method, rank, seed)
         if (out / "checkpoint.pt").exists():
             cmd.append("--resume")
         print(f"[table] {' '.join(cmd[1:])}", flush=True)
@@ -262,6 +285,8 @@ def main(argv=None):
         records = [run_one(*run, args) for run in grid(args)]
     except (ValueError, OSError) as e:  # TableError, an unknown task: one line
         sys.exit(f"error: {e}")
+    except SystemExit as e:  # train.py's own flag check (same_settings), one line already
+        sys.exit(f"{e.code} (after -- in python -m reproduce.table)" if isinstance(e.code, str) else e.code)
     except KeyboardInterrupt as e:
         sys.exit(f"interrupted{f': {e}' if str(e) else ''}; run the same command again to continue (finished runs "
                  f"are skipped, a run with a checkpoint.pt gets --resume)")

@@ -56,9 +56,10 @@ def fake_results(cmd, value=0.5):
     """What a finished train.py leaves in its --out, enough for the table."""
     arg = lambda flag, default=None: cmd[cmd.index(flag) + 1] if flag in cmd else default
     rank = arg("--rank")
+    from training.flags import parse
     r = {"task": arg("--task"), "method": arg("--method"), "rank": None if rank is None else int(rank),
          "select": "accuracy", "best": {"dev": {"accuracy": value}}, "params": {"adapter": 10, "biases": 5,
-         "body": 100, "trainable": 12}, "args": {"seed": int(arg("--seed"))}}
+         "body": 100, "trainable": 12}, "args": vars(parse(cmd[2:]))}
     os.makedirs(arg("--out"), exist_ok=True)
     with open(os.path.join(arg("--out"), "results.json"), "w") as f:
         json.dump(r, f)
@@ -105,8 +106,14 @@ def test_the_grid_and_what_is_there_are_checked_before_any_run(tmp_path, monkeyp
     with pytest.raises(SystemExit, match=f"^error: {cut} is cut off or not a train.py results file .JSONDecodeError"):
         table.main(base + ["--methods", "lora,bitfit,ssmlora", "--seeds", "0,1"])
     assert calls == []  # the ssmlora runs did not start
-    os.rename(tmp_path / "t" / "sst2" / "lora-r8" / "seed0", tmp_path / "t" / "sst2" / "lora-r8" / "seed5")
     cut.unlink()
+    with pytest.raises(SystemExit, match=r"lora-r8/seed0/results.json was trained with lr 0.0005 \(now 0.001\), "
+                                         r"epochs 60 \(now 3\): use another --out"):
+        table.main(base + ["--methods", "lora,bitfit", "--seeds", "0,1", "--", "--epochs", "3", "--lr", "1e-3"])
+    with pytest.raises(SystemExit, match="^error: --warmup is a fraction.*after -- in python -m reproduce.table"):
+        table.main(base + ["--", "--warmup", "2"])
+    assert calls == []
+    os.rename(tmp_path / "t" / "sst2" / "lora-r8" / "seed0", tmp_path / "t" / "sst2" / "lora-r8" / "seed5")
     with pytest.raises(SystemExit, match="seed5/results.json is a run of method lora, rank 8, seed 0, not the lora, "
                                          "rank 8, seed 5"):
         table.main(base + ["--seeds", "5"])
