@@ -5,8 +5,8 @@ Run a paper-style table: every (task, method, rank, seed) as its own `python tra
         -- --model roberta-base --device cuda          # everything after -- goes to every train.py run
 
 Each run writes into OUT/<task>/<method>[-r<rank>]/seed<seed>. A run whose results.json exists (with the settings
-this command gives it) is skipped; one with a
-checkpoint.pt is continued with --resume; so the same command, run again, finishes what an interrupted one left.
+this command gives it) is skipped; one with a checkpoint.pt is continued with --resume; so the same command, run
+again, finishes what an interrupted one left.
 Ctrl-C is passed to the running train.py, which stops after its step and saves it (a second Ctrl-C: at once).
 QLoRA and MixLoRA get their own papers' targets (TARGETS) unless --targets is passed after --. Flags after -- that
 a method does not take (the adapter flags for bitfit and full, --state for all but ssmlora) are left out of its runs.
