@@ -9,10 +9,13 @@ router, plus plain LoRA on the attention linears.
                 the FFN's output: the adapted model starts as the base
   aux loss      E * sum_e f_e * P_e: f_e the fraction of tokens routed to e (in any of the k slots), P_e the mean
                 router probability of e (Switch Transformer's, in the form MixLoRA takes from Mixtral: at perfect
-                balance it is k), times AUX_COEF, added to the task loss (aux_loss(model))
+                balance it is k), times AUX_COEF, added to the task loss (aux_loss(model)). As MixLoRA computes it:
+                once, over the tokens of every layer together (its router logits of all layers concatenated), padding
+                left out of both f and P; not once per layer, which on 12 layers would weigh it about 12 times
 
-Every token is routed, padding included (MixLoRA routes every position its model sees). The experts' LoRA uses the
-method's rank, alpha and dropout; the number of experts and k are E and K below (see README for the 5.7M).
+Every token is routed, padding included (MixLoRA routes every position its model sees); only the loss leaves padding
+out. The experts' LoRA uses the method's rank, alpha and dropout; the number of experts and k are E and K below (see
+docs/parameter-counts.md for the 5.7M).
 """
 import math
 from dataclasses import replace
@@ -66,7 +69,8 @@ class MixLoRAMLP(nn.Module):
         self.W_r = nn.Parameter(torch.empty(self.fc_in.in_features, n, device=w.device, dtype=w.dtype))
         nn.init.normal_(self.W_r, std=ROUTER_STD)
         self.drop = nn.Dropout(dropout)  # on each expert's LoRA input, as LoRALinear (decision 7)
-        self.aux = None  # the last training forward's load-balancing loss
+        self.mask = None  # the attention mask (B, T) of the model's forward pass, set around it (add_mixlora)
+        self.routed = None  # the last training forward's (probabilities, chosen) of the real tokens, for aux_loss
 
     def route(self, x):
         """(weights (N, k), experts (N, k), probabilities (N, E)) for the tokens x (N, d)."""
@@ -86,9 +90,10 @@ class MixLoRAMLP(nn.Module):
     def forward(self, x):
         shape, x = x.shape, x.reshape(-1, x.shape[-1])
         weights, chosen, p = self.route(x)
-        if self.training:  # Switch / MixLoRA load balance: E * sum_e f_e P_e
-            f = F.one_hot(chosen, self.n).sum(1).float().mean(0)
-            self.aux = self.n * (f * p.mean(0)).sum()
+        if self.training:  # for the load balance, over the real tokens only (MixLoRA masks padding out)
+            real = self.mask is not None and tuple(self.mask.shape) == tuple(shape[:-1])
+            keep = self.mask.reshape(-1).bool() if real else slice(None)
+            self.routed = p[keep], chosen[keep]
         base_in = self.fc_in(x)  # the frozen parts once for every token; each expert adds its own LoRA
         base_gate = self.fc_gate(x) if self.fc_gate is not None else None
         y = None
@@ -115,15 +120,37 @@ def add_mixlora(model, adapters, experts=EXPERTS, top_k=TOP_K):
             block.mlp.training)
         for name, p in block.mlp.named_parameters():
             p.requires_grad_(name.endswith((".W_a", ".W_b")) or name == "W_r")
+    # the FFN never sees the attention mask: hand it to the routers for the length of the model's forward pass
+    model.register_forward_pre_hook(_lend_mask, with_kwargs=True)
+    model.register_forward_hook(_take_mask_back)
     model.adapters = adapters
     return model
 
 
+def _lend_mask(model, args, kwargs):
+    mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+    for m in model.modules():
+        if isinstance(m, MixLoRAMLP):
+            m.mask = mask
+
+
+def _take_mask_back(model, args, output):
+    for m in model.modules():
+        if isinstance(m, MixLoRAMLP):
+            m.mask = None
+
+
 def aux_loss(model, coef=AUX_COEF):
-    """coef times the sum of the MixLoRA blocks' load-balancing losses of the last forward pass; 0 without them
-    (or in eval). The training loss adds it: loss = task loss + aux_loss(model)."""
+    """coef times MixLoRA's load-balancing loss of the last training forward pass, E * sum_e f_e P_e computed once
+    over the real tokens of every MixLoRA block together, as MixLoRA's own code does (its router logits of all
+    layers concatenated, padding masked); 0 without MixLoRA blocks (or in eval). The training loss adds it: loss =
+    task loss + aux_loss(model)."""
     if getattr(getattr(model, "adapters", None), "method", None) != "mixlora":  # every step: no module walk for others
         return 0.0
-    losses = [m.aux for m in model.modules() if isinstance(m, MixLoRAMLP) and m.aux is not None and m.training]
-    return coef * sum(losses) if losses else 0.0
-
+    routed = [m.routed for m in model.modules() if isinstance(m, MixLoRAMLP) and m.routed is not None and m.training]
+    if not routed or not sum(len(p) for p, _ in routed):
+        return 0.0
+    p, chosen = torch.cat([p for p, _ in routed]), torch.cat([c for _, c in routed])
+    n = p.shape[-1]
+    f = F.one_hot(chosen, n).sum(1).float().mean(0)  # fraction of the tokens sent to each expert, in any slot
+    return coef * n * (f * p.mean(0)).sum()

@@ -134,6 +134,11 @@ class QLoRALinear(LoRALinear):
     def forward(self, x):
         return F.linear(x, self.nf4(x.dtype), self.bias) + self.update(x)  # eq. (1) on the dequantized W0
 
+    def lora(self, x):
+        """LowRankLinear.lora on the dequantized W0: DeBERTa's relative positions through a shared query or key
+        (model.project); the inherited one reads self.weight, which QLoRA does not keep."""
+        return F.linear(x, self.nf4(x.dtype), self.bias) + (x @ self.W_a * self.scaling) @ self.W_b
+
     def merge(self):
         raise ModelError("QLoRA cannot be merged: W0 is 4-bit; dequantize it first (a LoRA model of the same weights)")
 
@@ -145,8 +150,10 @@ def add_qlora(model, adapters, double_quant=True):
     if adapters.method != "qlora":
         raise ValueError(f"add_qlora adds qlora, not {adapters.method}")
     add_adapters(model, replace(adapters, method="lora"))
+    # DeBERTa's own position projections (share_att_key false) are block linears too, though no target wraps them
+    own = {("attn", "pos_key"), ("attn", "pos_query")}
     for block in model.blocks:
-        for part, name in set(TARGETS.values()) - {("head", None)}:
+        for part, name in set(TARGETS.values()) - {("head", None)} | own:
             parent = getattr(block, part)
             m = getattr(parent, name, None)
             if isinstance(m, LoRALinear):

@@ -39,6 +39,9 @@ def save_adapters(model, path, run=None):
 
 def read_settings(path):
     """(Adapters, base identity dict) from a file written by save_adapters."""
+    if Path(path).is_dir():  # safetensors would say "No such device"
+        raise AdapterFileError(f"{path} is a folder, neither an adapter file nor a PEFT folder (it has no "
+                               f"adapter_config.json): pass the adapters.safetensors a train.py --out folder holds")
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
@@ -58,9 +61,12 @@ def read_run(path):
     read_settings(path)  # a readable adapter file, or a clear error
     with safe_open(path, framework="pt") as f:
         try:
-            return json.loads((f.metadata() or {}).get("run", "{}"))
+            run = json.loads((f.metadata() or {}).get("run", "{}"))
         except json.JSONDecodeError as e:
             raise AdapterFileError(f"adapter file {path}: its run settings are cut off or not JSON ({e})") from None
+    if not isinstance(run, dict):  # the callers index it by name
+        raise AdapterFileError(f"adapter file {path}: its run settings are a JSON {type(run).__name__}, not an object")
+    return run
 
 
 def check_base_is_there(run, path):

@@ -22,39 +22,46 @@ UNIGRAM = 1  # TrainerSpec.model_type
 
 def _fields(buf):
     """(field number, value) of one protobuf message: ints for varints, bytes for length-delimited fields, raw bytes
-    for fixed 32 / 64-bit ones."""
+    for fixed 32 / 64-bit ones. A field that runs past the end (a file cut off) is a ValueError: slicing would
+    silently hand back what is left of it."""
     i = 0
 
     def varint():
         nonlocal i
         out = shift = 0
         while True:
+            if i >= len(buf):
+                raise ValueError(f"a number runs past the end of its message (byte {i} of {len(buf)}): cut off?")
             b = buf[i]
             i += 1
             out |= (b & 0x7F) << shift
             shift += 7
             if b < 0x80:
                 return out
+
+    def take(n):
+        nonlocal i
+        if n > len(buf) - i:
+            raise ValueError(f"a field of {n} bytes at byte {i} runs past the end of its message ({len(buf) - i} "
+                             f"bytes left): cut off?")
+        i += n
+        return buf[i - n:i]
     while i < len(buf):
         key = varint()
         number, wire = key >> 3, key & 7
         if wire == 0:
             yield number, varint()
         elif wire in (1, 5):
-            n = 8 if wire == 1 else 4
-            yield number, buf[i:i + n]
-            i += n
+            yield number, take(8 if wire == 1 else 4)
         elif wire == 2:
-            n = varint()
-            yield number, buf[i:i + n]
-            i += n
+            yield number, take(varint())
         else:
             raise ValueError(f"wire type {wire}")
 
 
 def read_model(data):
     """The parts of a ModelProto a Unigram tokenizer needs: [(piece, score, type)], trainer and normalizer fields."""
-    pieces, trainer, normalizer = [], {}, {}
+    pieces, trainer, normalizer, seen_normalizer = [], {}, {}, False
     for number, value in _fields(data):
         if number == 1:  # SentencePiece: 1 piece, 2 score (float), 3 type
             p = dict(_fields(value))
@@ -64,6 +71,10 @@ def read_model(data):
             trainer = dict(_fields(value))
         elif number == 3:  # NormalizerSpec: 2 precompiled_charsmap, 3 add_dummy_prefix, 4 remove_extra_whitespaces
             normalizer = dict(_fields(value))
+            seen_normalizer = True
+    # SentencePiece writes the pieces, then both specs: a file cut between two pieces has every length right
+    if not pieces or not seen_normalizer:
+        raise ValueError("no pieces, or no normalizer spec after them: cut off?")
     return pieces, trainer, normalizer
 
 
@@ -117,16 +128,21 @@ def tokenizer(folder):
         try:
             tok = convert(data)
         except (ValueError, IndexError, UnicodeDecodeError, struct.error) as e:
-            raise ValueError(f"{path} is not a SentencePiece Unigram model ({e}); put the checkpoint's "
-                            f"tokenizer.json beside it instead") from None
+            raise ValueError(f"{path} is not a SentencePiece Unigram model ({e}); download it again (or put the "
+                             f"checkpoint's tokenizer.json beside it instead)") from None
         try:
             atomic_write(cached, lambda tmp: tok.save(tmp))
         except OSError:  # a read-only home: convert each time (a second or so for DeBERTa-v3's 128k pieces)
             pass
     added = os.path.join(folder, "added_tokens.json")
     if os.path.isfile(added):
-        with open(added, encoding="utf-8") as f:
-            for content, i in sorted(json.load(f).items(), key=lambda kv: kv[1]):
-                if i == tok.get_vocab_size(with_added_tokens=True) and tok.token_to_id(content) is None:
-                    tok.add_special_tokens([AddedToken(content, special=True, normalized=False)])
+        try:
+            with open(added, encoding="utf-8") as f:
+                extra = json.load(f)
+            extra = sorted(extra.items(), key=lambda kv: kv[1])
+        except (OSError, ValueError, AttributeError, TypeError) as e:  # JSONDecodeError names no file
+            raise ValueError(f"{added} is not valid JSON of token: id ({e}); download it again") from None
+        for content, i in extra:
+            if i == tok.get_vocab_size(with_added_tokens=True) and tok.token_to_id(content) is None:
+                tok.add_special_tokens([AddedToken(content, special=True, normalized=False)])
     return tok

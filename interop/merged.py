@@ -10,12 +10,15 @@ from pathlib import Path
 
 import torch
 
+from interop import new_folder
 from interop.names import to_hf
 from model import ModelError
 from ssmlora import ADAPTER_WEIGHTS, LoRALinear, SSMLoRALinear, adapter_modules
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
-                   "special_tokens_map.json", "tokenizer.model", "added_tokens.json")
+                   "special_tokens_map.json", "tokenizer.model", "spm.model", "added_tokens.json")  # spm: DeBERTa
+REFUSED = {"qlora": "its W0 is stored in 4-bit NF4, which a transformers checkpoint does not hold",
+           "mixlora": "its routed experts have no counterpart in the base architecture"}
 ARCH = {("bert", "cls"): "BertForSequenceClassification", ("roberta", "cls"): "RobertaForSequenceClassification",
         ("gpt2", "cls"): "GPT2ForSequenceClassification", ("llama", "cls"): "LlamaForSequenceClassification",
         ("bert", "choice"): "BertForMultipleChoice", ("roberta", "choice"): "RobertaForMultipleChoice",
@@ -30,6 +33,10 @@ def merged_state(model):
     if any(isinstance(m, SSMLoRALinear) for m in adapter_modules(model)):
         raise ModelError("SSMLoRA cannot be merged into W0: its h_norm term depends on the input (eq. 8); "
                          "only LoRA merges")
+    method = getattr(getattr(model, "adapters", None), "method", None)
+    if method in REFUSED:  # their tensors (NF4 codes, experts and router) have no place in a plain checkpoint
+        raise ModelError(f"{method} cannot be merged into a Hugging Face checkpoint: {REFUSED[method]}; "
+                         f"LoRA, BitFit and full fine-tuning merge")
     state = {k: v for k, v in model.state_dict().items() if k.rsplit(".", 1)[-1] not in ADAPTER_WEIGHTS}
     for name, m in model.named_modules():
         if isinstance(m, LoRALinear) and not m.merged:
@@ -61,20 +68,22 @@ def hf_config(model, labels=None):
     return out
 
 
-def export_merged(model, outdir, tokenizer=None, labels=None, state=None):
-    """Write the merged checkpoint folder; returns its path. tokenizer: the folder whose tokenizer files are
-    copied (default: the base checkpoint's, model.source). state: merged weights in our names (default
-    merged_state(model): LoRA)."""
+def export_merged(model, outdir, tokenizer=None, labels=None, state=None, sources=None):
+    """Write the merged checkpoint as a new folder (interop.new_folder: never over anything, its own base included);
+    returns its path. tokenizer: the folder whose tokenizer files are copied (default: the base checkpoint's,
+    model.source). state: merged weights in our names (default merged_state(model): LoRA). sources: other folders
+    the export reads ({folder: what it is}), which it must not write into."""
     from safetensors.torch import save_file
-    out = Path(outdir)
     config = hf_config(model, labels)
     weights = to_hf(merged_state(model) if state is None else state, model.cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, out / "model.safetensors",
-              metadata={"format": "pt"})
-    src = tokenizer or getattr(model, "source", None)
-    for f in TOKENIZER_FILES if src else ():
-        if (Path(src) / f).exists():
-            shutil.copy(Path(src) / f, out / f)
-    return out
+    base, src = getattr(model, "source", None), tokenizer or getattr(model, "source", None)
+    reads = {**({base: "the base checkpoint folder"} if base else {}),
+             **({src: "the tokenizer folder"} if src and src != base else {}), **(sources or {})}
+    with new_folder(outdir, reads) as tmp:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in weights.items()}, tmp / "model.safetensors",
+                  metadata={"format": "pt"})
+        for f in TOKENIZER_FILES if src else ():
+            if (Path(src) / f).exists():
+                shutil.copy(Path(src) / f, tmp / f)
+    return Path(outdir)

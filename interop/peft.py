@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from interop import new_folder
 from interop.names import hf_name
 from model import ModelError, convert_state_dict
 from ssmlora import TARGETS, Adapters, LoRALinear, SSMLoRALinear, add_adapters, insertion_plan, linear_of
@@ -104,9 +105,11 @@ def target_modules(model, adapted):
     return "(" + "|".join(re.escape(k) for k in sorted(adapted)) + ")"  # PEFT: re.fullmatch on a string
 
 
-def export_peft(model, folder, base=None):
-    """Write our LoRA adapters and task head as a PEFT LoRA folder; returns its path. base: the checkpoint it
-    adapts (base_model_name_or_path; default: the folder the model was loaded from)."""
+def export_peft(model, folder, base=None, run=None, sources=None):
+    """Write our LoRA adapters and task head as a new PEFT LoRA folder (interop.new_folder: never over anything);
+    returns its path. base: the checkpoint it adapts (base_model_name_or_path; default: the folder the model was
+    loaded from). run: written beside as ssmlora_run.json (RUN). sources: other folders the export reads
+    ({folder: what it is}), which it must not write into."""
     from safetensors.torch import save_file
     check_exportable(model)
     a, fam = model.adapters, model.cfg.family
@@ -129,11 +132,14 @@ def export_peft(model, folder, base=None):
                   modules_to_save=MODULES_TO_SAVE[model.head.kind], bias="none", fan_in_fan_out=fam == "gpt2",
                   use_dora=False, use_rslora=False, init_lora_weights=True, inference_mode=True, rank_pattern={},
                   alpha_pattern={})
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, out / WEIGHTS, metadata={"format": "pt"})
-    return out
+    source = getattr(model, "source", None)
+    reads = {**({source: "the base checkpoint folder"} if source else {}), **(sources or {})}
+    with new_folder(folder, reads) as tmp:
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, tmp / WEIGHTS, metadata={"format": "pt"})
+        if run is not None:
+            (tmp / RUN).write_text(json.dumps(run) + "\n")
+    return Path(folder)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -148,8 +154,10 @@ def read_peft_config(folder):
     path = Path(folder) / CONFIG
     try:
         cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError too
         raise PeftError(f"could not read {path} ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise PeftError(f"{path} is not a JSON object: not a PEFT adapter_config.json")
     if cfg.get("peft_type") != "LORA":
         raise PeftError(f"{folder} is a PEFT {cfg.get('peft_type')} adapter; only LoRA loads here")
     if cfg.get("task_type") not in (None, "SEQ_CLS"):
@@ -157,6 +165,12 @@ def read_peft_config(folder):
     if cfg.get("bias", "none") != "none":
         raise PeftError(f"{folder}: bias={cfg['bias']!r} trains the base's biases too, which is not implemented "
                         f"here (only bias='none')")
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for k, ok, what in (("r", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+                        ("lora_alpha", number, "a number"), ("lora_dropout", lambda v: number(v) and 0 <= v < 1,
+                                                             "a number in [0, 1)")):
+        if k in cfg and not ok(cfg[k]):  # else a TypeError deep in the model, or a wrong scale
+            raise PeftError(f"{Path(folder) / CONFIG}: {k} is {cfg[k]!r}, not {what}")
     for k, v in cfg.items():
         if k not in HARMLESS and k != "bias" and v not in (None, False, {}, [], ""):
             raise PeftError(f"{folder}: {k}={v!r} ({NAMED.get(k, 'a PEFT setting')}) is not implemented here; "
@@ -183,6 +197,9 @@ def add_peft_adapters(model, folder):
     if getattr(model, "adapters", None) is not None:
         raise PeftError("this model already has adapters; load the PEFT folder into a bare base model")
     cfg, fam = read_peft_config(folder), model.cfg.family
+    if not (Path(folder) / WEIGHTS).exists() and (Path(folder) / "adapter_model.bin").exists():
+        raise PeftError(f"{folder} holds adapter_model.bin (PEFT's older pickle format), which is not read here: "
+                        f"save it again with save_pretrained(folder, safe_serialization=True)")
     try:
         state = load_file(Path(folder) / WEIGHTS)
     except Exception as e:
@@ -254,5 +271,12 @@ RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the task and tokeniz
 def read_peft_run(folder):
     """What train.py --eval-only and predict.py need from a PEFT folder: its base model and, if we exported it,
     the task and tokenizer ({} of those otherwise: pass --task)."""
-    run = json.loads((Path(folder) / RUN).read_text()) if (Path(folder) / RUN).exists() else {}
+    path = Path(folder) / RUN
+    try:
+        run = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as e:  # a JSONDecodeError says the line and column, not the file
+        raise PeftError(f"{path} is not valid JSON ({e}); export the folder again, or remove the file and pass "
+                        f"--task") from None
+    if not isinstance(run, dict):
+        raise PeftError(f"{path} is not a JSON object; export the folder again, or remove it and pass --task")
     return {**run, "model": run.get("model") or read_peft_config(folder).get("base_model_name_or_path")}

@@ -35,6 +35,12 @@ def plot_bench(result, path=None):
     rows = result.get("results") if isinstance(result, dict) else None
     if not rows:
         raise UserError("not a bench.py result (no \"results\" rows): run python bench.py first")
+    keys = {"mode": str, "batch": int, "length": int, "ms": dict, "peak_mb": dict}
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)
+                or not all(isinstance(r.get(k), t) for k, t in keys.items())), None)
+    if bad is not None:  # an older or hand-edited file: say which row, not a KeyError
+        raise UserError(f"bench.py result row {bad} lacks one of {', '.join(keys)} (or has another type): "
+                        f"run python bench.py again")
     modes = [m for m in ("inference", "train") if any(r["mode"] == m for r in rows)]
     batches, lengths = sorted({r["batch"] for r in rows}), sorted({r["length"] for r in rows})
     fig, ax = figure(2, len(modes), (5.2 * len(modes), 6.4))
@@ -75,11 +81,45 @@ def read_run(folder):
     log = folder / "eval.jsonl"
     if not log.exists():
         raise UserError(f"no eval.jsonl in {folder}: is this a train.py --out folder?")
-    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    lines = read_jsonl(log)
     if not lines:
         raise UserError(f"{log} has no evaluations yet")
-    results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").exists() else {}
+    results = read_json(folder / "results.json") if (folder / "results.json").exists() else {}
     return lines, results.get("select"), results.get("by_length", lines[-1].get("by_length"))
+
+
+def read_json(path):
+    """A JSON object from a file, or a UserError naming the file (json's own message names only line and column)."""
+    try:
+        out = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a text file ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}): cut off?") from None
+    if not isinstance(out, dict):
+        raise UserError(f"{path} holds a JSON {type(out).__name__}, not an object")
+    return out
+
+
+def read_jsonl(path):
+    """The JSON objects of a file of one per line, or a UserError naming the file and its line (a run killed while
+    writing its last line leaves it cut off: say which)."""
+    out = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not a text file ({e})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path} line {n} is not valid JSON ({e.msg} at column {e.colno}): cut off? Remove "
+                            f"that line to plot the others") from None
+        if not isinstance(out[-1], dict) or not isinstance(out[-1].get("step"), int):
+            raise UserError(f"{path} line {n} is not an evaluation of train.py (no \"step\")")
+    return out
 
 
 def plot_run(folder, path=None):
@@ -95,7 +135,7 @@ def plot_run(folder, path=None):
     ax[0, 0].plot(steps, [line.get("train_loss") for line in lines], "o-", color="tab:blue")
     ax[0, 0].set_ylabel("training loss (mean over the epoch so far)")
     for split in splits:
-        ax[0, 1].plot(steps, [line[split].get(select) for line in lines], "o-", label=split)
+        ax[0, 1].plot(steps, [(line.get(split) or {}).get(select) for line in lines], "o-", label=split)
     ax[0, 1].set_ylabel(f"dev {select}")
     ax[0, 1].legend(fontsize="small")
     for a in ax[0, :2]:
@@ -127,10 +167,14 @@ def main(argv=None):
     p.add_argument("--out", help="the PNG to write (default: <folder>/curves.png, or the .json's name as .png)")
     args = p.parse_args(argv)
     src = Path(args.source)
+    src = src.parent if src.name == "eval.jsonl" and src.is_file() else src  # the run's log itself: its folder
     try:
         if src.suffix == ".json":
             out = args.out or src.with_suffix(".png")
-            plot_bench(json.loads(src.read_text()), out)
+            try:
+                plot_bench(read_json(src), out)
+            except UserError as e:  # name the file the rows came from
+                raise UserError(str(e) if str(src) in str(e) else f"{src}: {e}") from None
         else:
             out = args.out or src / "curves.png"
             plot_run(src, out)

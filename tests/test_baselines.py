@@ -5,13 +5,14 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import baselines
-from baselines.mixlora import MixLoRAMLP, aux_loss
+from baselines.mixlora import aux_loss
 from baselines.qlora import (BLOCK, NF4, NF4Linear, NF4Weight, QLoRALinear, dequantize_constants, pack,
                              quantize_blocks, quantize_constants, unpack, weight_bytes)
 from model import Config, Model, preset
-from ssmlora import Adapters, LoRALinear, add_adapters, param_report
+from ssmlora import Adapters, add_adapters, param_report
 
 ALL = "query,key,value,attn_out,ffn_in,ffn_out"
 HALF_GAP = max(b - a for a, b in zip(NF4, NF4[1:])) / 2  # the largest rounding error of a scaled weight
@@ -187,23 +188,39 @@ def test_mixlora_init_equals_base_and_dispatch_equals_loop():
     assert y.abs().max() > 0.1 and (y - base.blocks[0].mlp(x)).abs().max() > 1e-2
 
 
-def test_mixlora_aux_loss():
-    m = baselines.add_adapters(tiny(), Adapters("mixlora", rank=4, dropout=0.0)).train()
+def mixlora_reference_loss(gate_logits, num_experts, top_k, attention_mask):
+    """MixLoRA's own load-balancing loss (its Mixtral form), restated: the router logits of every layer
+    concatenated, padding masked in the fraction per expert and slot and in the mean probability, summed, times E."""
+    logits = torch.cat(gate_logits)
+    probs = logits.softmax(-1)
+    one_hot = F.one_hot(probs.topk(top_k, dim=-1).indices, num_experts).float()  # (layers x tokens, k, E)
+    keep = attention_mask.reshape(-1).float().repeat(len(gate_logits))
+    tokens_per_expert = (one_hot * keep[:, None, None]).sum(0) / keep.sum()  # (k, E)
+    prob_per_expert = (probs * keep[:, None]).sum(0) / keep.sum()
+    return num_experts * (tokens_per_expert * prob_per_expert[None]).sum()
+
+
+def test_mixlora_aux_loss_is_mixloras_once_over_all_layers_without_padding():
+    """Once summed per layer with padding counted: 12 times MixLoRA's coefficient on roberta-base (issue 29)."""
+    m = baselines.add_adapters(tiny(n_layer=3), Adapters("mixlora", rank=4, dropout=0.0)).train()
+    inputs = []
+    for block in m.blocks:
+        block.mlp.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].reshape(-1, 32) @ mod.W_r))
     ids, mask = batch(B=4, T=9)
+    mask[1, 5:], mask[3, 2:] = 0, 0
     m(ids, mask)
-    mlp = m.blocks[1].mlp
-    x = torch.randn(50, 32)
-    mlp(x)
-    p = (x @ mlp.W_r).softmax(-1)
-    chosen = p.topk(mlp.k).indices
-    f = torch.stack([(chosen == e).any(-1).float().mean() for e in range(mlp.n)])
-    assert torch.allclose(mlp.aux, mlp.n * (f * p.mean(0)).sum())
-    assert 2 - 1e-6 <= mlp.aux <= 7  # at least k (balance), at most E... at most k * E / ... a top-heavy router
+    want = 0.01 * mixlora_reference_loss(inputs, 7, 2, mask)
     total = aux_loss(m)
-    assert torch.isclose(total, 0.01 * (m.blocks[0].mlp.aux + mlp.aux))
+    assert torch.isclose(total, want, rtol=1e-5) and 0.01 * 2 - 1e-6 <= total <= 0.01 * 7  # k at balance
     total.backward()
-    assert mlp.W_r.grad.abs().sum() > 0
+    assert m.blocks[1].mlp.W_r.grad.abs().sum() > 0
+    inputs.clear()
+    m(ids.masked_fill(mask == 0, 7), mask)  # other tokens under the padding: the same loss
+    assert torch.isclose(aux_loss(m), want, rtol=1e-5)
     assert aux_loss(m.eval()) == 0.0 and aux_loss(tiny()) == 0.0
+    m.train()(ids)  # no mask: every token counts, as MixLoRA without one
+    inputs = inputs[-3:]
+    assert torch.isclose(aux_loss(m), 0.01 * mixlora_reference_loss(inputs, 7, 2, torch.ones_like(mask)), rtol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["qlora", "mixlora"])
@@ -273,3 +290,40 @@ def test_train_resume_eval_only_and_predict(method, tmp_path):
     train.main(flags + ["--out", str(tmp_path / "half"), "--resume"])
     resumed = json.loads((tmp_path / "half" / "results.json").read_text())
     assert resumed["steps"] == r["steps"] == 8 and resumed["final"]["dev"] == pytest.approx(r["final"]["dev"])
+
+
+def quantized_reference(model, fuse=False):
+    """The base with every block linear's weight replaced by its NF4 round trip (GPT-2's c_attn fused first, as
+    the qkv target quantizes it whole)."""
+    ref = copy.deepcopy(model)
+    for block in ref.blocks if fuse else ():
+        block.attn.fuse_qkv()
+    return dequantized_copy(ref)
+
+
+@pytest.mark.parametrize("kind,targets", [("roberta-2", ALL), ("bert", "query,value"), ("gpt2-cls", "qkv"),
+                                          ("gpt2-cls", "query,value"), ("llama-cls", ALL + ",ffn_gate"),
+                                          ("deberta", ALL), ("deberta-own", "query,value")])
+def test_qlora_on_every_family_starts_at_the_quantized_base_and_trains(tmp_path, kind, targets):
+    """DeBERTa's relative positions go through the shared query and key (model.project -> lora()), which read a
+    .weight QLoRA does not keep: AttributeError (issue 29). Every family: at init, the NF4-dequantized base."""
+    from checkpoints import make
+    from files.hub import from_pretrained
+    if kind.startswith("deberta"):  # DeBERTa-v3's settings: positions through query and key; or their own linears
+        from test_deberta import make as make_deberta
+        make_deberta("cls", tmp_path, pos_att_type="p2c|c2p", position_buckets=8, share_att_key=kind == "deberta")
+    else:
+        make(kind, tmp_path)
+    base = from_pretrained(tmp_path)
+    ref = quantized_reference(base, fuse=targets == "qkv")
+    m = baselines.add_adapters(copy.deepcopy(base), Adapters("qlora", rank=2, targets=targets, dropout=0.0))
+    ids, mask = batch(T=20, vocab=99)
+    mask[1, 12:] = 0
+    m.eval()
+    assert torch.allclose(m(ids, mask)[0], ref(ids, mask)[0], atol=1e-5)
+    real = mask.bool()
+    got, want = m.encode(ids, mask)[real], ref.encode(ids, mask)[real]
+    assert (got - want).abs().max() < 2e-6 and (base.encode(ids, mask)[real] - want).abs().max() > 1e-5  # NF4 shows
+    m.train()
+    m(ids, mask)[0].sum().backward()
+    assert all(p.grad is not None for n, p in m.named_parameters() if n.endswith("W_a"))

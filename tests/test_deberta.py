@@ -202,6 +202,31 @@ def test_spm_tokenizer_errors(tmp_path, monkeypatch):
         load_tokenizer(tmp_path)
 
 
+def test_spm_model_cut_off_is_an_error_naming_it(spm_folder, tmp_path, monkeypatch):
+    """An interrupted download: cut inside a piece, between two pieces, inside a number, or an added_tokens.json cut
+    off. Each once loaded as a smaller vocabulary (plus an empty piece) or failed with no file named."""
+    import data
+    from files import spm
+    monkeypatch.setenv("SSMLORA_TOKENIZER_CACHE", str(tmp_path / "cache"))
+    whole = (spm_folder / "spm.model").read_bytes()
+    first = list(spm._fields(whole))
+    ends, at = [], 0
+    for number, value in first:  # where each top-level field ends: key byte, length varint, value
+        at += 1 + max(1, (len(value).bit_length() + 6) // 7) + len(value)
+        ends.append(at)
+    assert ends[-1] == len(whole)
+    cuts = {"inside a piece": ends[40] - 3, "between two pieces": ends[40], "inside a number": ends[40] + 1,
+            "inside the character map": len(whole) - 1000}
+    for why, n in cuts.items():
+        (tmp_path / "spm.model").write_bytes(whole[:n])
+        with pytest.raises(data.DataError, match=f"{tmp_path}/spm.model is not a SentencePiece .*cut off.*again"):
+            load_tokenizer(tmp_path)
+    (tmp_path / "spm.model").write_bytes(whole)
+    (tmp_path / "added_tokens.json").write_text('{"[MASK]": 12')
+    with pytest.raises(data.DataError, match=r"added_tokens.json is not valid JSON .*line 1 column"):
+        load_tokenizer(tmp_path)
+
+
 def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypatch):
     """train.py on RTE-format files: a random tiny DeBERTa with a SentencePiece tokenizer of the words, SSMLoRA on
     query / value, learns which word (good or bad) the premise holds."""

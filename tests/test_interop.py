@@ -115,10 +115,20 @@ def test_ssmlora_and_other_settings_are_refused(bases, tmp_path):
     for edit, message in [({"use_dora": True}, "use_dora=True .DoRA"),
                           ({"use_rslora": True}, "use_rslora=True .rsLoRA"),
                           ({"bias": "all"}, "bias='all'"), ({"rank_pattern": {"query": 8}}, "rank_pattern"),
-                          ({"peft_type": "IA3"}, "PEFT IA3 adapter"), ({"task_type": "CAUSAL_LM"}, "CAUSAL_LM")]:
+                          ({"peft_type": "IA3"}, "PEFT IA3 adapter"), ({"task_type": "CAUSAL_LM"}, "CAUSAL_LM"),
+                          ({"r": "4"}, "adapter_config.json: r is '4', not a positive integer"),
+                          ({"lora_alpha": None}, "lora_alpha is None, not a number"),
+                          ({"lora_dropout": 1.5}, r"lora_dropout is 1.5, not a number in \[0, 1\)")]:
         config_path.write_text(json.dumps({**good, **edit}))
         with pytest.raises(PeftError, match=message):
             add_peft_adapters(from_pretrained(folder), tmp_path / "p")
+    config_path.write_text(json.dumps(good))
+    (tmp_path / "p" / "adapter_model.safetensors").rename(tmp_path / "p" / "adapter_model.bin")
+    with pytest.raises(PeftError, match="holds adapter_model.bin .PEFT's older pickle format.*safe_serialization"):
+        add_peft_adapters(from_pretrained(folder), tmp_path / "p")
+    config_path.write_text('{"peft_type": "LORA", "r": 4')
+    with pytest.raises(PeftError, match=f"could not read {config_path} .JSONDecodeError: .*line 1"):
+        add_peft_adapters(from_pretrained(folder), tmp_path / "p")
     # "dense" in PEFT also hits the pooler and the classifier's dense: no target of ours wraps those
     peft.get_peft_model(hf.AutoModelForSequenceClassification.from_pretrained(folder), peft.LoraConfig(
         task_type="SEQ_CLS", r=4, target_modules=["dense"])).save_pretrained(tmp_path / "d")
@@ -159,6 +169,13 @@ def test_merged_multiple_choice_and_ssmlora_refused(tmp_path):
     assert (got - want).abs().max() < 1e-5
     with pytest.raises(ModelError, match="SSMLoRA cannot be merged"):
         export_merged(add_adapters(from_pretrained(tmp_path / "mc"), method="ssmlora"), tmp_path / "no")
+    import baselines
+    from ssmlora import Adapters
+    for method, why in (("qlora", "4-bit NF4"), ("mixlora", "routed experts")):  # not a stray-tensor error
+        with pytest.raises(ModelError, match=f"^{method} cannot be merged .*{why}"):
+            model = baselines.add_adapters(from_pretrained(tmp_path / "mc"), Adapters(method, 2))
+            export_merged(model, tmp_path / "no")
+    assert not (tmp_path / "no").exists()
 
 
 @pytest.mark.parametrize("kind", list(FAMILIES))
@@ -212,3 +229,97 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
         ssm = add_adapters(from_pretrained(base, num_labels=2), method="ssmlora", rank=2)
         save_adapters(ssm, tmp_path / "ssm.safetensors", {"task": "sst2", "model": str(base)})
         main(["peft", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
+
+
+def lora_file(tmp_path, run):
+    """A LoRA adapter file of a tiny BERT at tmp_path/run/adapters.safetensors, its base at tmp_path/base."""
+    from checkpoints import tiny_bert
+    from files.adapters import save_adapters
+    base = tiny_bert(tmp_path / "base", dropout=0.0)
+    ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
+    randomise(ours)
+    path = tmp_path / "run" / "adapters.safetensors"
+    save_adapters(ours, path, {"task": "sst2", "model": str(base), **run})
+    return base, path
+
+
+def snapshot(folder):
+    return {f.name: (f.read_bytes(), f.stat().st_mode) for f in sorted(folder.iterdir())}
+
+
+def test_export_never_writes_into_its_sources_or_over_an_earlier_export(tmp_path, monkeypatch):
+    """The merge that overwrote its own base (issue 29): the sources and an earlier export are refused, untouched; a
+    failed export leaves nothing; the weights files get the umask's mode like the others, not safetensors' 0600."""
+    import os
+    from interop import merged
+    from interop.export import main
+    base, path = lora_file(tmp_path, {})
+    before = {"base": snapshot(base), "run": snapshot(path.parent)}
+    for cmd, out, what in [("merge", base, "the base checkpoint folder"), ("peft", base, "the base checkpoint folder"),
+                           ("merge", path.parent, "the adapter file's folder"),
+                           ("merge", base / "config.json", "a file, not a folder")]:
+        with pytest.raises(SystemExit, match=f"^error: {out} is {what}"):
+            main([cmd, str(path), str(out)])
+    main(["merge", str(path), str(tmp_path / "tok"), "--tokenizer", str(base)])  # the tokenizer folder is the base's
+    assert before == {"base": snapshot(base), "run": snapshot(path.parent)}
+    main(["peft", str(path), str(tmp_path / "peft")])
+    first = snapshot(tmp_path / "peft")
+    for cmd in ("peft", "merge"):
+        with pytest.raises(SystemExit, match="peft already holds files .an earlier export.*pass a new folder"):
+            main([cmd, str(path), str(tmp_path / "peft")])
+    assert snapshot(tmp_path / "peft") == first
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f: m & 0o777 for d in ("peft", "tok") for f, (_, m) in snapshot(tmp_path / d).items()}
+    assert set(modes.values()) == {0o666 & ~umask} and "model.safetensors" in modes
+    assert "adapter_model.safetensors" in modes
+    monkeypatch.setattr(merged, "to_hf", lambda *a: {"x": torch.zeros(1)})
+    monkeypatch.setattr(merged.shutil, "copy", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(SystemExit, match="^error: disk full$"):
+        main(["merge", str(path), str(tmp_path / "half")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base", "peft", "run", "tok"]  # no half folder, no tmp
+
+
+def test_export_of_a_file_without_base_or_task_asks_for_the_flag(tmp_path):
+    """save_adapters from Python may store no model (KeyError: 'model' before) or no task: as predict.py, ask."""
+    from files.adapters import save_adapters
+    from interop.export import main
+    base, path = lora_file(tmp_path, {})
+    ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
+    save_adapters(ours, tmp_path / "bare.safetensors", {"task": "sst2"})
+    with pytest.raises(SystemExit, match="bare.safetensors does not name its base model: pass --model$"):
+        main(["peft", str(tmp_path / "bare.safetensors"), str(tmp_path / "p")])
+    save_adapters(ours, tmp_path / "none.safetensors")
+    with pytest.raises(SystemExit, match="none.safetensors does not say which task it was trained on: pass --task$"):
+        main(["peft", str(tmp_path / "none.safetensors"), str(tmp_path / "p")])
+    save_adapters(ours, tmp_path / "list.safetensors", ["sst2"])
+    with pytest.raises(SystemExit, match="list.safetensors: its run settings are a JSON list, not an object$"):
+        main(["peft", str(tmp_path / "list.safetensors"), str(tmp_path / "p")])
+    main(["peft", str(tmp_path / "none.safetensors"), str(tmp_path / "p"), "--model", str(base), "--task", "sst2"])
+    assert json.loads((tmp_path / "p" / "ssmlora_run.json").read_text())["model"] == str(base)
+    from interop.peft import read_peft_run
+    (tmp_path / "p" / "ssmlora_run.json").write_text('{"task": "sst2", "mod')
+    with pytest.raises(PeftError, match=r"p/ssmlora_run.json is not valid JSON \(Unterminated string.*line 1"):
+        read_peft_run(tmp_path / "p")
+
+
+def test_export_input_mistakes_are_one_line_and_deberta_keeps_its_spm_model(tmp_path):
+    """A folder given as the adapter file ("No such device"), an OUT under a file ("File exists"), a --tokenizer
+    with no tokenizer in it (the export went through without one); DeBERTa's spm.model was not copied."""
+    from interop.export import main
+    base, path = lora_file(tmp_path, {})
+    for argv, message in [(["peft", str(base), str(tmp_path / "a")], f"{base} is a folder, neither an adapter file"),
+                          (["merge", str(path), str(path / "x")], f"{path / 'x'} cannot be made: {path} is a file"),
+                          (["merge", str(path), str(tmp_path / "b"), "--tokenizer", str(tmp_path / "run")],
+                           f"--tokenizer {tmp_path / 'run'} holds no tokenizer files")]:
+        with pytest.raises(SystemExit, match=f"^error: {message}"):
+            main(argv)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    main(["peft", str(path), str(tmp_path / "p")])
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'p'} is a PEFT folder, exported already"):
+        main(["merge", str(tmp_path / "p"), str(tmp_path / "m")])
+    tok = tmp_path / "deberta-tok"
+    tok.mkdir()
+    (tok / "spm.model").write_bytes(b"pieces")
+    main(["merge", str(path), str(tmp_path / "c"), "--tokenizer", str(tok)])
+    assert (tmp_path / "c" / "spm.model").read_bytes() == b"pieces"

@@ -45,7 +45,7 @@ def test_run_plot_from_eval_jsonl_and_the_command(tmp_path, capsys):
     assert loss.get_ylabel().startswith("training loss") and metric.get_ylabel() == "dev f1"
     assert list(metric.lines[0].get_xdata()) == [10, 20, 30]
     assert list(metric.lines[0].get_ydata()) == pytest.approx([0.5, 0.6, 0.7])
-    plots.main([str(run)])
+    plots.main([str(run / "eval.jsonl")])  # the log itself: its run folder
     assert (run / "curves.png").stat().st_size > 5000 and "curves.png" in capsys.readouterr().out
     (tmp_path / "bench.json").write_text(json.dumps(bench_result()))
     plots.main([str(tmp_path / "bench.json"), "--out", str(tmp_path / "x.png")])
@@ -80,3 +80,29 @@ def test_missing_matplotlib_and_bad_input_are_one_line_errors(tmp_path, monkeypa
     (tmp_path / "other.json").write_text("{}")
     with pytest.raises(SystemExit, match="not a bench.py result"):
         plots.main([str(tmp_path / "other.json")])
+
+
+def test_broken_json_names_the_file_and_line(tmp_path):
+    """A run killed while writing eval.jsonl, a cut results.json or bench.json: the file (and line) is named, not
+    only "Unterminated string at line 1 column 101" (issue 29); a bench row without its fields is no KeyError."""
+    run = write_run(tmp_path / "run")
+    log = run / "eval.jsonl"
+    log.write_text(log.read_text()[:-30])
+    with pytest.raises(SystemExit, match=f"^error: {log} line 3 is not valid JSON .*cut off. Remove that line"):
+        plots.main([str(run)])
+    write_run(tmp_path / "run2")
+    (tmp_path / "run2" / "results.json").write_text('{"select": "acc')
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'run2' / 'results.json'} is not valid JSON "
+                                         r"\(Unterminated string.*line 1"):
+        plots.main([str(tmp_path / "run2")])
+    (tmp_path / "bench.json").write_text(json.dumps(bench_result())[:200])
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'bench.json'} is not valid JSON"):
+        plots.main([str(tmp_path / "bench.json")])
+    result = bench_result()
+    del result["results"][2]["ms"]
+    (tmp_path / "bench.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'bench.json'}: bench.py result row 2 lacks one of"):
+        plots.main([str(tmp_path / "bench.json")])
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="list.json holds a JSON list, not an object"):
+        plots.main([str(tmp_path / "list.json")])
