@@ -8,7 +8,7 @@ ENTRY_POINTS = {"train", "predict", "bench"}
 # the README's layers, lowest first: a module's layer is that of its longest listed prefix
 LAYERS = [("model", "ssmlora"),                                        # the core: torch and each other only
           ("data", "files", "baselines", "reproduce.authors"),         # what the core is fed with and adapted by
-          ("tasks", "interop.names", "interop.peft", "interop.merged"),
+          ("tasks", "interop"),                                         # interop.export is a command (below)
           ("training",),                                               # what the loop stands on
           ("interop.export", "reproduce"),                             # the `python -m` commands
           tuple(ENTRY_POINTS)]
