@@ -103,12 +103,18 @@ def predict(p, texts_a, texts_b=None, batch_size=32):
             out += [{"score": s} for s in logits.float().squeeze(-1).tolist()]
         else:
             probs, ids = logits.float().softmax(-1).max(-1)
-            out += [{"label": p.task.labels[i], "probability": q} for i, q in zip(ids.tolist(), probs.tolist())]
+            out += [{"label": spelled(p.task.labels[i]), "probability": q} for i, q in zip(ids.tolist(), probs.tolist())]
     return [{"n": i + 1, "text": t[0], **({"text_b": t[1]} if pair else {}), **o} for i, (t, o) in
             enumerate(zip(texts, out))]
 
 
 @torch.no_grad()
+
+def spelled(label):
+    """A label as a string, spelled as the task's files write it: SST-2's "1", MNLI's "entailment", BoolQ's "true"
+    (a JSON true in its files), MultiRC's "1"."""
+    return label if isinstance(label, str) else json.dumps(label)
+
 def choose(p, questions, batch_size=8):
     """Multiple choice: for each {"context", "question", "options"}, the chosen option's index and text and its
     probability, the options cast as train.py casts them (RACE: fill the blank; COPA: "What was the cause? ...")."""

@@ -99,7 +99,11 @@ def write_squad(folder, n_train, n_dev, rng):
 
 if __name__ == "__main__":
     import random
-    if len(sys.argv) != 3 or sys.argv[1] != "squad":
-        sys.exit("usage: python -m reproduce.synthetic squad FOLDER")
-    write_squad(sys.argv[2], 600, 200, random.Random(0))
-    print(f"wrote {sys.argv[2]}/SQuAD/train-v1.1.json (600 questions) and dev-v1.1.json (200)")
+    if len(sys.argv) != 3 or sys.argv[1] not in ("sst2", "squad"):
+        sys.exit("usage: python -m reproduce.synthetic sst2|squad FOLDER")
+    if sys.argv[1] == "sst2":
+        write_sst2(sys.argv[2], 4000, 500, random.Random(0))
+        print(f"wrote {sys.argv[2]}/SST-2/train.tsv (4,000 made-up sentences) and dev.tsv (500)")
+    else:
+        write_squad(sys.argv[2], 600, 200, random.Random(0))
+        print(f"wrote {sys.argv[2]}/SQuAD/train-v1.1.json (600 questions) and dev-v1.1.json (200)")
