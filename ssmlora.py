@@ -22,9 +22,10 @@ import torch.nn.functional as F
 
 from model import ModelError
 
-METHODS = ("ssmlora", "lora", "bitfit", "full", "none", "qlora", "mixlora")  # none: frozen body, head only
-LOW_RANK = ("ssmlora", "lora", "qlora", "mixlora")  # the methods that train adapter matrices; the last two are
-# baselines/ (QLoRA, MixLoRA): baselines.add_adapters adds them, this module never imports it
+METHODS = ("ssmlora", "lora", "bitfit", "full", "none", "qlora", "mixlora", "sdt")  # none: frozen body, head only
+LOW_RANK = ("ssmlora", "lora", "qlora", "mixlora", "sdt")  # the methods that train adapter matrices; qlora and
+# mixlora are baselines/ (baselines.add_adapters adds them), sdt is mamba/sdt.py (Sparse Dimension Tuning + LoRA,
+# Mamba only): this module never imports either
 # target name -> (sub-module of a block, linear in it). GPT-2's fused c_attn is split into query / key / value
 # at load time; "qkv" joins them again (Attention.fuse_qkv): one adapter over all three, as the paper adapted
 # GPT-2 (decision 12). LLaMA's gate_proj / up_proj / down_proj are ffn_gate / ffn_in / ffn_out. "head" is the
@@ -32,12 +33,19 @@ LOW_RANK = ("ssmlora", "lora", "qlora", "mixlora")  # the methods that train ada
 TARGETS = {"query": ("attn", "query"), "key": ("attn", "key"), "value": ("attn", "value"), "qkv": ("attn", "qkv"),
            "attn_out": ("attn", "out"), "ffn_gate": ("mlp", "fc_gate"), "ffn_in": ("mlp", "fc_in"),
            "ffn_out": ("mlp", "fc_out"), "head": ("head", None)}
-ALTERNATING = ("query", "key", "value", "qkv")  # sparse insertion alternates these; other targets are dense (§3.4)
-ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r")  # W_r: MixLoRA's router
+# Mamba's linears (mamba/model.py's Mixer), kept apart from TARGETS, which lists the transformers' (baselines and
+# interop walk it). SSMLoRA alternates in_proj and out_proj, one kind per layer, one time axis per kind: Mamba's
+# counterpart of query / value (docs/mamba.md says why).
+MAMBA_TARGETS = {"in_proj": ("mixer", "in_proj"), "x_proj": ("mixer", "x_proj"), "dt_proj": ("mixer", "dt_proj"),
+                 "out_proj": ("mixer", "out_proj")}
+ALTERNATING = ("query", "key", "value", "qkv", "in_proj", "out_proj")  # sparse insertion alternates these; other
+# targets are dense (§3.4)
+ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r", "sd_delta")  # W_r: MixLoRA's router; sd_delta: SDT's deltas
 # Each method's default targets: the paper's q/v, and Table 1's configurations of the two baselines (QLoRA: every
-# linear of a block, 1.3M on RoBERTa-base; MixLoRA: LoRA on q, k, v beside its FFN experts, 5.7M)
+# linear of a block, 1.3M on RoBERTa-base; MixLoRA: LoRA on q, k, v beside its FFN experts, 5.7M); SDT's LoRA goes
+# on out_proj, as the authors' configs (mamba/sdt.py)
 DEFAULT_TARGETS = {"qlora": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
-                   "mixlora": ("query", "key", "value")}
+                   "mixlora": ("query", "key", "value"), "sdt": ("out_proj",)}
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eqs. (3)-(8) run in float32:
 # under bf16 autocast the step h_dot + h is summed there too, or a derivative small next to h (bf16 steps of 1/128
@@ -74,10 +82,11 @@ class Adapters:
             self.targets = DEFAULT_TARGETS.get(self.method, ("query", "value"))
         names = self.targets.split(",") if isinstance(self.targets, str) else list(self.targets)
         names = [n.strip() for n in names if n.strip()]
-        unknown = [n for n in names if n not in TARGETS]
+        valid = (*TARGETS, *MAMBA_TARGETS)
+        unknown = [n for n in names if n not in valid]
         if unknown or not names:
-            raise ValueError(f"unknown or no targets {unknown or names}; valid targets: {', '.join(TARGETS)}")
-        self.targets = tuple(t for t in TARGETS if t in names)  # canonical order: "value,query" == "query,value"
+            raise ValueError(f"unknown or no targets {unknown or names}; valid targets: {', '.join(valid)}")
+        self.targets = tuple(t for t in valid if t in names)  # canonical order: "value,query" == "query,value"
         if "qkv" in self.targets and len(set(self.targets) & set(ALTERNATING)) > 1:
             raise ValueError("qkv is query, key and value as one projection: use it alone or the split ones")
         if self.sparse is None:
@@ -237,6 +246,8 @@ def add_adapters(model, adapters=None, time_axes=None, **settings):
         raise ModelError("this model already has adapters; build a fresh model to add other ones")
     if adapters.method in ("qlora", "mixlora"):
         raise ModelError(f"{adapters.method} is a baseline in baselines/: add it with baselines.add_adapters")
+    if adapters.method == "sdt":
+        raise ModelError("sdt (Sparse Dimension Tuning, Mamba only) is in mamba/: add it with mamba.sdt.add_sdt")
     if adapters.method in ("lora", "ssmlora"):
         if "qkv" in adapters.targets:  # one adapter over the fused projection: the paper's GPT-2 (decision 12)
             for block in model.blocks:
@@ -268,9 +279,9 @@ def linear_of(model, layer, target):
     """(parent module, attribute name) of the linear a target names in a layer (or in the task head)."""
     if target == "head":
         return model.head, model.head.output
-    part, name = TARGETS[target]
-    parent = getattr(model.blocks[layer], part)
-    if getattr(parent, name) is None:
+    part, name = TARGETS[target] if target in TARGETS else MAMBA_TARGETS[target]
+    parent = getattr(model.blocks[layer], part, None)  # a transformer block has no mixer, a Mamba block no attn
+    if getattr(parent, name, None) is None:
         raise ModelError(f"target {target}: a {model.cfg.family} block has no such linear")
     return parent, name
 
