@@ -1,0 +1,247 @@
+"""Mamba (mamba/model.py) against transformers, and PEFT of it: LoRA, SSMLoRA and SDT (mamba/sdt.py)."""
+import copy
+import json
+
+import pytest
+import torch
+import transformers as hf
+
+from files.hub import read_weights
+from mamba import sdt
+from mamba.model import Mamba, MambaConfig, from_state, selective_scan
+from model import ModelError
+from ssmlora import Adapters, add_adapters, param_report
+
+# non-default sizes everywhere: d 20, D 60 (expand 3), n 5, R 4, k 3
+TINY = dict(vocab_size=61, hidden_size=20, state_size=5, num_hidden_layers=3, expand=3, conv_kernel=3,
+            time_step_rank=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random MambaForCausalLM saved as a Hugging Face folder; A_log, D, Δ's bias and the norms moved off
+    their initial values, so a wrong sign or a missed parameter shows."""
+    torch.manual_seed(0)
+    ref = hf.MambaForCausalLM(hf.MambaConfig(**TINY)).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith(("A_log", ".D", "norm.weight", "norm_f.weight", "conv1d.bias", "dt_proj.bias")):
+                p.add_(torch.randn_like(p) * 0.5)
+    folder = tmp_path_factory.mktemp("mamba")
+    ref.save_pretrained(folder)
+    return ref, folder
+
+
+def load(folder, **kw):
+    return from_state(json.loads((folder / "config.json").read_text()), read_weights(folder), **kw)
+
+
+def padded_batch():
+    """Three rows of 9: left-padded by 3, right-padded by 3, unpadded; the pad id is 0 = eos, as Mamba's."""
+    ids = torch.randint(1, 61, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[0, :3], mask[1, 6:] = 0, 0
+    return ids.masked_fill(mask == 0, 0), mask
+
+
+def test_equals_transformers_logits_and_hidden_states_padded_batch_included(checkpoint):
+    ref, folder = checkpoint
+    ours = load(folder)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        assert (ours(ids)[0] - ref(ids).logits).abs().max() < 1e-5
+        got, want = ours(ids, mask)[0], ref(ids, attention_mask=mask).logits
+        assert (got - want).abs().max() < 1e-5
+        hidden = ref.backbone(ids, attention_mask=mask).last_hidden_state
+        assert (ours.encode(ids, mask) - hidden).abs().max() < 1e-5
+        # a padded row equals the same row alone, left padding and right padding
+        assert (ours(ids[:1, 3:])[0] - got[:1, 3:]).abs().max() < 1e-6
+        assert (ours(ids[1:2, :6])[0] - got[1:2, :6]).abs().max() < 1e-6
+    assert (got[0] - got[2]).abs().max() > 1e-3  # the rows are not all alike
+
+
+def test_classification_head_reads_the_last_real_token(checkpoint):
+    _, folder = checkpoint
+    model = load(folder, num_labels=3)
+    assert model.new_head == ["head.score.weight"]
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        logits = model(ids, mask)[0]
+        alone = [model(ids[:1, 3:])[0], model(ids[1:2, :6])[0], model(ids[2:])[0]]
+    assert logits.shape == (3, 3)
+    assert torch.allclose(logits, torch.cat(alone), atol=1e-6)
+
+
+def test_bad_checkpoints_are_one_line_errors(checkpoint):
+    ref, folder = checkpoint
+    hf_cfg = json.loads((folder / "config.json").read_text())
+    state = read_weights(folder)
+    with pytest.raises(ModelError, match="tied embeddings"):
+        from_state({**hf_cfg, "tie_word_embeddings": False}, state)
+    with pytest.raises(ModelError, match="missing.*A_log"):
+        from_state(hf_cfg, {k: v for k, v in state.items() if not k.endswith("1.mixer.A_log")})
+    with pytest.raises(ModelError, match="does not fit"):
+        from_state({**hf_cfg, "state_size": 6}, state)
+    with pytest.raises(ModelError, match="unexpected tensors"):
+        from_state(hf_cfg, {**state, "backbone.extra.weight": torch.zeros(1)})
+
+
+def test_scan_is_the_recurrence_written_out():
+    """selective_scan against eqs. (2a), (2b) and (4) written per batch row, channel and state, small enough."""
+    g = torch.Generator().manual_seed(0)
+    b, l, D, n = 2, 5, 3, 4
+    x, dt = torch.randn(b, l, D, generator=g), torch.rand(b, l, D, generator=g)
+    A, B, C = -torch.rand(D, n, generator=g) * 3, torch.randn(b, l, n, generator=g), torch.randn(b, l, n, generator=g)
+    y = selective_scan(x, dt, A, B, C)
+    for i in range(b):
+        for c in range(D):
+            h = torch.zeros(n)
+            for t in range(l):
+                h = torch.exp(dt[i, t, c] * A[c]) * h + dt[i, t, c] * B[i, t] * x[i, t, c]
+                assert torch.allclose(y[i, t, c], (C[i, t] * h).sum(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# PEFT of Mamba
+
+CFG = dict(vocab_size=12, d_model=16, n_layer=2, d_state=4, head="cls")
+METHODS = [dict(method="none"), dict(method="full"), dict(method="bitfit"),
+           dict(method="lora", targets="in_proj,x_proj,dt_proj,out_proj,head"),
+           dict(method="ssmlora", targets="in_proj,out_proj"),
+           dict(method="ssmlora", targets="in_proj,x_proj,dt_proj,out_proj", sparse=False)]
+
+
+def base_model():
+    torch.manual_seed(0)
+    model = Mamba(MambaConfig(**CFG))
+    with torch.no_grad():  # O(1) activations, as a trained model has (the default init's are ~0.02)
+        for m in model.modules():
+            if isinstance(m, torch.nn.Linear) and m is not model.head.score and m.in_features != model.cfg.dt_rank:
+                m.weight.normal_(0, m.in_features ** -0.5)
+        model.embed.tok.weight.normal_()
+    return model.eval()
+
+
+def sdt_models(base, warmup_steps=0, train=None):
+    """(warm-up model, SDT model) as sdt's three steps: warm-up, select, fresh copy of base with sparse deltas."""
+    a = Adapters(method="sdt", rank=4, alpha=4, targets="out_proj", dropout=0.0)
+    warm = sdt.add_warmup(copy.deepcopy(base), a)
+    if warmup_steps:
+        train(warm, warmup_steps)
+    else:
+        with torch.no_grad():
+            for m in sdt.mixers(warm):
+                m.A_log_delta.sd_delta.normal_()
+    return warm, sdt.add_sdt(copy.deepcopy(base), a, sdt.selection(warm, rho=0.5, channels=0.1))
+
+
+def test_every_method_is_the_base_model_at_init():
+    base = base_model().requires_grad_(False)  # CPU F.linear's last bits depend on whether its weight is trained;
+    # frozen weights on both sides: equal to the bit, as the transformers' methods (test_ssmlora)
+    ids, mask = torch.randint(0, 12, (3, 7)), torch.ones(3, 7, dtype=torch.long)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        want = base(ids, mask)[0]
+        for settings in METHODS:
+            model = add_adapters(copy.deepcopy(base), Adapters(dropout=0.0, rank=4, **settings)).eval()
+            if settings["method"] in ("full", "bitfit"):
+                model.requires_grad_(False)
+            assert torch.equal(model(ids, mask)[0], want), settings
+        for model in sdt_models(base):
+            if model.adapters.method == "sdt" and model.blocks[0].mixer.A_log_delta.index is None:
+                for m in sdt.mixers(model):
+                    m.A_log_delta.sd_delta.zero_()  # the warm-up model: its delta starts at zero too
+            assert torch.equal(model.eval()(ids, mask)[0], want)
+
+
+def test_ssmlora_alternates_in_proj_and_out_proj_one_time_axis_each():
+    model = add_adapters(base_model(), Adapters(method="ssmlora", rank=4, targets="in_proj,out_proj"))
+    m0, m1 = model.blocks[0].mixer, model.blocks[1].mixer
+    assert (m0.in_proj.axis, m0.in_proj.position, m1.out_proj.axis, m1.out_proj.position) == \
+        ("in_proj", 0, "out_proj", 0)
+    assert not hasattr(m0.out_proj, "W_a") and not hasattr(m1.in_proj, "W_a")
+    # counts: in_proj (16 -> 64) at rank 4 with W_c, W_d; out_proj (32 -> 16); the head's 16 x 2
+    assert param_report(model)["adapter"] == 4 * (16 + 64) + 32 + 4 * (32 + 16) + 32
+
+
+def test_sdt_selection_keeps_the_known_top_channels_and_states():
+    delta = torch.full((200, 8), 0.01)
+    delta[42, [1, 6]] = torch.tensor([-3.0, 2.0])   # channel 42: sum of squares 13
+    delta[7, [0, 5, 2]] = torch.tensor([1.0, -2.5, 1.5])   # channel 7: 9.5, second
+    delta[100, 3] = 2.9  # one state above channel 7's best, but the channel's sum (8.41) ranks third
+    channels, states = sdt.select(delta, rho=0.75)  # 1 % of 200 channels: 2; 25 % of 8 states: 2
+    assert channels.tolist() == [42, 7]
+    assert states.tolist() == [[1, 6], [5, 2]]
+    channels, states = sdt.select(delta, rho=0.95)  # 8 - round(7.6) = 0 states: at least 1 is kept
+    assert states.tolist() == [[1], [5]]
+    assert sdt.select(delta[:50], rho=0.75)[0].tolist() == [42]  # 50 - round(49.5) = 1 channel
+    assert sdt.select(delta[:30], rho=0.75)[0].tolist() == [7]  # 1 % of 30 rounds to none: at least one
+    assert sdt.kept(1536, 0.99) == 15 and sdt.kept(16, 0.75) == 4  # mamba-130m: 15 channels, 4 states
+
+
+def test_sdt_step_changes_exactly_the_selected_entries():
+    base = base_model()
+    _, model = sdt_models(base)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    A_log0 = [m.A_log_delta(m.A_log).detach().clone() for m in sdt.mixers(model)]
+    W0 = [m.x_proj.sdt(m.x_proj.weight).detach().clone() for m in sdt.mixers(model)]
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)  # each step ~lr: visible
+    model.train()(torch.randint(0, 12, (4, 9)), labels=torch.tensor([0, 1, 1, 0]))[1].backward()
+    opt.step()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n not in trained)
+    assert all("sd_delta" in n or ".W_" in n or n.startswith("head.") for n in trained)
+    for m, a0, w0 in zip(sdt.mixers(model), A_log0, W0):
+        a_changed = (m.A_log_delta(m.A_log) != a0).nonzero().T
+        assert sorted(map(tuple, a_changed.T.tolist())) == sorted(map(tuple, m.A_log_delta.index.T.tolist()))
+        w_changed = (m.x_proj.sdt(m.x_proj.weight) != w0).nonzero().T
+        assert sorted(map(tuple, w_changed.T.tolist())) == sorted(map(tuple, m.x_proj.sdt.index.T.tolist()))
+        # 10 % of D = 32 channels: 3; 50 % of n = 4 states: 2; B and C rows: 2n = 8 per channel
+        assert a_changed.shape[1] == 3 * 2 and w_changed.shape[1] == 8 * 3
+        assert set(w_changed[0].tolist()) == set(range(m.R, m.R + 8))  # B and C rows only, never Δ's
+
+
+def test_sdt_refuses_what_it_cannot_do():
+    a = Adapters(method="sdt", targets="x_proj,out_proj")
+    with pytest.raises(ModelError, match="leave x_proj out"):
+        sdt.add_warmup(base_model(), a)
+    with pytest.raises(ModelError, match="no warm-up deltas"):
+        sdt.selection(base_model(), rho=0.75)
+    with pytest.raises(ModelError, match="mamba.sdt"):
+        add_adapters(base_model(), Adapters(method="sdt", targets="out_proj"))
+
+
+def copy_task(n, g):
+    """Label: is the token three from the end a 3 (else a 2)? The last token must read back across positions."""
+    x = torch.randint(4, 12, (n, 8), generator=g)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x[:, -3] = torch.where(y == 1, 3, 2)
+    return x, y
+
+
+def test_tiny_mamba_learns_a_synthetic_task_with_lora_sdt_and_ssmlora():
+    g = torch.Generator().manual_seed(0)
+    test_x, test_y = copy_task(256, g)
+
+    def train(model, steps):
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.0)
+        model.train()
+        for _ in range(steps):
+            x, y = copy_task(32, g)
+            loss = model(x, labels=y)[1]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return (model.eval()(test_x)[0].argmax(-1) == test_y).float().mean().item()
+
+    base = base_model()
+    head_only = train(add_adapters(copy.deepcopy(base), Adapters(method="none")), 60)
+    lora = train(add_adapters(copy.deepcopy(base), Adapters(method="lora", rank=4, alpha=4, dropout=0.0,
+                                                            targets="in_proj,out_proj")), 60)
+    ssm = train(add_adapters(copy.deepcopy(base), Adapters(method="ssmlora", rank=4, alpha=4, dropout=0.0,
+                                                           targets="in_proj,out_proj")), 60)
+    _, model = sdt_models(base, warmup_steps=10, train=train)
+    sdt_acc = train(model, 60)
+    assert head_only < 0.8  # the frozen body does not hand the answer to the head
+    assert lora > 0.95 and ssm > 0.95 and sdt_acc > 0.9, (head_only, lora, ssm, sdt_acc)
