@@ -33,6 +33,7 @@ from files import atomic_write
 from files.adapters import save_adapters
 from files.hub import resolve
 from files.tokenizer import load_tokenizer
+from mamba import sdt
 from ssmlora import LOW_RANK, Adapters, format_report, param_report
 from tasks import encode, get_task, lengths, load_data
 from training import dist, flags
@@ -55,6 +56,10 @@ def run(args, on_step=None):
                                                     args.sparse, args.state)  # checks the settings first
     if args.dry_run:  # on the meta device: counts without allocating, so roberta-large takes no time
         model = build_model(task, args.model, args.random_init, adapters, args.eval_only, meta=args.random_init)
+        if adapters is not None and adapters.method == "sdt":  # the warm-up's count, then the main run's
+            print(f"SDT warm-up: {param_report(model)['trainable']:,} trainable (a dense delta on A_log, LoRA, head)")
+            model = build_model(task, args.model, args.random_init, adapters, meta=args.random_init,
+                                selection=sdt.placeholder(model.cfg, args.sdt_rho))
         print(format_report(report := param_report(model)))
         return {"params": report}
     with dist.main_first():  # rank 0 downloads what is missing; the others then read the caches
@@ -89,6 +94,8 @@ def run(args, on_step=None):
     encoded["train"] = encode(tok, task, train_rows, max_len, "train", cut, args.doc_stride)
     if len(encoded["train"]) == 0:
         raise TrainError(f"{task.name}: no training examples are left to train on (see the data: lines above)")
+    if adapters.method == "sdt":
+        model = sdt_main_model(model, encoded["train"], task, args, device)
     return fit(model, encoded, data, task, args, device, cut, trivial, on_step)
 
 
@@ -181,6 +188,41 @@ def fit(model, encoded, data, task, args, device, cut, trivial, on_step=None):
                 raise KeyboardInterrupt(f"after step {step}, saved in {ckpt}")
     bar.close()
     return finish(model, progress, task, args, device, out, per_step, cut, trivial)
+
+
+def sdt_main_model(warm, encoded, task, args, device):
+    """SDT's steps 1 and 2 (mamba/sdt.py): --sdt-warmup optimizer steps of the warm-up model (a dense delta on
+    A_log, LoRA, head) as fit's steps but at a constant --lr and with no evaluation, then the selection; returns the
+    main run's model, built again from the pretrained weights. A resumed run reuses its checkpoint's selection."""
+    ckpt = Path(args.out) / "checkpoint.pt"
+    if args.resume and ckpt.exists():
+        selection = torch.load(ckpt, map_location="cpu", weights_only=True)["places"]
+        print(f"SDT: the channels and states chosen before, from {ckpt}")
+    else:
+        refuse_earlier_run(Path(args.out), args.resume)  # before the warm-up's time is spent
+        opt, n = make_optimizer(warm, args.lr, args.weight_decay), len(encoded)
+        scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+        per_step = args.batch_size * dist.world() * args.grad_accum
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100_003 - 1)).numpy()
+        trained = [p for p in warm.parameters() if p.requires_grad]
+        warm.train()
+        for step in tqdm(range(args.sdt_warmup), desc="SDT warm-up", disable=None if dist.is_main() else True):
+            rows = order.take(range(step * per_step, (step + 1) * per_step), mode="wrap")  # epochs, end to end
+            loss = forward_backward(warm, warm, encoded, rows, args, device, scaler)
+            if not math.isfinite(loss):
+                raise TrainError(f"non-finite loss ({loss}) at SDT warm-up step {step + 1}: try a lower --lr")
+            dist.sum_gradients(trained)
+            scaler.unscale_(opt)
+            clip_gradients(trained, [], args.clip, "global")
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+        selection = sdt.selection(warm, args.sdt_rho)
+    adapters = warm.adapters
+    del warm  # the warm-up's weights are discarded
+    model = build_model(task, args.model, args.random_init, adapters, selection=selection).to(device)
+    print(format_report(param_report(model)))
+    return model
 
 
 def forward_backward(forward, model, encoded, rows, args, device, scaler):

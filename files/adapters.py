@@ -22,6 +22,13 @@ class AdapterFileError(ValueError):
 
 BASE_KEYS = ("family", "n_layer", "d_model", "num_labels", "head")  # the base model's identity
 FORMAT = "ssmlora-adapters/1"
+PLACES = ".index"  # buffers that say where a sparse adapter sits (SDT's SparseDelta): saved beside what it trained,
+# read first when the file is loaded, since the adapters cannot be built without them
+
+
+def places(model):
+    """{name: tensor} of the model's PLACES buffers ({} for every method but SDT)."""
+    return {n: b.detach().cpu().contiguous() for n, b in model.named_buffers() if n.endswith(PLACES)}
 
 
 def save_adapters(model, path, run=None):
@@ -31,7 +38,7 @@ def save_adapters(model, path, run=None):
     adapters = _require_adapters(model)
     frozen = frozen_head(model)
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
-               if is_trained(n, adapters.method, frozen)}
+               if is_trained(n, adapters.method, frozen)} | places(model)
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
                 **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}, "run": json.dumps(run or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -90,6 +97,11 @@ def load_adapters(model, path):
     if any(getattr(m, "merged", False) for m in adapter_modules(model)):
         raise AdapterFileError("LoRA is merged into the weights; call unmerge_lora(model) before loading adapters")
     tensors = load_file(path)
+    where = {k: tensors.pop(k) for k in [k for k in tensors if k.endswith(PLACES)]}
+    ours = places(model)
+    if set(where) != set(ours) or any(not torch.equal(where[k], ours[k]) for k in ours):
+        raise AdapterFileError(f"adapter file {path} places its sparse adapters elsewhere than this model does "
+                               "(another SDT selection): build the model from the file (add_adapters_from_file)")
     params = {n: p for n, p in model.named_parameters() if is_trained(n, adapters.method, frozen_head(model))}
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
@@ -109,7 +121,8 @@ def add_adapters_from_file(model, path, add=add_adapters):
     them (training.build.attach knows every method and state lifetime; ssmlora.add_adapters the paper's own)."""
     adapters, base = read_settings(path)
     _check_base(model, base, path)
-    return load_adapters(add(model, adapters), path)
+    where = {k: t for k, t in load_file(path).items() if k.endswith(PLACES)}  # SDT's selection: needed to build it
+    return load_adapters(add(model, adapters, where) if where else add(model, adapters), path)
 
 
 def _require_adapters(model):

@@ -12,7 +12,10 @@ from urllib.parse import urlparse
 
 import torch
 
+from mamba.model import from_state as mamba_from_state
 from model import FAMILIES, Config, Model, ModelError, convert_state_dict, head_labels
+
+SUPPORTED = (*FAMILIES, "mamba")  # mamba: a state space model, mamba/model.py
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "vocab.txt",
@@ -22,8 +25,8 @@ ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "ge
 
 def from_pretrained(name_or_dir, num_labels=None, **overrides):
     """
-    Load an original Hugging Face checkpoint of one of the FAMILIES (BERT, RoBERTa, GPT-2, LLaMA, DeBERTa-v2/v3): a
-    local folder or a hub name.
+    Load an original Hugging Face checkpoint of one of the FAMILIES (BERT, RoBERTa, GPT-2, LLaMA, DeBERTa-v2/v3), or
+    a Mamba (mamba/model.py): a local folder or a hub name.
     num_labels=None keeps the checkpoint's own head (a classifier if it has one, the decoders' LM head, or none);
     a number asks for a classification head (1 = regression), loaded if the checkpoint has one, otherwise new
     (model.new_head lists its tensors). head="choice" asks for a multiple-choice head (a *ForMultipleChoice
@@ -32,6 +35,10 @@ def from_pretrained(name_or_dir, num_labels=None, **overrides):
     """
     folder = resolve(name_or_dir)
     hf = read_config(folder)
+    if hf["model_type"] == "mamba":  # its own module and names; a classification head is always new
+        model = mamba_from_state(hf, read_weights(folder), num_labels, **overrides)
+        model.source = str(folder)
+        return model
     state = convert_state_dict(read_weights(folder), hf["model_type"])
     cfg = replace(config_from_hf(hf, num_labels, head_labels(state)), **overrides)
     if cfg.positions != "learned":  # DeBERTa with position_biased_input false: a table some checkpoints carry unused
@@ -118,9 +125,9 @@ def read_config(folder):
         hf = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(f"{path} is not valid JSON ({e})") from None
-    if hf.get("model_type") not in FAMILIES:
+    if hf.get("model_type") not in SUPPORTED:
         raise ModelError(f"unsupported architecture in config.json: model_type={hf.get('model_type')!r} "
-                         f"(architectures={hf.get('architectures')}); this code supports {', '.join(FAMILIES)}")
+                         f"(architectures={hf.get('architectures')}); this code supports {', '.join(SUPPORTED)}")
     return hf
 
 

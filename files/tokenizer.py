@@ -13,7 +13,8 @@ from files import spm
 
 # The padding token, when the tokenizer declares none of its own: GPT-2 and LLaMA have none and pad with their
 # end-of-text token, which the attention mask hides anyway (and the head pools the last real token).
-PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>", "llama": "</s>", "deberta-v2": "[PAD]"}
+PAD_TOKENS = {"bert": "[PAD]", "roberta": "<pad>", "gpt2": "<|endoftext|>", "llama": "</s>", "deberta-v2": "[PAD]",
+              "mamba": "<|endoftext|>"}  # Mamba: GPT-NeoX's BPE, pad = eos = id 0 (padding is read from the mask)
 SPECIAL_TOKENS = {"bert": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
                   "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], "gpt2": ["<|endoftext|>"]}
 

@@ -91,8 +91,10 @@ def selection(model, rho, channels=CHANNELS):
 
 
 def add_sdt(model, adapters, chosen):
-    """Step 3 on a fresh pretrained model: sparse deltas at the chosen entries (from selection), a fresh LoRA."""
+    """Step 3 on a fresh pretrained model: sparse deltas at the chosen entries (from selection, or the index
+    buffers of from_indices), a fresh LoRA."""
     ms = mixers(model)
+    chosen = from_indices(chosen) if isinstance(chosen, dict) else chosen
     if len(chosen) != len(ms):
         raise ModelError(f"the SDT selection has {len(chosen)} layers, the model {len(ms)}")
     _lora(model, adapters)
@@ -105,6 +107,18 @@ def add_sdt(model, adapters, chosen):
         m.x_proj = SparseDeltaLinear(m.x_proj, torch.stack([bc.repeat_interleave(len(channels)),
                                                             channels.repeat(len(bc))]))
     return _freeze(model, adapters)
+
+
+def from_indices(tensors):
+    """The selection back from the A_log index buffers ({name: (2, c * s)}, as an adapter file or a checkpoint keeps
+    them): per layer, each kept channel's row repeated once per kept state."""
+    names = sorted((k for k in tensors if k.endswith("A_log_delta.index")), key=lambda k: int(k.split(".")[1]))
+    out = []
+    for name in names:
+        rows, states = tensors[name]
+        s = int((rows == rows[0]).sum())
+        out.append((rows.view(-1, s)[:, 0], states.view(-1, s)))
+    return out
 
 
 def placeholder(cfg, rho, channels=CHANNELS):

@@ -7,7 +7,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = {"train", "predict", "bench"}
 # the README's layers, lowest first: a module's layer is that of its longest listed prefix
 LAYERS = [("model", "ssmlora"),                                        # the core: torch and each other only
-          ("data", "files", "baselines", "reproduce.authors"),         # what the core is fed with and adapted by
+          ("data", "files", "baselines", "reproduce.authors", "mamba"),  # what the core is fed with and adapted by
+                                                                       # (mamba: a base model and SDT, docs/mamba.md)
           ("tasks", "interop"),                                         # interop.export is a command (below)
           ("training",),                                               # what the loop stands on
           ("interop.export", "reproduce"),                             # the `python -m` commands

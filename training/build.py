@@ -10,28 +10,36 @@ import torch
 from files.adapters import add_adapters_from_file
 from files.hub import config_from_hf, from_pretrained, read_config
 from interop.peft import add_peft_adapters, is_peft_folder
+from mamba import model as mamba, sdt
 from model import Model, check_inputs, preset
 import baselines
 from reproduce import authors
 
 
-def attach(model, adapters):
+def attach(model, adapters, selection=None):
     """Add the adapters a run asks for: the paper's (ssmlora.add_adapters) or a baseline of baselines/ (QLoRA,
     MixLoRA), with the authors' state lifetime plugged in from outside the method when asked for (--state carry,
-    decision 10)."""
+    decision 10). SDT (Mamba): its warm-up adapters, or with `selection` (sdt.selection's list, or the index
+    tensors an adapter file keeps) the main run's."""
+    if adapters.method == "sdt":
+        return sdt.add_warmup(model, adapters) if selection is None else sdt.add_sdt(model, adapters, selection)
     if adapters.method == "ssmlora" and adapters.state == "carry":
         return authors.add_adapters(model, adapters)
     return baselines.add_adapters(model, adapters)
 
 
-def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False):
+def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False, selection=None):
     """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
     task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file (ours, or a PEFT LoRA
-    folder). meta: no weights (counts)."""
+    folder). meta: no weights (counts). selection: SDT's, for its main run (attach)."""
     head = {"choice": "choice", "span": "span"}.get(task.shape, "cls")
     with torch.device("meta" if meta else "cpu"):
-        if random_init and Path(model).is_dir():
+        if random_init and Path(model).is_dir() and read_config(model)["model_type"] == "mamba":
+            base = mamba.Mamba(mamba.config_from_hf(read_config(model), task.num_labels, head=head))
+        elif random_init and Path(model).is_dir():
             base = Model(replace(config_from_hf(read_config(model), task.num_labels), head=head))
+        elif random_init and model in mamba.PRESETS:
+            base = mamba.Mamba(mamba.preset(model, head=head, num_labels=task.num_labels))
         elif random_init:
             base = Model(preset(model, head=head, num_labels=task.num_labels))
         else:
@@ -44,7 +52,7 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
         what = {"choice": "multiple-choice", "span": "question-answering (span)"}.get(
             head, f"{task.num_labels}-label classification")
         print(f"{model}: the checkpoint has no {what} head; initialised a new one ({', '.join(base.new_head)})")
-    return attach(base, adapters)
+    return attach(base, adapters, selection)
 
 
 def to_device(batch, cfg, device):

@@ -10,6 +10,8 @@ import torch
 
 from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
+from mamba.model import PRESETS as MAMBA_PRESETS
+from mamba.sdt import RHOS
 from model import PRESETS
 from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
@@ -18,6 +20,8 @@ from training.cli import OneLineParser, UserError
 
 ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
 DTYPES = ("fp32", "bf16", "fp16")
+SDT = {"sdt_warmup": 250, "sdt_rho": 0.75, "alpha": 8.0}  # the authors' configs: 250 or 500 warm-up steps, rho 0.75,
+# 0.9 or 0.95, and their LoRA beside SDT scaled by 1 (alpha = r = 8), where ours defaults to alpha 16
 DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
                "the paper's baselines.")
 
@@ -26,18 +30,22 @@ def parser():
     p = OneLineParser(prog="train.py", description=DESCRIPTION)
     p.add_argument("--task", help=f"{TASK_NAMES} (with --eval-only: the file's own)")
     p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
-                   f"{', '.join(PRESETS)} (default: roberta-base; with --eval-only: the file's own)")
+                   f"{', '.join([*PRESETS, *MAMBA_PRESETS])} (default: roberta-base; with --eval-only: the file's "
+                   "own)")
     p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
-                   help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/")
+                   help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/; sdt: Sparse "
+                   "Dimension Tuning + LoRA, Mamba only (mamba/sdt.py, docs/mamba.md)")
     a = p.add_argument_group("adapters (--method ssmlora, lora, qlora or mixlora only)")
     a.add_argument("--rank", type=int, help=f"r, the rank of W_a and W_b (default: {ADAPTER['rank']})")
-    a.add_argument("--alpha", type=float, help=f"scaling s = alpha / rank (default: {ADAPTER['alpha']:g}). The "
-                   "authors' code scales by alpha itself: pass their alpha times the rank to match it")
+    a.add_argument("--alpha", type=float, help=f"scaling s = alpha / rank (default: {ADAPTER['alpha']:g}; sdt: "
+                   f"{SDT['alpha']:g}). The authors' code scales by alpha itself: pass their alpha times the rank to "
+                   "match it")
     a.add_argument("--dropout", type=float, help=f"adapter dropout: on h_norm for SSMLoRA, on x for LoRA (default: "
                    f"{ADAPTER['dropout']})")
     a.add_argument("--targets", help="comma-separated, of query,key,value,attn_out,ffn_in,ffn_out; qkv (query, key "
                    "and value as one projection: GPT-2 as the paper adapts it); ffn_gate (LLaMA's gate); head (an "
-                   "adapter on the task head's last linear, which then stays frozen) (default: query,value; "
+                   "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
+                   "dt_proj, out_proj (default: query,value; "
                    + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items()) + ", Table 1's)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
@@ -47,6 +55,10 @@ def parser():
                    help="every target in every layer (LoRA's default)")
     a.add_argument("--state", help=f"SSMLoRA's state lifetime: {' or '.join(STATES)} (the authors' code; "
                    f"default: {ADAPTER['state']})")
+    a.add_argument("--sdt-warmup", type=int, help="--method sdt: optimizer steps of the warm-up that picks the "
+                   f"channels and states (default: {SDT['sdt_warmup']}; the authors' configs: 250 or 500)")
+    a.add_argument("--sdt-rho", type=float, help="--method sdt: the share of a kept channel's states left frozen, in "
+                   f"[0, 1) (default: {SDT['sdt_rho']}; the authors' configs: {', '.join(map(str, RHOS))})")
     o = p.add_argument_group("optimisation (the defaults: the LoRA paper's RoBERTa-base recipe, README)")
     o.add_argument("--lr", type=float, help="learning rate (default: the task's recipe)")
     o.add_argument("--epochs", type=int, help="at most this many epochs (default: the task's recipe)")
@@ -136,7 +148,11 @@ def parse(argv=None):
     given += ["--sparse/--dense"] * (args.sparse is not None)
     if given and not adapted and not args.eval_only:
         p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
-    for k, v in ADAPTER.items():
+    sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
+    if sdt_given and args.method != "sdt" and not args.eval_only:
+        p.error(f"{', '.join(sdt_given)} apply to --method sdt only, not {args.method}")
+    defaults = {**ADAPTER, **SDT, "alpha": SDT["alpha"] if args.method == "sdt" else ADAPTER["alpha"]}
+    for k, v in defaults.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
     args.lr = lr if args.lr is None else args.lr
@@ -151,6 +167,9 @@ def parse(argv=None):
     for k in at_least_1:
         if getattr(args, k) is not None and getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be at least 1, got {getattr(args, k)}")
+    if args.sdt_warmup < 1 or not 0 <= args.sdt_rho < 1:
+        p.error(f"--sdt-warmup must be at least 1 and --sdt-rho lie in [0, 1), got {args.sdt_warmup} and "
+                f"{args.sdt_rho}")
     if not 0 <= args.warmup < 1:
         p.error(f"--warmup is a fraction of the steps, in [0, 1), got {args.warmup}")
     if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0 or args.eval_every < 0:

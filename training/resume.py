@@ -6,13 +6,14 @@ from contextlib import contextmanager
 import torch
 
 from files import atomic_write
+from files.adapters import places
 from training import dist
 from training.cli import TrainError
 
 
 RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
             "grad_accum", "world_size", "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed",
-            "max_steps", "max_train", "random_init", "dtype")
+            "max_steps", "max_train", "random_init", "dtype", "sdt_warmup", "sdt_rho")
 
 
 def save_checkpoint(path, model, opt, sched, progress, args, scaler=None):
@@ -25,7 +26,8 @@ def save_checkpoint(path, model, opt, sched, progress, args, scaler=None):
     carried = dict(model.time_axes.h) if getattr(model, "time_axes", None) and model.adapters.state == "carry" else {}
     obj = {"run": {k: getattr(args, k) for k in RUN_KEYS}, "trained": trained, "optimizer": opt.state_dict(),
            "scheduler": sched.state_dict(), "progress": progress, "carried_state": carried, "rng": rng,
-           "cuda_rng": cuda_rng, "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {}}
+           "cuda_rng": cuda_rng, "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else {},
+           "places": places(model)}  # SDT's selection (index buffers), which a resumed run reuses; {} otherwise
     atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a kill during the save leaves the previous one whole
 
 
