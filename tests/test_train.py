@@ -404,7 +404,8 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--warmup", "5"], "--warmup is a fraction of the steps, in [0, 1), got 5.0"),
     (["--patience", "-1"], "--patience and --weight-decay must be at least 0"),
     (["--method", "bitfit", "--rank", "64", "--targets", "ffn_in", "--dense", "--state", "carry"],
-     "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora, lora, qlora, mixlora only, not bitfit"),
+     "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora, lora, qlora, mixlora, sdt only, not "
+     "bitfit"),
     (["--method", "none"], "invalid choice: 'none'"),
     (["--doc-stride", "64"], "--doc-stride applies to the QA tasks (squad, narrativeqa) only, not sst2"),
     (["--method", "lora", "--state", "carry"], "state carry is how SSMLoRA's state lives; lora has no state to carry"),
