@@ -8,6 +8,7 @@ and SSMLoRA side by side, over batch sizes and sequence lengths, in inference an
     python bench.py --quick          # a tiny model in seconds (what the tests run)
     python bench.py --plot docs/bench.png   # latency and peak memory against length, per method (matplotlib)
     python bench.py --preset llama2-7b --layers 2 --no-reference    # LLaMA-2-7B's shapes, 2 of its 32 layers
+    python bench.py --preset mamba-130m   # a state space model: none, LoRA, SSMLoRA and SDT (docs/mamba.md)
 
 With `transformers` installed, a reference row times its implementation of the same checkpoint (inference only).
 """
@@ -30,17 +31,20 @@ from baselines.qlora import weight_memory
 from files import atomic_write
 from files.hub import config_to_hf, from_pretrained
 from reproduce.plots import plot_bench
+from mamba import model as mamba, sdt
 from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser, free_cores
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
+MAMBA = dict(targets="in_proj,out_proj", sdt_rho=0.75)  # Mamba: what LoRA and SSMLoRA adapt; SDT (on out_proj) too
 REF = "transformers"
 ADAPTED = "query,value"  # the projections both methods adapt, unless --targets says otherwise
 # per device: a GPU gets a sweep like the paper's Table 12; two CPU cores get a few short shapes, to stay in a minute
 SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 128], [1], 5, 1),
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
 QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
+MAMBA_QUICK = dict(n_layer=4, d_model=32, vocab_size=128)
 NOISY = 0.25  # a spread of the timed rounds above this, relative to the median, makes a row's ratios suspect
 TOLERANCE = 1e-4  # largest difference of fp32 logits, ours vs transformers, on the same weights
 
@@ -57,8 +61,8 @@ def int_list(text):
 
 def get_args(argv=None):
     p = OneLineParser(prog="bench.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="roberta-base", choices=PRESETS, metavar="NAME",
-                   help=f"default roberta-base; one of {', '.join(PRESETS)}")
+    p.add_argument("--preset", default="roberta-base", choices=[*PRESETS, *mamba.PRESETS], metavar="NAME",
+                   help=f"default roberta-base; one of {', '.join([*PRESETS, *mamba.PRESETS])}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
     p.add_argument("--dtype", choices=("bf16", "fp32"), help="bf16 autocast or fp32 (default: bf16 on CUDA, else fp32)")
     p.add_argument("--lengths", type=int_list, help="sequence lengths, e.g. 16,64,128 (default: per device)")
@@ -69,7 +73,8 @@ def get_args(argv=None):
                    "load average; --quick: 1, as a tiny model gains "
                    "nothing from more and one thread cannot stall waiting for a core that another process holds)")
     p.add_argument("--layers", type=int, help="build only this many of the preset's layers (e.g. llama2-7b on a CPU)")
-    p.add_argument("--targets", default=ADAPTED, help=f"what both methods adapt (default {ADAPTED}; see train.py)")
+    p.add_argument("--targets", help=f"what both methods adapt (default {ADAPTED}, Mamba {MAMBA['targets']}; see "
+                   "train.py)")
     p.add_argument("--rank", type=int, default=8, help="default 8")
     p.add_argument("--alpha", type=float, default=16.0, help="default 16 (scaling s = alpha / rank)")
     p.add_argument("--dense", action="store_true", help="SSMLoRA dense too (query and value in every layer, as LoRA); "
@@ -89,12 +94,15 @@ def get_args(argv=None):
     a.lengths, a.batch_sizes = a.lengths or lengths, a.batch_sizes or batch_sizes
     a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
     a.threads = a.threads or (1 if a.quick else free_cores())
+    a.targets = a.targets or (MAMBA["targets"] if a.preset in mamba.PRESETS else ADAPTED)
     if min(a.repeats, a.rank, a.threads, a.layers or 1) < 1 or a.warmup < 0 or a.alpha <= 0:
         p.error("--repeats, --rank, --threads and --layers must be at least 1, --warmup at least 0, --alpha above 0")
     has_hf = importlib.util.find_spec("transformers") is not None
     if a.reference and not has_hf:
         p.error("--reference needs the transformers package (pip install transformers)")
-    a.reference = has_hf if a.reference is None else a.reference
+    if a.reference and a.preset in mamba.PRESETS:
+        p.error("--reference: transformers has no Mamba classifier to time (tests/test_mamba.py checks parity)")
+    a.reference = has_hf and a.preset not in mamba.PRESETS if a.reference is None else a.reference
     if a.plot and importlib.util.find_spec("matplotlib") is None:  # before the sweep, not after it
         p.error("--plot needs the matplotlib package (pip install matplotlib)")
     return a
@@ -107,7 +115,7 @@ def twin(base):
     """A Model holding the base's own weight tensors (no copy) and its own copy of the head: the three methods
     side by side cost one set of weights, and each trains only its own head."""
     with torch.device("meta"):  # nothing allocated or initialised: every tensor is assigned below
-        m = Model(base.cfg)
+        m = type(base)(base.cfg)
     m.load_state_dict({k: v.clone() if k.startswith("head.") else v for k, v in base.state_dict().items()}, assign=True)
     return m
 
@@ -147,12 +155,15 @@ def build(cfg, args):
             ref = None
     else:
         torch.manual_seed(0)
-        base = Model(cfg).to(args.device)
+        base = (mamba.Mamba if cfg.family == "mamba" else Model)(cfg).to(args.device)
     models = {}
     for method in COMPARED:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
         sparse = False if method == "ssmlora" and args.dense else None
         adapters = Adapters(method, args.rank, args.alpha, targets=args.targets, sparse=sparse)
         models[method] = add_adapters(twin(base), adapters)
+    if cfg.family == "mamba":  # SDT's main run, on a selection of its sizes (the warm-up does not change speed)
+        adapters = Adapters("sdt", args.rank, args.rank, targets="out_proj")  # alpha = rank, as the authors
+        models["sdt"] = sdt.add_sdt(twin(base), adapters, sdt.placeholder(cfg, MAMBA["sdt_rho"]))
     return models, ref, check
 
 
@@ -261,6 +272,8 @@ def sweep(cfg, models, ref, args):
                     state = resident({**models, REF: ref}[n], opts.get(n) if mode == "train" else None)
                     mb[n] = None if added is None else (state + added) / 2**20
                 ratios = {"ssmlora/lora": ms["ssmlora"] / ms["lora"], "lora/none": ms["lora"] / ms["none"]}
+                if "sdt" in ms:
+                    ratios["sdt/lora"] = ms["sdt"] / ms["lora"]
                 if REF in ms:
                     ratios["none/transformers"] = ms["none"] / ms[REF]
                 rows.append(dict(mode=mode, batch=B, length=T, ms=ms, spread=max(spread.values()), peak_mb=mb,
@@ -298,7 +311,8 @@ def table(rows, mode, names):
 
 def describe(model):
     a = model.adapters  # sparse: with query,value, the query on even layers and the value on odd ones
-    where = (f"{','.join(a.targets)}, the attention ones alternating over the layers (paper §3.4)" if a.sparse
+    where = (f"{','.join(a.targets)}, the attention ones (Mamba: in_proj, out_proj) alternating over the layers "
+             "(paper §3.4)" if a.sparse
              else f"{','.join(a.targets)} in every layer")
     return (f"{'sparse' if a.sparse else 'dense'}: {where}; {len(adapter_modules(model))} modules in "
             f"{model.cfg.n_layer} layers, {param_report(model)['adapter']:,} adapter params")
@@ -320,10 +334,10 @@ def report(result, models, args):
               "expect noise")
     if args.device.type == "cpu" and not args.quick:
         print("  CPU default: a short sweep, to finish in about a minute; a GPU gets lengths 16-512 at batch 1 and 16")
-    names = [*COMPARED, *([REF] if result["reference"]["used"] else [])]
+    names = [*models, *([REF] if result["reference"]["used"] else [])]
     print("\ninference: forward, no grad, eval mode\n" + table(result["results"], "inference", names))
     print("\ntraining step: forward, backward, AdamW step, zero_grad (none: frozen body, head only)\n"
-          + table(result["results"], "train", COMPARED))
+          + table(result["results"], "train", list(models)))
     noisy = [r for r in result["results"] if r["spread"] > NOISY]
     if noisy:
         hint = " (on a shared CPU, try --threads 1)" if s["threads"] > 1 else ""
@@ -331,6 +345,8 @@ def report(result, models, args):
               f"was busy, so distrust their ratios and run again{hint}")
     print(result["memory_note"])
     w = result["weight_memory"]
+    if w is None:  # Mamba: no QLoRA here
+        return
     print(f"weights of the blocks' linears: LoRA (float32) {w['lora_bytes'] / 2**20:.1f} MiB, QLoRA (NF4 + double-"
           f"quantized constants) {w['qlora_bytes'] / 2**20:.1f} MiB, {w['lora_bytes'] / w['qlora_bytes']:.2f}x less")
 
@@ -342,8 +358,12 @@ def qlora_memory(cfg, args):
 
 
 def run(args):
-    cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}),
-                 **({"n_layer": args.layers} if args.layers else {}))
+    if args.preset in mamba.PRESETS:
+        cfg = mamba.preset(args.preset, head="cls", num_labels=2, **(MAMBA_QUICK if args.quick else {}),
+                           **({"n_layer": args.layers} if args.layers else {}))
+    else:
+        cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}),
+                     **({"n_layer": args.layers} if args.layers else {}))
     cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
     if max(args.lengths) > cfg.max_tokens:
         raise ValueError(f"--lengths: {max(args.lengths)} is longer than this model's {cfg.max_tokens} positions")
@@ -369,7 +389,8 @@ def run(args):
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
                   reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE,
                                  note=None if ref is not None else ref_note),
-                  memory_note=memory_note, results=rows, weight_memory=qlora_memory(cfg, args))
+                  memory_note=memory_note, results=rows,
+                  weight_memory=None if cfg.family == "mamba" else qlora_memory(cfg, args))
     report(result, models, args)
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
     print(f"\nwritten to {args.json}")

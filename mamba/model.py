@@ -100,7 +100,7 @@ def selective_scan(x, dt, A, B, C):
 
 class Mixer(nn.Module):
     """The Mamba block's body (§3.4, Figure 3): in_proj -> (x, z); x -> causal conv -> SiLU -> selective SSM;
-    y ⊙ SiLU(z) -> out_proj. Its linears are what LoRA and SSMLoRA adapt (ssmlora.TARGETS' mixer targets)."""
+    y ⊙ SiLU(z) -> out_proj. Its linears are what LoRA and SSMLoRA adapt (ssmlora.MAMBA_TARGETS)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -108,10 +108,10 @@ class Mixer(nn.Module):
         self.n, self.R = n, R
         self.in_proj = nn.Linear(d, 2 * D, bias=cfg.bias)
         self.conv1d = nn.Conv1d(D, D, cfg.d_conv, groups=D, padding=cfg.d_conv - 1, bias=cfg.conv_bias)
-        self.x_proj = nn.Linear(D, R + 2 * n, bias=False)  # s_Δ (low rank), s_B, s_C of §3.2
-        self.dt_proj = nn.Linear(R, D)                      # Δ's projection back to D; its bias is the
-        self.A_log = nn.Parameter(torch.empty(D, n))        # "Parameter" of τ_Δ(Parameter + s_Δ(x))
-        self.D = nn.Parameter(torch.empty(D))
+        self.x_proj = nn.Linear(D, R + 2 * n, bias=False)  # s_Δ (rank R), s_B, s_C of Algorithm 2
+        self.dt_proj = nn.Linear(R, D)                      # s_Δ back to D; its bias: the "Parameter" of Δ
+        self.A_log = nn.Parameter(torch.empty(D, n))        # A = -exp(A_log): real, diagonal (S4D-real)
+        self.D = nn.Parameter(torch.empty(D))               # the skip, y += D ⊙ x
         self.out_proj = nn.Linear(D, d, bias=cfg.bias)
         self.A_log_delta = None  # SDT's delta on A_log (mamba/sdt.py); None: A_log as loaded
 

@@ -254,8 +254,8 @@ def test_tiny_mamba_learns_a_synthetic_task_with_lora_sdt_and_ssmlora():
                                                            targets="in_proj,out_proj")), 60)
     _, model = sdt_models(base, warmup_steps=10, train=train)
     sdt_acc = train(model, 60)
-    assert head_only < 0.8  # the frozen body does not hand the answer to the head
-    assert lora > 0.95 and ssm > 0.95 and sdt_acc > 0.9, (head_only, lora, ssm, sdt_acc)
+    assert head_only < 0.8  # the frozen body does not hand the answer to the head (measured 0.72)
+    assert lora > 0.95 and ssm > 0.95 and sdt_acc > 0.9, (head_only, lora, ssm, sdt_acc)  # 1.0, 1.0, 0.96
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,19 +301,9 @@ def argv(tiny_mamba, out, *extra):
             "--lr", "1e-2", "--dropout", "0", "--length-bins", "0", "--threads", "1", *extra]
 
 
-def test_the_tokenizer_pads_with_id_0_and_padding_is_read_from_the_mask(tiny_mamba):
+def test_the_tokenizer_is_the_checkpoints_and_pads_with_eos_id_0(tiny_mamba):
     tok = load_tokenizer(str(tiny_mamba[0]))
     assert (tok.family, tok.pad_id) == ("mamba", 0)
-
-
-@pytest.mark.parametrize("method, targets, adapter", [
-    ("lora", "in_proj,out_proj", 2 * 8 * (32 + 128 + 64 + 32)),           # in_proj 32 -> 128, out_proj 64 -> 32
-    ("ssmlora", "in_proj,out_proj", 8 * (32 + 128) + 8 * (64 + 32) + 2 * 2 * 8 * 8),  # layer 0 in, layer 1 out
-])
-def test_train_py_fine_tunes_a_tiny_mamba(method, targets, adapter, tiny_mamba, tmp_path):
-    r = train.run(parse_args(argv(tiny_mamba, tmp_path, "--method", method, "--targets", targets, "--epochs", "3")))
-    assert r["params"]["adapter"] == adapter
-    assert r["best"]["dev"]["accuracy"] >= 0.75, r["best"]  # chance 0.5; measured 0.86 (LoRA), 0.88 (SSMLoRA)
 
 
 def test_sdt_through_train_py_eval_only_resume_and_predict(tiny_mamba, tmp_path, capsys):
@@ -349,3 +339,15 @@ def test_dry_run_counts_of_mamba_130m_equal_docs_mamba(capsys):
     for method, want in (("lora", 1_179_648), ("ssmlora", 592_896), ("sdt", 455_328)):
         extra = [] if method == "sdt" else ["--targets", "in_proj,out_proj"]
         assert train.run(parse_args(common + ["--method", method, *extra]))["params"]["adapter"] == want, method
+
+
+def test_bench_compares_none_lora_ssmlora_and_sdt_on_a_mamba_preset(tmp_path, capsys):
+    import bench
+    result = bench.main(["--preset", "mamba-130m", "--quick", "--lengths", "8", "--repeats", "1", "--warmup", "0",
+                         "--json", str(tmp_path / "bench.json")])
+    assert {r["mode"] for r in result["results"]} == {"inference", "train"}
+    assert all(set(r["ms"]) == {"none", "lora", "ssmlora", "sdt"} and "sdt/lora" in r["time_ratios"]
+               for r in result["results"])
+    # the --quick config: d 32, D 64, 4 layers, n 16; SDT: 1 channel of 64, 4 of its 16 states; LoRA r 8 on out_proj
+    assert result["params"]["sdt"]["adapter"] == 4 * (1 * 4 + 2 * 16 * 1 + 8 * (64 + 32))
+    assert result["params"]["lora"]["adapter"] == 4 * 8 * (32 + 128 + 64 + 32) and result["weight_memory"] is None
