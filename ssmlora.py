@@ -282,7 +282,11 @@ def linear_of(model, layer, target):
     part, name = TARGETS[target] if target in TARGETS else MAMBA_TARGETS[target]
     parent = getattr(model.blocks[layer], part, None)  # a transformer block has no mixer, a Mamba block no attn
     if getattr(parent, name, None) is None:
-        raise ModelError(f"target {target}: a {model.cfg.family} block has no such linear")
+        block = model.blocks[layer]
+        has = [t for t, (p, n) in {**TARGETS, **MAMBA_TARGETS}.items()
+               if t != "head" and getattr(getattr(block, p, None), n, None) is not None]
+        raise ModelError(f"target {target}: a {model.cfg.family} block has no such linear (its targets: "
+                         f"{', '.join(has)})")
     return parent, name
 
 
