@@ -63,7 +63,7 @@ def select(delta, rho, channels=CHANNELS):
     score = delta.detach().float().square()                                  # (D, n)
     top = score.sum(1).argsort(descending=True, stable=True)                 # channels by sum over states
     chosen = top[:kept(score.shape[0], 1 - channels)]                        # (c,)
-    states = score[chosen].argsort(dim=1, descending=True, stable=True)        # per kept channel, by its own states
+    states = score[chosen].argsort(dim=1, descending=True, stable=True)      # per kept channel, by its own states
     return chosen, states[:, :kept(score.shape[1], rho)]                     # (c,), (c, s)
 
 
