@@ -46,8 +46,8 @@ def parser():
                    "and value as one projection: GPT-2 as the paper adapts it); ffn_gate (LLaMA's gate); head (an "
                    "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
                    "dt_proj, out_proj (default: query,value; "
-                   + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items()) + "; qlora's and mixlora's are "
-                   "Table 1's)")
+                   + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items())
+                   + "; qlora's and mixlora's are Table 1's)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
