@@ -339,6 +339,11 @@ def test_dry_run_counts_of_mamba_130m_equal_docs_mamba(capsys):
     for method, want in (("lora", 1_179_648), ("ssmlora", 592_896), ("sdt", 455_328)):
         extra = [] if method == "sdt" else ["--targets", "in_proj,out_proj"]
         assert train.run(parse_args(common + ["--method", method, *extra]))["params"]["adapter"] == want, method
+    with pytest.raises(ModelError, match="qlora is one of the transformers' Table 1 baselines"):
+        train.run(parse_args(common + ["--method", "qlora"]))
+    with pytest.raises(ModelError, match="SDT tunes a state space model's A_log"):
+        train.run(parse_args(["--task", "sst2", "--model", "roberta-base", "--random-init", "--dry-run", "--method",
+                              "sdt"]))
 
 
 def test_bench_compares_none_lora_ssmlora_and_sdt_on_a_mamba_preset(tmp_path, capsys):

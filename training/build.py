@@ -11,7 +11,7 @@ from files.adapters import add_adapters_from_file
 from files.hub import config_from_hf, from_pretrained, read_config
 from interop.peft import add_peft_adapters, is_peft_folder
 from mamba import model as mamba, sdt
-from model import Model, check_inputs, preset
+from model import Model, ModelError, check_inputs, preset
 import baselines
 from reproduce import authors
 
@@ -23,6 +23,9 @@ def attach(model, adapters, selection=None):
     tensors an adapter file keeps) the main run's."""
     if adapters.method == "sdt":
         return sdt.add_warmup(model, adapters) if selection is None else sdt.add_sdt(model, adapters, selection)
+    if model.cfg.family == "mamba" and adapters.method in ("qlora", "mixlora"):
+        raise ModelError(f"{adapters.method} is one of the transformers' Table 1 baselines: on Mamba use lora, "
+                         "ssmlora or sdt")
     if adapters.method == "ssmlora" and adapters.state == "carry":
         return authors.add_adapters(model, adapters)
     return baselines.add_adapters(model, adapters)
