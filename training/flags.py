@@ -35,7 +35,7 @@ def parser():
     p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
                    help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/; sdt: Sparse "
                    "Dimension Tuning + LoRA, Mamba only (mamba/sdt.py, docs/mamba.md)")
-    a = p.add_argument_group("adapters (--method ssmlora, lora, qlora or mixlora only)")
+    a = p.add_argument_group("adapters (--method ssmlora, lora, qlora, mixlora or sdt only)")
     a.add_argument("--rank", type=int, help=f"r, the rank of W_a and W_b (default: {ADAPTER['rank']})")
     a.add_argument("--alpha", type=float, help=f"scaling s = alpha / rank (default: {ADAPTER['alpha']:g}; sdt: "
                    f"{SDT['alpha']:g}). The authors' code scales by alpha itself: pass their alpha times the rank to "
