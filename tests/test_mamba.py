@@ -171,7 +171,7 @@ def test_ssmlora_alternates_in_proj_and_out_proj_one_time_axis_each():
     assert (m0.in_proj.axis, m0.in_proj.position, m1.out_proj.axis, m1.out_proj.position) == \
         ("in_proj", 0, "out_proj", 0)
     assert not hasattr(m0.out_proj, "W_a") and not hasattr(m1.in_proj, "W_a")
-    # counts: in_proj (16 -> 64) at rank 4 with W_c, W_d; out_proj (32 -> 16); the head's 16 x 2
+    # in_proj (16 -> 64) at rank 4, plus W_c and W_d (2 x 4 x 4), in layer 0; out_proj (32 -> 16), plus its own, in 1
     assert param_report(model)["adapter"] == 4 * (16 + 64) + 32 + 4 * (32 + 16) + 32
 
 
@@ -185,7 +185,7 @@ def test_sdt_selection_keeps_the_known_top_channels_and_states():
     assert states.tolist() == [[1, 6], [5, 2]]
     channels, states = sdt.select(delta, rho=0.95)  # 8 - round(7.6) = 0 states: at least 1 is kept
     assert states.tolist() == [[1], [5]]
-    assert sdt.select(delta[:50], rho=0.75)[0].tolist() == [42]  # 50 - round(49.5) = 1 channel
+    assert sdt.select(delta[:50], rho=0.75)[0].tolist() == [42]  # 50 - round(49.5) = 0: at least one
     assert sdt.select(delta[:30], rho=0.75)[0].tolist() == [7]  # 1 % of 30 rounds to none: at least one
     assert sdt.kept(1536, 0.99) == 15 and sdt.kept(16, 0.75) == 4  # mamba-130m: 15 channels, 4 states
 
