@@ -132,7 +132,7 @@ class QLoRALinear(LoRALinear):
         self.train(lora.training)
 
     def forward(self, x):
-        return F.linear(x, self.nf4(x.dtype), self.bias) + self.update(x)  # eq. (1) on the dequantized W0
+        return self.update(x, F.linear(x, self.nf4(x.dtype), self.bias))  # eq. (1) on the dequantized W0
 
     def merge(self):
         raise ModelError("QLoRA cannot be merged: W0 is 4-bit; dequantize it first (a LoRA model of the same weights)")
