@@ -264,7 +264,8 @@ def variants(args, mode, B):
     return out
 
 
-def sweep(cfg, models, args):
+def sweep(cfg, models, args, on_row=lambda rows: None):
+    """The rows of every mode, shape and variant; on_row(rows) after each (run() writes the JSON so far)."""
     rows = []
     for mode in args.modes:
         for m in models.values():
@@ -289,6 +290,7 @@ def sweep(cfg, models, args):
                 rows[-1]["graphs_compiled"] = graphs_compiled() - before
                 print(f"  {mode:9} {variant:10} batch {B:3} length {T:4}: "
                       + "  ".join(f"{n} {v:.1f} ms" for n, v in rows[-1]["ms"].items()), file=sys.stderr, flush=True)
+                on_row(rows)
                 del fns
             del batch
             if args.device.type == "cuda":  # hand this shape's blocks back before the next one
@@ -392,8 +394,8 @@ def report(result, models, args):
 
 
 def run(args):
-    cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}),
-                 **({"n_layer": args.layers} if args.layers else {}))
+    cfg = preset(args.preset, head="cls", num_labels=2, **{**(QUICK if args.quick else {}),
+                                                          **({"n_layer": args.layers} if args.layers else {})})
     cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
     longest = max(args.lengths + args.train_lengths)
     if longest > cfg.max_tokens:
@@ -404,7 +406,9 @@ def run(args):
     print(f"building {model_name} on {args.device}...", file=sys.stderr)
     t0 = time.perf_counter()
     models = build(cfg, args)
-    rows = sweep(cfg, models, args)
+    partial = lambda rows: atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(  # noqa: E731
+        dict(settings=dict(preset=args.preset, device=str(args.device), complete=False), results=rows), indent=2)))
+    rows = sweep(cfg, models, args, partial)  # a run stopped half-way (a time limit) keeps the rows it measured
     memory_note = ("peak MB = the weights, buffers and optimizer state the model keeps, plus what one call adds at "
                    "its peak (CUDA allocator statistics); saved MB = what autograd keeps for the backward pass"
                    if args.device.type == "cuda" else "on a CPU no peak memory is measured; the training table's "
@@ -416,7 +420,7 @@ def run(args):
                     batch_sizes=args.batch_sizes, train_lengths=args.train_lengths,
                     train_batch_sizes=args.train_batch_sizes, modes=args.modes, compile=args.compile and args.backend,
                     cuda_graph=args.cuda_graph and args.device.type == "cuda", repeats=args.repeats,
-                    warmup=args.warmup, load_at_start=load, flags=flags(args.device),
+                    warmup=args.warmup, load_at_start=load, flags=flags(args.device), complete=True,
                     seconds=round(time.perf_counter() - t0, 1))
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
                   memory_note=memory_note, results=rows)

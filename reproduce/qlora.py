@@ -42,11 +42,11 @@ def measure(method, cfg, batch_size, length, device):
                 step_peak_above_resident_mb=None if peak is None else peak / 1e6)
 
 
-def run(preset_name="roberta-base", batch_size=8, length=128, device=None):
+def run(preset_name="roberta-base", batch_size=8, length=128, device=None, layers=None):
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    cfg = preset(preset_name, head="cls", num_labels=2)
+    cfg = preset(preset_name, head="cls", num_labels=2, **({"n_layer": layers} if layers else {}))
     rows = {method: measure(method, cfg, batch_size, length, device) for method in ("lora", "qlora")}
-    return dict(preset=preset_name, batch_size=batch_size, length=length, device=str(device), dtype="fp32",
+    return dict(preset=preset_name, layers=cfg.n_layer, batch_size=batch_size, length=length, device=str(device), dtype="fp32",
                 rank=8, targets="query,value", torch=torch.__version__, methods=rows)
 
 
@@ -56,8 +56,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--device", choices=("cpu", "cuda"))
+    p.add_argument("--layers", type=int, help="only this many of the preset's layers")
     a = p.parse_args(argv)
-    r = run(a.preset, a.batch_size, a.length, a.device)
+    r = run(a.preset, a.batch_size, a.length, a.device, a.layers)
     for method, row in r["methods"].items():
         peak = row["step_peak_above_resident_mb"]
         print(f"{method:6} saved for backward {row['saved_mb']:8.1f} MB   block linear weights "
