@@ -28,6 +28,7 @@ import random
 import runpy
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +43,11 @@ SIZES = {"gpu": dict(n_train=20_000, n_dev=2_000, d=256, layers=4, heads=4, batc
          "smoke": dict(n_train=200, n_dev=40, d=32, layers=2, heads=2, batch=16, max_len=32, steps=4)}
 TRAIN_RUNS = [(m, dtype, compiled) for m in ("ssmlora", "lora")
               for dtype, compiled in (("fp32", False), ("bf16", False), ("bf16", True))]
-CAPS = dict(table12=210, train=150, memory47=60, torchrun=60, small=90, qlora=30)  # seconds at most, per stage
+# the train stage's runs on a CPU (train.py, fp32, eager, the GPU sizes above, --threads 1 on a shared 2-core AMD EPYC,
+# torch 2.13.0): what the GPU runs' dev accuracy and training loss should repeat within noise
+CPU_REFERENCE = {"ssmlora": dict(dev_accuracy=1.0, train_loss=0.1718, epoch_seconds=120.2),
+                 "lora": dict(dev_accuracy=1.0, train_loss=0.1042, epoch_seconds=135.3)}
+CAPS = dict(table12=200, train=130, memory47=45, torchrun=40, small=50, qlora=20)  # seconds at most, per stage
 
 
 def bench_calls(stage, out, smoke):
@@ -209,7 +214,9 @@ def train_figures(folder, size):
         return {}
     r = json.loads(path.read_text())
     epoch = (r.get("epoch_seconds") or [None])[0]
+    last = r.get("final") or {}
     return dict(dev_accuracy=((r.get("best") or {}).get("dev") or {}).get("accuracy"), epoch_seconds=epoch,
+                train_loss=last.get("train_loss"),
                 examples_per_second=round(size["n_train"] / epoch, 1) if epoch else None, steps=r.get("steps"),
                 peak_memory_mb=round(r["peak_memory_bytes"] / 2**20, 1) if r.get("peak_memory_bytes") else None,
                 device=r.get("device"))
@@ -315,12 +322,16 @@ def markdown(report):
                                  f"{r['time_ratios']['ssmlora/lora']:.3f} | {cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
     train = (report["stages"].get("train", {}).get("result") or {}).get("runs") or []
     if train:
-        lines += ["", "## train.py", "", "| run | status | s/epoch | examples/s | peak MB | dev accuracy |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", "## train.py", "", "| run | status | s/epoch | examples/s | peak MB | dev accuracy | train loss |",
+                  "|---|---|---|---|---|---|---|"]
         for r in train:
-            cells = [r.get(k) for k in ("epoch_seconds", "examples_per_second", "peak_memory_mb", "dev_accuracy")]
+            cells = [r.get(k) for k in ("epoch_seconds", "examples_per_second", "peak_memory_mb", "dev_accuracy",
+                                        "train_loss")]
             cells = ["not measured" if v is None else f"{v:.4g}" for v in cells]
             lines.append(f"| {r['name']} | {r['status']} | " + " | ".join(cells) + " |")
+        lines += [f"| {m}, CPU reference | (fp32 eager, 1 thread) | {c['epoch_seconds']} | "
+                  f"{SIZES['gpu']['n_train'] / c['epoch_seconds']:.4g} | not measured | {c['dev_accuracy']} | "
+                  f"{c['train_loss']} |" for m, c in CPU_REFERENCE.items()]
     dist = report["stages"].get("torchrun", {}).get("result") or {}
     if dist:
         lines += ["", "## torchrun", ""] + [f"- {k}: {json.dumps(v)}" for k, v in dist.items()]
@@ -341,6 +352,8 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny sizes on a CPU: the same stages, in seconds")
     p.add_argument("--budget", type=float, default=420, help="seconds for all stages together (default 420)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
+    p.add_argument("--work", help="folder for the data, model config, runs and raw bench JSON (default: a new "
+                   "temporary folder; OUT holds only gpu.json, gpu.md and gpu.log, which embed what matters)")
     a = p.parse_args(argv)
     stages = [s for s in a.stages.split(",") if s]
     if set(stages) - set(STAGES):
@@ -349,7 +362,9 @@ def main(argv=None):
         p.error("no CUDA device: run with --smoke on a CPU")
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    report = dict(environment=environment(a.smoke), stages={})
+    work = Path(a.work or tempfile.mkdtemp(prefix="ssmlora-gpu-")).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    report = dict(environment=environment(a.smoke), work=str(work), stages={})
     end = time.monotonic() + a.budget
     with open(out / "gpu.log", "w") as log:
         for name in stages:
@@ -357,7 +372,7 @@ def main(argv=None):
             deadline = min(end, t0 + CAPS[name] * (100 if a.smoke else 1))
             print(f"[{time.strftime('%H:%M:%S')}] {name} (up to {deadline - t0:.0f} s)", flush=True)
             try:
-                result, status = STAGES[name](out, a.smoke, deadline, log), "done"
+                result, status = STAGES[name](work, a.smoke, deadline, log), "done"
             except Exception as e:  # noqa: BLE001 - one stage's failure must not lose the others
                 result, status = None, f"failed: {type(e).__name__}: {e}"
             report["stages"][name] = dict(status=status, seconds=round(time.monotonic() - t0, 1), result=result)
