@@ -276,22 +276,23 @@ def sweep(cfg, models, args, on_row=lambda rows: None):
         for B, T in shapes(args, mode):
             batch = make_batch(cfg, B, T, args.device)
             torch._dynamo.maybe_mark_dynamic(batch[0], 1)
-            for variant in variants(args, mode, B):
-                before = graphs_compiled()
-                if variant == "cuda graph":
-                    fns = {n: cuda_graph(m, batch, args) for n, m in models.items()}
-                else:
-                    fns = {n: step_fn(m, mode, batch, opts.get(n), args) for n, m in runners[variant].items()}
-                    if variant == "compiled":
-                        for f in fns.values():  # compile (or find the compiled graph) outside the timing
-                            f()
-                sec, spread = measure(fns, args.device, args.warmup + args.repeats, args.warmup)
-                rows.append(row(mode, variant, B, T, sec, spread, fns, models, opts, batch, args))
-                rows[-1]["graphs_compiled"] = graphs_compiled() - before
-                print(f"  {mode:9} {variant:10} batch {B:3} length {T:4}: "
-                      + "  ".join(f"{n} {v:.1f} ms" for n, v in rows[-1]["ms"].items()), file=sys.stderr, flush=True)
-                on_row(rows)
-                del fns
+            before, kinds = graphs_compiled(), variants(args, mode, B)
+            fns = {(v, n): cuda_graph(m, batch, args) if v == "cuda graph" else
+                   step_fn(runners[v][n], mode, batch, opts.get(n), args) for v in kinds for n, m in models.items()}
+            for (v, _), f in fns.items():
+                if v == "compiled":  # compile (or find the compiled graph) outside the timing
+                    f()
+            compiled = graphs_compiled() - before
+            sec, spread = measure(fns, args.device, args.warmup + args.repeats, args.warmup)  # all interleaved
+            for v in kinds:
+                part = lambda d: {n: d[v, n] for n in models}  # noqa: E731
+                rows.append(row(mode, v, B, T, part(sec), part(spread), part(fns), models, opts, batch, args))
+                rows[-1]["graphs_compiled"] = compiled if v == "compiled" else 0
+                rows[-1]["vs_eager"] = {n: sec[v, n] / sec["eager", n] for n in models}
+                print(f"  {mode:9} {v:10} batch {B:3} length {T:4}: "
+                      + "  ".join(f"{n} {t:.1f} ms" for n, t in rows[-1]["ms"].items()), file=sys.stderr, flush=True)
+            on_row(rows)
+            del fns
             del batch
             if args.device.type == "cuda":  # hand this shape's blocks back before the next one
                 gc.collect()
@@ -334,11 +335,13 @@ def flags(device):
 # report
 
 def table(rows, mode):
-    """Fixed-width text, one line per variant and shape: median ms per method, the time ratios, then LoRA's and
+    """Fixed-width text, one line per variant and shape: median ms per method, the time ratios (x/eager: against the
+    same method's eager time, measured in the same interleaved rounds), then LoRA's and
     SSMLoRA's peak MB (CUDA) or what a training step saves for the backward pass (any device), and their ratio."""
     rs = [r for r in rows if r["mode"] == mode]
     mem = "peak" if any(r["peak_mb"]["lora"] for r in rs) else "saved" if mode == "train" else None
-    heads = ["variant", "batch", "len", "none ms", "lora ms", "ssm ms", "ssm/lora", "lora/ssm", "lora/none"]
+    heads = ["variant", "batch", "len", "none ms", "lora ms", "ssm ms", "ssm/lora", "lora/ssm", "lora/none",
+             "lora/eager", "ssm/eager"]
     heads += [f"lora {mem} MB", f"ssm {mem} MB", "MB ratio"] if mem else []
     widths = [max(5, len(h)) for h in heads]
     widths[0] = 10
@@ -346,7 +349,8 @@ def table(rows, mode):
     for r in rs:
         t = r["time_ratios"]
         cells = [r["variant"], str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.1f}" for n in COMPARED],
-                 f"{t['ssmlora/lora']:.3f}", f"{t['lora/ssmlora']:.3f}", f"{t['lora/none']:.3f}"]
+                 f"{t['ssmlora/lora']:.3f}", f"{t['lora/ssmlora']:.3f}", f"{t['lora/none']:.3f}",
+                 f"{r['vs_eager']['lora']:.3f}", f"{r['vs_eager']['ssmlora']:.3f}"]
         if mem:
             mb = r["peak_mb"] if mem == "peak" else r.get("saved_mb")
             ok = mb and mb["lora"] is not None and mb["ssmlora"] is not None
