@@ -310,20 +310,22 @@ def markdown(report):
     for stage in ("table12", "memory47", "small"):
         for run in (report["stages"].get(stage, {}).get("result") or []):
             rows = ((run.get("result") or {}).get("results")) or []
+            name = Path(run["argv"][run["argv"].index("--json") + 1]).stem
+            lines += ["", f"## {name}: {run['status']}", "", f"`python bench.py {' '.join(run['argv'][:-2])}`"]
             if rows:
-                lines += ["", f"## {stage}: {' '.join(run['argv'][:12])} ...", "",
-                          "| mode | variant | batch | length | none ms | LoRA ms | SSMLoRA ms | SSMLoRA/LoRA | LoRA MB |"
-                          " SSMLoRA MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+                lines += ["", "| mode | variant | batch | length | none ms | LoRA ms | SSMLoRA ms | SSMLoRA/LoRA | "
+                          "SSMLoRA/its eager | LoRA MB | SSMLoRA MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
                 for r in rows:
-                    mb = r["peak_mb"]
-                    cell = lambda v: "not measured" if v is None else f"{v:.0f}"  # noqa: E731
-                    lines.append(f"| {r['mode']} | {r['variant']} | {r['batch']} | {r['length']} | {r['ms']['none']:.2f}"
-                                 f" | {r['ms']['lora']:.2f} | {r['ms']['ssmlora']:.2f} | "
-                                 f"{r['time_ratios']['ssmlora/lora']:.3f} | {cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
+                    mb = r["peak_mb"] if any(r["peak_mb"].values()) else r.get("saved_mb") or r["peak_mb"]
+                    cell = lambda v: "not measured" if v is None else f"{v:.4g}"  # noqa: E731
+                    lines.append(f"| {r['mode']} | {r['variant']} | {r['batch']} | {r['length']} | "
+                                 f"{r['ms']['none']:.2f} | {r['ms']['lora']:.2f} | {r['ms']['ssmlora']:.2f} | "
+                                 f"{r['time_ratios']['ssmlora/lora']:.3f} | {r['vs_eager']['ssmlora']:.3f} | "
+                                 f"{cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
     train = (report["stages"].get("train", {}).get("result") or {}).get("runs") or []
     if train:
-        lines += ["", "## train.py", "", "| run | status | s/epoch | examples/s | peak MB | dev accuracy | train loss |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", "## train.py", "", "| run | status | s/epoch | examples/s | peak MB | dev accuracy | train "
+                  "loss |", "|---|---|---|---|---|---|---|"]
         for r in train:
             cells = [r.get(k) for k in ("epoch_seconds", "examples_per_second", "peak_memory_mb", "dev_accuracy",
                                         "train_loss")]

@@ -46,8 +46,8 @@ def run(preset_name="roberta-base", batch_size=8, length=128, device=None, layer
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = preset(preset_name, head="cls", num_labels=2, **({"n_layer": layers} if layers else {}))
     rows = {method: measure(method, cfg, batch_size, length, device) for method in ("lora", "qlora")}
-    return dict(preset=preset_name, layers=cfg.n_layer, batch_size=batch_size, length=length, device=str(device), dtype="fp32",
-                rank=8, targets="query,value", torch=torch.__version__, methods=rows)
+    return dict(preset=preset_name, layers=cfg.n_layer, batch_size=batch_size, length=length, device=str(device),
+                dtype="fp32", rank=8, targets="query,value", torch=torch.__version__, methods=rows)
 
 
 def main(argv=None):
