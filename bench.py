@@ -243,6 +243,9 @@ def compiled_models(models, backend):
     past it a compile falls back to eager without a word. The length is marked dynamic, so a sweep over lengths
     compiles once per model and mode, not once per length."""
     torch._dynamo.reset()
+    config = torch._dynamo.config
+    if hasattr(config, "fail_on_recompile_limit_hit"):  # never fall back to eager without a word
+        config.fail_on_recompile_limit_hit = True
     return {n: torch.compile(m, fullgraph=True, backend=backend) for n, m in models.items()}
 
 
@@ -440,14 +443,16 @@ def run(args):
 
 def main(argv=None):
     args = get_args(argv)
-    threads = torch.get_num_threads()
+    threads, strict = torch.get_num_threads(), getattr(torch._dynamo.config, "fail_on_recompile_limit_hit", None)
     torch.set_num_threads(args.threads)
     try:
         return run(args)
     except (ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
         sys.exit(f"error: {e}")
-    finally:  # main may be called in-process (the tests): give the caller its setting back
+    finally:  # main may be called in-process (the tests): give the caller its settings back
         torch.set_num_threads(threads)
+        if strict is not None:
+            torch._dynamo.config.fail_on_recompile_limit_hit = strict
 
 
 if __name__ == "__main__":
