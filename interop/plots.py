@@ -56,6 +56,9 @@ def plot_bench(result, path=None):
                 mb = [(t, v) for t, v in mb if v is not None]
                 if mb:
                     ax[1, j].plot(*zip(*mb), ls, color=color, marker=marker, label=label)
+        if not ax[1, j].lines:  # a CPU keeps no peak statistics, and inference saves nothing for a backward pass
+            ax[1, j].text(0.5, 0.5, "memory not measured here", ha="center", va="center", transform=ax[1, j].transAxes)
+            ax[1, j].set_xlim(min(lengths) / 1.2, max(lengths) * 1.2)
         ax[0, j].set_title("inference (forward, no grad)" if mode == "inference" else "training step")
         ax[0, j].set_ylabel("median latency (ms)")
         ax[1, j].set_ylabel("peak memory (MB)" if memory == "peak_mb" else "saved for backward (MB)")
