@@ -26,6 +26,7 @@ import json
 import os
 import random
 import runpy
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,8 +42,8 @@ LENGTHS = "16,32,64,128,256,512,1024"
 # sizes: the GPU run, and the smoke run on a CPU that takes the same code paths in seconds
 SIZES = {"gpu": dict(n_train=20_000, n_dev=2_000, d=256, layers=4, heads=4, batch=32, max_len=64, steps=20),
          "smoke": dict(n_train=200, n_dev=40, d=32, layers=2, heads=2, batch=16, max_len=32, steps=4)}
-TRAIN_RUNS = [(m, dtype, compiled) for m in ("ssmlora", "lora")
-              for dtype, compiled in (("fp32", False), ("bf16", False), ("bf16", True))]
+TRAIN_RUNS = [(m, dtype, compiled) for dtype, compiled in (("fp32", False), ("bf16", False), ("bf16", True))
+              for m in ("ssmlora", "lora")]  # both methods of a setting before the next: time may run out
 # the train stage's runs on a CPU (train.py, fp32, eager, the GPU sizes above, --threads 1 on a shared 2-core AMD EPYC,
 # torch 2.13.0): what the GPU runs' dev accuracy and training loss should repeat within noise
 CPU_REFERENCE = {"ssmlora": dict(dev_accuracy=1.0, train_loss=0.1718, epoch_seconds=120.2),
@@ -64,10 +65,10 @@ def bench_calls(stage, out, smoke):
         return [[*tiny, "--preset", "llama2-7b", "--dtype", "bf16", "--weights", "bf16", "--modes", "train",
                  "--train-batch-sizes", "4,8", "--train-lengths", "16" if smoke else "1024",
                  *([] if smoke else ["--repeats", "5", "--warmup", "1"]), "--json", f"{out}/memory47.json"]]
+    # small; the smoke run has taken bench's --compile path in table12 already
     return [[*tiny, "--preset", name, "--dtype", "bf16", "--batch-sizes", "1" if smoke else "1,16", "--lengths",
              "8" if smoke else "16,128,512", *([] if smoke else ["--repeats", "10", "--compile"]), "--modes",
-             "inference", "--json", f"{out}/small-{name}.json"] for name in ("roberta-base", "gpt2")]  # smoke: table12
-    # has taken the --compile path already
+             "inference", "--json", f"{out}/small-{name}.json"] for name in ("roberta-base", "gpt2")]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -116,12 +117,14 @@ def execute(argv, timeout, smoke, log, env=None):
     if smoke and argv[0] in ("bench.py", "train.py", "-m") and argv[1] != "torch.distributed.run":
         code, text = in_process(argv, env)
     else:
+        p = subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env={**os.environ, **(env or {})}, start_new_session=True)
         try:
-            p = subprocess.run([sys.executable, *argv], cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                               env={**os.environ, **(env or {})})
-            code, text = p.returncode, p.stdout + p.stderr
-        except subprocess.TimeoutExpired as e:
-            code, text = "timeout", f"stopped after {timeout:.0f} s\n{(e.stdout or b'')[-2000:]!r}"
+            text = p.communicate(timeout=max(timeout, 1))[0]
+            code = p.returncode
+        except subprocess.TimeoutExpired:  # its whole process group: torchrun's workers hold the GPU too
+            os.killpg(p.pid, signal.SIGKILL)
+            code, text = "timeout", p.communicate()[0] + f"\nstopped after {timeout:.0f} s"
     log.write(f"$ python {' '.join(argv)}\n{text}\n")
     return code, round(time.perf_counter() - t0, 1), text[-1500:]
 
