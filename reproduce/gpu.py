@@ -217,10 +217,11 @@ def train_figures(folder, size):
         return {}
     r = json.loads(path.read_text())
     epoch = (r.get("epoch_seconds") or [None])[0]
+    seen = min(size["n_train"], (r.get("steps") or 0) * (r.get("examples_per_step") or 0))  # a cut epoch: its part
     last = r.get("final") or {}
     return dict(dev_accuracy=((r.get("best") or {}).get("dev") or {}).get("accuracy"), epoch_seconds=epoch,
                 train_loss=last.get("train_loss"),
-                examples_per_second=round(size["n_train"] / epoch, 1) if epoch else None, steps=r.get("steps"),
+                examples_per_second=round(seen / epoch, 1) if epoch and seen else None, steps=r.get("steps"),
                 peak_memory_mb=round(r["peak_memory_bytes"] / 2**20, 1) if r.get("peak_memory_bytes") else None,
                 device=r.get("device"))
 
