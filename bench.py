@@ -339,8 +339,8 @@ def flags(device):
 
 def table(rows, mode):
     """Fixed-width text, one line per variant and shape: median ms per method, the time ratios (x/eager: against the
-    same method's eager time, measured in the same interleaved rounds), then LoRA's and
-    SSMLoRA's peak MB (CUDA) or what a training step saves for the backward pass (any device), and their ratio."""
+    same method's eager time, measured in the same interleaved rounds), then LoRA's and SSMLoRA's peak MB (CUDA) or
+    what a training step saves for the backward pass (any device), and their ratio."""
     rs = [r for r in rows if r["mode"] == mode]
     mem = "peak" if any(r["peak_mb"]["lora"] for r in rs) else "saved" if mode == "train" else None
     heads = ["variant", "batch", "len", "none ms", "lora ms", "ssm ms", "ssm/lora", "lora/ssm", "lora/none",
