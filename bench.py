@@ -1,52 +1,46 @@
 """
 What does SSMLoRA cost compared with LoRA? Median latency and peak memory of the frozen base model ("none"), LoRA
-and SSMLoRA side by side, over batch sizes and sequence lengths, in inference and in a full training step.
+and SSMLoRA side by side, over batch sizes and sequence lengths, in inference and in a full training step; eager,
+compiled (--compile) and, on CUDA, replayed as a CUDA graph (--cuda-graph, inference at batch 1).
 
     python bench.py                  # roberta-base with random weights (they do not change speed)
+    python bench.py --compile        # torch.compile'd models too, timed beside the eager ones
     python bench.py --dense          # SSMLoRA dense too: the same modules as LoRA
-    python bench.py --device cuda --dtype fp32 --lengths 16,128,512 --batch-sizes 1,16
     python bench.py --quick          # a tiny model in seconds (what the tests run)
     python bench.py --plot docs/bench.png   # latency and peak memory against length, per method (matplotlib)
-    python bench.py --preset llama2-7b --layers 2 --no-reference    # LLaMA-2-7B's shapes, 2 of its 32 layers
-    python bench.py --preset mamba-130m   # a state space model: none, LoRA, SSMLoRA and SDT (docs/mamba.md)
-
-With `transformers` installed, a reference row times its implementation of the same checkpoint (inference only).
+    python bench.py --preset mamba-130m      # a state space model: none, LoRA, SSMLoRA and SDT (docs/mamba.md)
+    python bench.py --preset llama2-7b --device cuda --weights bf16 --compile --cuda-graph --batch-sizes 1 \\
+        --train-lengths 1024 --train-batch-sizes 4,8       # the paper's Table 12 and its section 4.7
 """
 import argparse
-import ctypes
 import gc
-import importlib.util
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from baselines.qlora import weight_memory
+from baselines.qlora import saved_bytes
 from files import atomic_write
-from files.hub import config_to_hf, from_pretrained
-from reproduce.plots import plot_bench
 from mamba import model as mamba, sdt
 from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser, free_cores
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
-MAMBA = dict(targets="in_proj,out_proj", sdt_rho=0.75)  # Mamba: what LoRA and SSMLoRA adapt; SDT (on out_proj) too
-REF = "transformers"
 ADAPTED = "query,value"  # the projections both methods adapt, unless --targets says otherwise
-# per device: a GPU gets a sweep like the paper's Table 12; two CPU cores get a few short shapes, to stay in a minute
-SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512], [1, 16], 5, 2), "cpu": ([16, 64, 128], [1], 5, 1),
+MAMBA = dict(targets="in_proj,out_proj", sdt_rho=0.75)  # Mamba: what LoRA and SSMLoRA adapt; SDT (on out_proj) too
+# per device: a GPU gets the paper's Table 12 sweep (16 to 1024 tokens); two CPU cores a few short shapes
+SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512, 1024], [1, 16], 20, 3), "cpu": ([16, 64, 128], [1], 5, 1),
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
 QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
 MAMBA_QUICK = dict(n_layer=4, d_model=32, vocab_size=128)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NOISY = 0.25  # a spread of the timed rounds above this, relative to the median, makes a row's ratios suspect
-TOLERANCE = 1e-4  # largest difference of fp32 logits, ours vs transformers, on the same weights
 
 
 def int_list(text):
@@ -62,16 +56,27 @@ def int_list(text):
 def get_args(argv=None):
     p = OneLineParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="roberta-base", choices=[*PRESETS, *mamba.PRESETS], metavar="NAME",
-                   help=f"default roberta-base; one of {', '.join([*PRESETS, *mamba.PRESETS])}")
+                   help=f"default roberta-base; one of {', '.join(PRESETS)}")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
-    p.add_argument("--dtype", choices=("bf16", "fp32"), help="bf16 autocast or fp32 (default: bf16 on CUDA, else fp32)")
-    p.add_argument("--lengths", type=int_list, help="sequence lengths, e.g. 16,64,128 (default: per device)")
-    p.add_argument("--batch-sizes", type=int_list, help="e.g. 1,16 (default: per device)")
-    p.add_argument("--repeats", type=int, help="timed rounds, the median is reported (default 5, --quick 2)")
-    p.add_argument("--warmup", type=int, help="untimed rounds first (default: CPU 1, CUDA 2, --quick 1)")
+    p.add_argument("--dtype", choices=DTYPES, help="autocast to bf16 or fp16, or fp32 (default: bf16 on CUDA, else "
+                   "fp32); eqs. (3)-(8) run in float32 whatever it is")
+    p.add_argument("--weights", choices=("fp32", "bf16"), default="fp32", help="how the frozen weights are stored "
+                   "(default fp32; bf16 halves them and spares autocast re-casting each one on every forward; the "
+                   "trained adapters and head stay fp32)")
+    p.add_argument("--lengths", type=int_list, help="inference sequence lengths, e.g. 16,64,128 (default: per device)")
+    p.add_argument("--batch-sizes", type=int_list, help="inference batch sizes, e.g. 1,16 (default: per device)")
+    p.add_argument("--train-lengths", type=int_list, help="training-step lengths (default: --lengths)")
+    p.add_argument("--train-batch-sizes", type=int_list, help="training-step batch sizes (default: --batch-sizes)")
+    p.add_argument("--modes", default="inference,train", help="inference, train or both (default both)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True) of each")
+    p.add_argument("--backend", default="inductor", help="torch.compile's backend (default inductor; the tests use "
+                   "eager, which traces the same graph without compiling it)")
+    p.add_argument("--cuda-graph", action="store_true", help="also time batch-1 inference replayed as one CUDA graph "
+                   "(CUDA only: skipped with a note on a CPU)")
+    p.add_argument("--repeats", type=int, help="timed rounds, the median is reported (default: CUDA 20, CPU 5)")
+    p.add_argument("--warmup", type=int, help="untimed rounds first (default: CUDA 3, CPU 1)")
     p.add_argument("--threads", type=int, help="CPU threads (default: the cores other work leaves free, from the "
-                   "load average; --quick: 1, as a tiny model gains "
-                   "nothing from more and one thread cannot stall waiting for a core that another process holds)")
+                   "load average; --quick: 1)")
     p.add_argument("--layers", type=int, help="build only this many of the preset's layers (e.g. llama2-7b on a CPU)")
     p.add_argument("--targets", help=f"what both methods adapt (default {ADAPTED}, Mamba {MAMBA['targets']}; see "
                    "train.py)")
@@ -79,8 +84,6 @@ def get_args(argv=None):
     p.add_argument("--alpha", type=float, default=16.0, help="default 16 (scaling s = alpha / rank)")
     p.add_argument("--dense", action="store_true", help="SSMLoRA dense too (query and value in every layer, as LoRA); "
                    "default: each method's own, as the paper compares them: LoRA dense, SSMLoRA sparse")
-    p.add_argument("--reference", action=argparse.BooleanOptionalAction, help="time transformers' model of the same "
-                   "weights (inference); default: on when transformers is importable")
     p.add_argument("--quick", action="store_true", help="tiny model and shapes, few repeats: a smoke test")
     p.add_argument("--json", default="out/bench.json", help="where the results are written (default out/bench.json)")
     p.add_argument("--plot", metavar="FILE", help="also draw latency and peak memory against length per method into "
@@ -90,26 +93,31 @@ def get_args(argv=None):
         p.error("--device cuda was asked for but torch sees no CUDA device (a CPU build of torch?)")
     a.device = torch.device("cuda" if a.device != "cpu" and torch.cuda.is_available() else "cpu")
     a.dtype = a.dtype or ("bf16" if a.device.type == "cuda" else "fp32")
+    if a.weights == "bf16" and a.dtype == "fp32":
+        p.error("--weights bf16 needs --dtype bf16 or fp16: fp32 products cannot take bf16 weights")
+    a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    if not a.modes or set(a.modes) - {"inference", "train"}:
+        p.error(f"--modes: expected inference, train or both, got {','.join(a.modes)!r}")
     lengths, batch_sizes, repeats, warmup = SWEEP["quick" if a.quick else a.device.type]
     a.lengths, a.batch_sizes = a.lengths or lengths, a.batch_sizes or batch_sizes
+    a.train_lengths, a.train_batch_sizes = a.train_lengths or a.lengths, a.train_batch_sizes or a.batch_sizes
     a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
     a.threads = a.threads or (1 if a.quick else free_cores())
     a.targets = a.targets or (MAMBA["targets"] if a.preset in mamba.PRESETS else ADAPTED)
     if min(a.repeats, a.rank, a.threads, a.layers or 1) < 1 or a.warmup < 0 or a.alpha <= 0:
         p.error("--repeats, --rank, --threads and --layers must be at least 1, --warmup at least 0, --alpha above 0")
-    has_hf = importlib.util.find_spec("transformers") is not None
-    if a.reference and not has_hf:
-        p.error("--reference needs the transformers package (pip install transformers)")
-    if a.reference and a.preset in mamba.PRESETS:
-        p.error("--reference: transformers has no Mamba classifier to time (tests/test_mamba.py checks parity)")
-    a.reference = has_hf and a.preset not in mamba.PRESETS if a.reference is None else a.reference
-    if a.plot and importlib.util.find_spec("matplotlib") is None:  # before the sweep, not after it
+    if a.plot and not _has("matplotlib"):  # before the sweep, not after it
         p.error("--plot needs the matplotlib package (pip install matplotlib)")
     return a
 
 
+def _has(package):
+    import importlib.util
+    return importlib.util.find_spec(package) is not None
+
+
 # ----------------------------------------------------------------------------------------------------------
-# models: one set of frozen weights shared by the three methods, and transformers' model of the same weights
+# models: one set of frozen weights shared by the three methods, built where they run
 
 def twin(base):
     """A Model holding the base's own weight tensors (no copy) and its own copy of the head: the three methods
@@ -120,51 +128,33 @@ def twin(base):
     return m
 
 
-def reference_pair(cfg):
-    """transformers' classifier for cfg with random weights, and ours loaded from the checkpoint it saves."""
-    import transformers as hf  # test-only dependency: imported only when asked for
-    hf.utils.logging.disable_progress_bar()
-    cls = {"gpt2": hf.GPT2ForSequenceClassification, "roberta": hf.RobertaForSequenceClassification,
-           "bert": hf.BertForSequenceClassification, "llama": hf.LlamaForSequenceClassification,
-           "deberta-v2": hf.DebertaV2ForSequenceClassification}[cfg.family]
-    torch.manual_seed(0)
-    ref = cls(config_to_hf(cfg)).eval()
-    with tempfile.TemporaryDirectory() as tmp:  # through a real checkpoint folder: the path users take
-        ref.save_pretrained(tmp)
-        return ref, from_pretrained(tmp, num_labels=cfg.num_labels)
-
-
-def make_batch(cfg, B, T, device):
-    g = torch.Generator().manual_seed(B * 100_003 + T)
-    ids = torch.randint(3, cfg.vocab_size - 1, (B, T), generator=g)  # no special ids, no padding (GPT-2's is the last)
-    labels = torch.randint(0, cfg.num_labels, (B,), generator=g)
-    return ids.to(device), None, labels.to(device)  # no padding: no mask, as data.batches passes it
-
-
 def build(cfg, args):
-    """{method: model}, transformers' model or None, and the largest logit difference between them."""
-    ref, check = None, None
-    if args.reference:
-        ref, base = (m.to(args.device) for m in reference_pair(cfg))
-        ids, mask, _ = make_batch(cfg, 2, min(args.lengths), args.device)
-        with torch.no_grad():  # fp32, eval: the same weights must give the same logits, or the row means nothing
-            check = (base(ids, mask)[0] - ref(input_ids=ids, attention_mask=mask).logits).abs().max().item()
-        if not check <= TOLERANCE:
-            print(f"warning: our logits differ from transformers' by {check:.2e} (> {TOLERANCE}) on the same "
-                  f"weights; the reference row is left out", file=sys.stderr)
-            ref = None
-    else:
-        torch.manual_seed(0)
-        base = (mamba.Mamba if cfg.family == "mamba" else Model)(cfg).to(args.device)
-    models = {}
-    for method in COMPARED:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
-        sparse = False if method == "ssmlora" and args.dense else None
-        adapters = Adapters(method, args.rank, args.alpha, targets=args.targets, sparse=sparse)
-        models[method] = add_adapters(twin(base), adapters)
-    if cfg.family == "mamba":  # SDT's main run, on a selection of its sizes (the warm-up does not change speed)
-        adapters = Adapters("sdt", args.rank, args.rank, targets="out_proj")  # alpha = rank, as the authors
-        models["sdt"] = sdt.add_sdt(twin(base), adapters, sdt.placeholder(cfg, MAMBA["sdt_rho"]))
-    return models, ref, check
+    """{method: model} on args.device: the base is built there (no host copy: 27 GB for LLaMA-2-7B in fp32), its
+    frozen weights stored as --weights says, what each method trains in float32."""
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        base = (mamba.Mamba if cfg.family == "mamba" else Model)(cfg)
+        if args.weights == "bf16":
+            for name, p in base.named_parameters():
+                if not name.startswith("head."):
+                    p.data = p.data.to(torch.bfloat16)
+        models = {}
+        for method in COMPARED:  # sparse=None: the method's own default (SSMLoRA sparse, LoRA dense)
+            sparse = False if method == "ssmlora" and args.dense else None
+            adapters = Adapters(method, args.rank, args.alpha, targets=args.targets, sparse=sparse)
+            m = add_adapters(twin(base), adapters)
+            for p in m.parameters():  # adapters follow the base's dtype: the trained ones go back to float32
+                if p.requires_grad:
+                    p.data = p.data.float()
+            models[method] = m
+        if cfg.family == "mamba":  # SDT's main run, on a selection of its sizes (the warm-up does not change speed)
+            adapters = Adapters("sdt", args.rank, args.rank, targets="out_proj")  # alpha = rank, as the authors
+            m = sdt.add_sdt(twin(base), adapters, sdt.placeholder(cfg, MAMBA["sdt_rho"]))
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+            models["sdt"] = m
+    return models
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -183,32 +173,17 @@ def timed(f, device):
     return time.perf_counter() - t0
 
 
-def proc_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def added_peak(f, device):
-    """Bytes that one call of f adds, at its peak, to what was in use just before it. CUDA: the allocator's own
-    statistics. CPU: the rise of the process's resident set. ru_maxrss is a lifetime high-water mark and cannot be
-    reset, so we use Linux's VmHWM, which writing 5 to /proc/self/clear_refs resets; malloc_trim first hands freed
-    heap pages back to the kernel, so that a call re-using them cannot hide its rise. None elsewhere."""
-    if device.type == "cuda":
-        sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        f()
-        sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        before = proc_kib("VmRSS")
-    except (OSError, AttributeError, StopIteration):  # not Linux with glibc
+    """Bytes one call of f adds, at its peak, to what was allocated before it (the CUDA allocator's statistics);
+    None on a CPU, which keeps no such statistics."""
+    if device.type != "cuda":
         return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
     f()
-    return (proc_kib("VmHWM") - before) * 1024
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def resident(model, opt=None):
@@ -218,21 +193,41 @@ def resident(model, opt=None):
     return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
 
 
-def step_fn(model, mode, batch, opt, amp):
-    ids, mask, labels = batch
+def autocast(args, cache=True):
+    return torch.autocast(args.device.type, DTYPES[args.dtype], enabled=args.dtype != "fp32", cache_enabled=cache)
+
+
+def step_fn(model, mode, batch, opt, args):
+    ids, labels = batch
     if mode == "inference":
         def f():
-            with torch.no_grad(), amp():
-                model(input_ids=ids, attention_mask=mask)
+            with torch.no_grad(), autocast(args):
+                model(ids)
         return f
 
     def f():  # a full training step as train.py takes it, less clipping and the scheduler
-        with amp():
-            _, loss = model(ids, mask, labels=labels)
+        with autocast(args):
+            _, loss = model(ids, labels=labels)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     return f
+
+
+def cuda_graph(model, batch, args):
+    """Batch-1 inference captured once as a CUDA graph; the returned function replays it: every kernel of the
+    forward pass launched by one call, with no Python or launch overhead in between."""
+    ids, _ = batch
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad(), autocast(args, cache=False):
+        for _ in range(3):  # warm up on a side stream, as capture requires
+            model(ids)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad(), autocast(args, cache=False):  # no autocast cache in a capture
+        model(ids)
+    return graph.replay
 
 
 def measure(fns, device, rounds, warmup):
@@ -249,62 +244,137 @@ def measure(fns, device, rounds, warmup):
     return med, {n: (max(v) - min(v)) / med[n] for n, v in times.items()}
 
 
-def sweep(cfg, models, ref, args):
-    opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for n, m in models.items()}
-    amp = lambda: torch.autocast(args.device.type, torch.bfloat16, enabled=args.dtype == "bf16")  # noqa: E731
+def make_batch(cfg, B, T, device):
+    g = torch.Generator().manual_seed(B * 100_003 + T)
+    ids = torch.randint(3, cfg.vocab_size - 1, (B, T), generator=g)  # no special ids, no padding (GPT-2's is the last)
+    return ids.to(device), torch.randint(0, cfg.num_labels, (B,), generator=g).to(device)
+
+
+def compiled_models(models, backend):
+    """torch.compile(fullgraph=True) of each model, dynamo's caches emptied first: the three models share one
+    Model.forward code object and so one recompile limit, which three methods x two modes x shapes would reach, and
+    past it a compile falls back to eager without a word. The length is marked dynamic, so a sweep over lengths
+    compiles once per model and mode, not once per length."""
+    torch._dynamo.reset()
+    config = torch._dynamo.config
+    if hasattr(config, "fail_on_recompile_limit_hit"):  # never fall back to eager without a word
+        config.fail_on_recompile_limit_hit = True
+    return {n: torch.compile(m, fullgraph=True, backend=backend) for n, m in models.items()}
+
+
+def graphs_compiled():
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+def shapes(args, mode):
+    if mode == "inference":
+        return [(B, T) for B in args.batch_sizes for T in args.lengths]
+    return [(B, T) for B in args.train_batch_sizes for T in args.train_lengths]
+
+
+def variants(args, mode, B):
+    out = ["eager"] + ["compiled"] * args.compile
+    if args.cuda_graph and mode == "inference" and B == 1 and args.device.type == "cuda":
+        out.append("cuda graph")
+    return out
+
+
+def sweep(cfg, models, args, on_row=lambda rows: None):
+    """The rows of every mode, shape and variant; on_row(rows) after each (run() writes the JSON so far)."""
     rows = []
-    for mode in ("inference", "train"):
+    for mode in args.modes:
         for m in models.values():
             m.train(mode == "train")  # dropout on in the training step, as in training
-        for B in args.batch_sizes:
-            for T in args.lengths:
-                batch = make_batch(cfg, B, T, args.device)
-                fns = {n: step_fn(m, mode, batch, opts[n], amp) for n, m in models.items()}
-                if ref is not None and mode == "inference":
-                    fns[REF] = step_fn(ref, mode, batch, None, amp)
-                sec, spread = measure(fns, args.device, args.warmup + args.repeats, args.warmup)
-                ms = {n: 1e3 * s for n, s in sec.items()}
-                print(f"  {mode:9} batch {B:3} length {T:4}: " + "  ".join(f"{n} {v:.1f} ms" for n, v in ms.items()),
-                      file=sys.stderr, flush=True)
-                mb = {}
-                for n, f in fns.items():  # the model's own state, plus what one call adds on top of it
-                    added = added_peak(f, args.device)
-                    state = resident({**models, REF: ref}[n], opts.get(n) if mode == "train" else None)
-                    mb[n] = None if added is None else (state + added) / 2**20
-                ratios = {"ssmlora/lora": ms["ssmlora"] / ms["lora"], "lora/none": ms["lora"] / ms["none"]}
-                if "sdt" in ms:
-                    ratios["sdt/lora"] = ms["sdt"] / ms["lora"]
-                if REF in ms:
-                    ratios["none/transformers"] = ms["none"] / ms[REF]
-                rows.append(dict(mode=mode, batch=B, length=T, ms=ms, spread=max(spread.values()), peak_mb=mb,
-                                 time_ratios=ratios,
-                                 memory_ratios={"ssmlora/lora": mb["ssmlora"] / mb["lora"]} if mb["lora"] else {}))
-                del batch, fns
-                if args.device.type == "cuda":  # hand this shape's blocks back before the next one
-                    gc.collect()
-                    torch.cuda.empty_cache()
+        opts = {n: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+                for n, m in models.items()} if mode == "train" else {}
+        runners = {"eager": models, "compiled": compiled_models(models, args.backend) if args.compile else None}
+        for B, T in shapes(args, mode):
+            batch = make_batch(cfg, B, T, args.device)
+            torch._dynamo.maybe_mark_dynamic(batch[0], 1)
+            before, kinds = graphs_compiled(), variants(args, mode, B)
+            fns = {(v, n): cuda_graph(m, batch, args) if v == "cuda graph" else
+                   step_fn(runners[v][n], mode, batch, opts.get(n), args) for v in kinds for n, m in models.items()}
+            for (v, _), f in fns.items():
+                if v == "compiled":  # compile (or find the compiled graph) outside the timing
+                    f()
+            compiled = graphs_compiled() - before
+            sec, spread = measure(fns, args.device, args.warmup + args.repeats, args.warmup)  # all interleaved
+            for v in kinds:
+                part = lambda d: {n: d[v, n] for n in models}  # noqa: E731
+                rows.append(row(mode, v, B, T, part(sec), part(spread), part(fns), models, opts, batch, args))
+                rows[-1]["graphs_compiled"] = compiled if v == "compiled" else 0
+                rows[-1]["vs_eager"] = {n: sec[v, n] / sec["eager", n] for n in models}
+                print(f"  {mode:9} {v:10} batch {B:3} length {T:4}: "
+                      + "  ".join(f"{n} {t:.1f} ms" for n, t in rows[-1]["ms"].items()), file=sys.stderr, flush=True)
+            on_row(rows)
+            del fns
+            del batch
+            if args.device.type == "cuda":  # hand this shape's blocks back before the next one
+                gc.collect()
+                torch.cuda.empty_cache()
     return rows
+
+
+def row(mode, variant, B, T, sec, spread, fns, models, opts, batch, args):
+    ms = {n: 1e3 * s for n, s in sec.items()}
+    mb = {}
+    for n, f in fns.items():  # the model's own state, plus what one call adds on top of it
+        added = None if variant == "cuda graph" else added_peak(f, args.device)  # a graph's pool is set aside
+        mb[n] = None if added is None else (resident(models[n], opts.get(n)) + added) / 2**20
+    r = dict(mode=mode, variant=variant, batch=B, length=T, ms=ms, spread=max(spread.values()), peak_mb=mb,
+             time_ratios={"ssmlora/lora": ms["ssmlora"] / ms["lora"], "lora/ssmlora": ms["lora"] / ms["ssmlora"],
+                          "lora/none": ms["lora"] / ms["none"],
+                          **({"sdt/lora": ms["sdt"] / ms["lora"]} if "sdt" in ms else {})},
+             memory_ratios={"ssmlora/lora": mb["ssmlora"] / mb["lora"]} if mb["lora"] else {})
+    if mode == "train" and variant == "eager":  # device-independent: what autograd keeps for the backward pass
+        ids, labels = batch
+        with autocast(args):
+            r["saved_mb"] = {n: saved_bytes(m, lambda m=m: m(ids, labels=labels)[1])[1] / 2**20
+                             for n, m in models.items()}
+    return r
+
+
+def flags(device):
+    """The switches that change what a figure means: TF32 matmuls, and which fused attention kernels SDPA may use."""
+    cuda = torch.backends.cuda
+    out = dict(float32_matmul_precision=torch.get_float32_matmul_precision(),
+               cuda_matmul_allow_tf32=cuda.matmul.allow_tf32, cudnn_allow_tf32=torch.backends.cudnn.allow_tf32)
+    if device.type == "cuda":
+        for name in ("flash", "mem_efficient", "math", "cudnn"):
+            enabled = getattr(cuda, f"{name}_sdp_enabled", None)
+            out[f"sdpa_{name}"] = enabled() if enabled else None
+        out["device_name"] = torch.cuda.get_device_name(device)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
 # report
 
-def table(rows, mode, names):
-    """Fixed-width text, one line per shape: median ms per method ("hf": transformers), the time ratios, then
-    LoRA's and SSMLoRA's peak MB and their ratio."""
-    short = {"ssmlora": "ssm", REF: "hf"}
+def table(rows, mode):
+    """Fixed-width text, one line per variant and shape: median ms per method, the time ratios (x/eager: against the
+    same method's eager time, measured in the same interleaved rounds), then LoRA's and SSMLoRA's peak MB (CUDA) or
+    what a training step saves for the backward pass (any device), and their ratio."""
     rs = [r for r in rows if r["mode"] == mode]
-    ratios = list(rs[0]["time_ratios"])
-    heads = ["batch", "len", *[f"{short.get(n, n)} ms" for n in names],
-             *["/".join(short.get(n, n) for n in k.split("/")) for k in ratios], "lora MB", "ssm MB", "MB ratio"]
+    mem = "peak" if any(r["peak_mb"]["lora"] for r in rs) else "saved" if mode == "train" else None
+    sdt_ms = ["sdt ms", "sdt/lora"] if rs and "sdt" in rs[0]["ms"] else []  # Mamba presets
+    heads = ["variant", "batch", "len", "none ms", "lora ms", "ssm ms", "ssm/lora", "lora/ssm", "lora/none",
+             "lora/eager", "ssm/eager", *sdt_ms]
+    heads += [f"lora {mem} MB", f"ssm {mem} MB", "MB ratio"] if mem else []
     widths = [max(5, len(h)) for h in heads]
+    widths[0] = 10
     lines = ["  ".join(h.rjust(w) for h, w in zip(heads, widths))]
     for r in rs:
-        mb = r["peak_mb"]
-        cells = [str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.1f}" for n in names],
-                 *[f"{r['time_ratios'][k]:.3f}" for k in ratios],
-                 *["n/a" if mb[n] is None else f"{mb[n]:.1f}" for n in ("lora", "ssmlora")],
-                 f"{r['memory_ratios']['ssmlora/lora']:.3f}" if r["memory_ratios"] else "n/a"]
+        t = r["time_ratios"]
+        cells = [r["variant"], str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.1f}" for n in COMPARED],
+                 f"{t['ssmlora/lora']:.3f}", f"{t['lora/ssmlora']:.3f}", f"{t['lora/none']:.3f}",
+                 f"{r['vs_eager']['lora']:.3f}", f"{r['vs_eager']['ssmlora']:.3f}"]
+        cells += [f"{r['ms']['sdt']:.1f}", f"{t['sdt/lora']:.3f}"] if sdt_ms else []
+        if mem:
+            mb = r["peak_mb"] if mem == "peak" else r.get("saved_mb")
+            ok = mb and mb["lora"] is not None and mb["ssmlora"] is not None
+            cells += [f"{mb['lora']:.1f}", f"{mb['ssmlora']:.1f}", f"{mb['ssmlora'] / mb['lora']:.3f}"] if ok else \
+                ["n/a"] * 3
         lines.append("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
     return "\n".join(lines)
 
@@ -319,82 +389,72 @@ def describe(model):
 
 
 def report(result, models, args):
-    s, check = result["settings"], result["reference"]["max_abs_logit_diff"]
+    s = result["settings"]
     print(f"\nSSMLoRA vs LoRA on {s['model']}, random weights, {s['device']} ({s['threads']} thread"
-          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, rank {s['rank']}, alpha {s['alpha']:g}, targets {s['targets']}")
+          f"{'s' * (s['threads'] > 1)}), {s['dtype']}, frozen weights {s['weights']}, rank {s['rank']}, alpha "
+          f"{s['alpha']:g}, targets {s['targets']}")
     for n in ("lora", "ssmlora"):
         print(f"  {n:8} {describe(models[n])}")
     print("  (each method's own default, as the paper compares them; --dense compares dense with dense)"
           if not args.dense else "  (--dense: SSMLoRA dense too; the paper compares sparse SSMLoRA with dense LoRA)")
-    print(f"  median of {s['repeats']} timed rounds after {s['warmup']} warm-up, the methods interleaved in each")
-    if result["reference"]["used"]:
-        print(f"  {REF}: its own implementation of the same checkpoint (fp32 logits agree to {check:.1e})")
+    print(f"  median of {s['repeats']} timed rounds after {s['warmup']} warm-up, the methods interleaved in each; "
+          f"flags {json.dumps(s['flags'])}")
     if args.device.type == "cpu" and (s["load_at_start"] or 0) > (os.cpu_count() or 1) - 0.5:
         print(f"  busy machine: load average {s['load_at_start']:.1f} on {os.cpu_count()} cores at the start, "
               "expect noise")
-    if args.device.type == "cpu" and not args.quick:
-        print("  CPU default: a short sweep, to finish in about a minute; a GPU gets lengths 16-512 at batch 1 and 16")
-    names = [*models, *([REF] if result["reference"]["used"] else [])]
-    print("\ninference: forward, no grad, eval mode\n" + table(result["results"], "inference", names))
-    print("\ntraining step: forward, backward, AdamW step, zero_grad (none: frozen body, head only)\n"
-          + table(result["results"], "train", list(models)))
+    if args.cuda_graph and args.device.type != "cuda":
+        print("  --cuda-graph skipped: CUDA graphs need a CUDA device")
+    for mode, title in (("inference", "inference: forward, no grad, eval mode"),
+                        ("train", "training step: forward, backward, AdamW step, zero_grad (none: frozen body, "
+                                  "head only)")):
+        if mode in args.modes:
+            print(f"\n{title}\n" + table(result["results"], mode))
     noisy = [r for r in result["results"] if r["spread"] > NOISY]
     if noisy:
         hint = " (on a shared CPU, try --threads 1)" if s["threads"] > 1 else ""
         print(f"warning: {len(noisy)} of {len(result['results'])} rows spread by more than {NOISY:.0%}: the machine "
               f"was busy, so distrust their ratios and run again{hint}")
     print(result["memory_note"])
-    w = result["weight_memory"]
-    if w is None:  # Mamba: no QLoRA here
-        return
-    print(f"weights of the blocks' linears: LoRA (float32) {w['lora_bytes'] / 2**20:.1f} MiB, QLoRA (NF4 + double-"
-          f"quantized constants) {w['qlora_bytes'] / 2**20:.1f} MiB, {w['lora_bytes'] / w['qlora_bytes']:.2f}x less")
-
-
-def qlora_memory(cfg, args):
-    """Bytes of the blocks' linear weights: float32 (LoRA) and QLoRA's NF4 (baselines/qlora.py), from shapes alone."""
-    stored, full = weight_memory(cfg, Adapters("qlora", args.rank, args.alpha, targets=args.targets))
-    return {"lora_bytes": full, "qlora_bytes": stored}
 
 
 def run(args):
-    if args.preset in mamba.PRESETS:
-        cfg = mamba.preset(args.preset, head="cls", num_labels=2, **(MAMBA_QUICK if args.quick else {}),
-                           **({"n_layer": args.layers} if args.layers else {}))
-    else:
-        cfg = preset(args.preset, head="cls", num_labels=2, **(QUICK if args.quick else {}),
-                     **({"n_layer": args.layers} if args.layers else {}))
+    family = mamba if args.preset in mamba.PRESETS else None
+    quick = (MAMBA_QUICK if family else QUICK) if args.quick else {}
+    cfg = (family.preset if family else preset)(args.preset, head="cls", num_labels=2,
+                                                **{**quick, **({"n_layer": args.layers} if args.layers else {})})
     cfg = replace(cfg, pad_token_id=min(cfg.pad_token_id, cfg.vocab_size - 1))  # GPT-2 pads with its last id
-    if max(args.lengths) > cfg.max_tokens:
-        raise ValueError(f"--lengths: {max(args.lengths)} is longer than this model's {cfg.max_tokens} positions")
+    longest = max(args.lengths + args.train_lengths)
+    if longest > cfg.max_tokens:
+        raise ValueError(f"--lengths: {longest} is longer than this model's {cfg.max_tokens} positions")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other processes on the cores skew timings
     model_name = (f"{args.preset}{' (tiny --quick config)' if args.quick else ''}"
                   f"{f' ({cfg.n_layer} layers)' if args.layers else ''}")
     print(f"building {model_name} on {args.device}...", file=sys.stderr)
-    models, ref, check = build(cfg, args)
-    rows = sweep(cfg, models, ref, args)
-    how = ("CUDA allocator statistics (max_memory_allocated after reset_peak_memory_stats)"
-           if args.device.type == "cuda" else "on CPU, the rise of the process's resident set during the call (Linux "
-           "VmHWM, reset before each call through /proc/self/clear_refs after malloc_trim), to page granularity")
-    memory_note = ("peak MB = the weights, buffers and optimizer state the model keeps, plus what one call adds at its "
-                   f"peak: {how}" if rows[0]["peak_mb"]["none"] is not None else "peak memory: not measured here "
-                   "(needs CUDA, or Linux with glibc)")
-    ref_note = ("transformers' logits disagreed with ours" if args.reference else "--no-reference"
-                if importlib.util.find_spec("transformers") else "transformers is not installed")
+    t0 = time.perf_counter()
+    models = build(cfg, args)
+    partial = lambda rows: atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(  # noqa: E731
+        dict(settings=dict(preset=args.preset, device=str(args.device), complete=False), results=rows), indent=2)))
+    rows = sweep(cfg, models, args, partial)  # a run stopped half-way (a time limit) keeps the rows it measured
+    memory_note = ("peak MB = the weights, buffers and optimizer state the model keeps, plus what one call adds at "
+                   "its peak (CUDA allocator statistics); saved MB = what autograd keeps for the backward pass"
+                   if args.device.type == "cuda" else "on a CPU no peak memory is measured; the training table's "
+                   "saved MB is what autograd keeps for the backward pass (the same on any device)")
     settings = dict(model=model_name, preset=args.preset, quick=args.quick, device=str(args.device), dtype=args.dtype,
-                    threads=torch.get_num_threads(), torch=torch.__version__, rank=args.rank, alpha=args.alpha,
-                    targets=args.targets, lora_sparse=models["lora"].adapters.sparse,
+                    weights=args.weights, threads=torch.get_num_threads(), torch=torch.__version__, rank=args.rank,
+                    alpha=args.alpha, targets=args.targets, lora_sparse=models["lora"].adapters.sparse,
                     ssmlora_sparse=models["ssmlora"].adapters.sparse, lengths=args.lengths,
-                    batch_sizes=args.batch_sizes, repeats=args.repeats, warmup=args.warmup, load_at_start=load)
+                    batch_sizes=args.batch_sizes, train_lengths=args.train_lengths,
+                    train_batch_sizes=args.train_batch_sizes, modes=args.modes, compile=args.compile and args.backend,
+                    cuda_graph=args.cuda_graph and args.device.type == "cuda", repeats=args.repeats,
+                    warmup=args.warmup, load_at_start=load, flags=flags(args.device), complete=True,
+                    seconds=round(time.perf_counter() - t0, 1))
     result = dict(settings=settings, params={n: param_report(m) for n, m in models.items()},
-                  reference=dict(used=ref is not None, max_abs_logit_diff=check, tolerance=TOLERANCE,
-                                 note=None if ref is not None else ref_note),
-                  memory_note=memory_note, results=rows,
-                  weight_memory=None if cfg.family == "mamba" else qlora_memory(cfg, args))
+                  memory_note=memory_note, results=rows)
     report(result, models, args)
     atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-    print(f"\nwritten to {args.json}")
+    print(f"\nwritten to {args.json} ({settings['seconds']:.0f} s)")
     if args.plot:
+        from reproduce.plots import plot_bench
         plot_bench(result, args.plot)
         print(f"plot in {args.plot}")
     return result
@@ -402,14 +462,16 @@ def run(args):
 
 def main(argv=None):
     args = get_args(argv)
-    threads = torch.get_num_threads()
+    threads, strict = torch.get_num_threads(), getattr(torch._dynamo.config, "fail_on_recompile_limit_hit", None)
     torch.set_num_threads(args.threads)
     try:
         return run(args)
     except (ValueError, OSError) as e:  # a run that cannot go as asked: say why, in one line
         sys.exit(f"error: {e}")
-    finally:  # main may be called in-process (the tests): give the caller its setting back
+    finally:  # main may be called in-process (the tests): give the caller its settings back
         torch.set_num_threads(threads)
+        if strict is not None:
+            torch._dynamo.config.fail_on_recompile_limit_hit = strict
 
 
 if __name__ == "__main__":

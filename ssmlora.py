@@ -111,6 +111,12 @@ def insertion_plan(n_layer, targets, sparse):
 # ----------------------------------------------------------------------------------------------------------
 # LoRA and the Time Module
 
+def addmm(c, a, b, s=1.0):
+    """c + s a b for a (..., k), b (k, n), c (..., n): one kernel (torch.addmm), where c + (a b) * s runs three. At
+    batch 1 a GPU is bound by kernel launches, so eqs. (1), (2) and (10) each fold their sum and scaling in here."""
+    return torch.addmm(c.flatten(0, -2), a.flatten(0, -2), b, alpha=s).view(c.shape)
+
+
 class LowRankLinear(nn.Linear):
     """A frozen nn.Linear plus the low-rank pair W_a (d_in x r), W_b (r x d_out) that LoRA and SSMLoRA share.
     It adopts the base's weight and bias, so their names (...query.weight) stay as they were."""
@@ -128,7 +134,7 @@ class LowRankLinear(nn.Linear):
         """x W0 + s x W_a W_b (eq. 1), no dropout, no state: what DeBERTa's relative position embeddings go through
         when they share this projection (model.project); they are no tokens, so no time axis runs over them."""
         y = F.linear(x, self.weight, self.bias)
-        return y if getattr(self, "merged", False) else y + (x @ self.W_a * self.scaling) @ self.W_b
+        return y if getattr(self, "merged", False) else addmm(y, x @ self.W_a, self.W_b, self.scaling)
 
     def extra_repr(self):
         return f"{super().extra_repr()}, rank={self.W_a.shape[1]}, scaling={self.scaling:g}"
@@ -152,10 +158,11 @@ class LoRALinear(LowRankLinear):
         y = F.linear(x, self.weight, self.bias)  # x W0 (+ bias)
         if self.merged:  # W0 already holds W0 + s W_a W_b: zero overhead
             return y
-        return y + self.update(x)
+        return self.update(x, y)
 
-    def update(self, x):
-        return (self.drop_x(x) @ self.W_a * self.scaling) @ self.W_b  # eq. (1); s on the rank-r factor: cheaper
+    def update(self, x, y):
+        """y + s x W_a W_b: eq. (1)'s low-rank term of x added onto the base's output y."""
+        return addmm(y, self.drop_x(x) @ self.W_a, self.W_b, self.scaling)  # eq. (1)
 
     def delta(self):
         return (self.W_a @ self.W_b * self.scaling).t()  # (d_out, d_in), nn.Linear's weight layout
@@ -184,33 +191,34 @@ class SSMLoRALinear(LowRankLinear):
         self.W_d = nn.Parameter(torch.zeros(rank, rank, **kw))
         self.drop_h = nn.Dropout(dropout)  # on h_norm, where the authors put it (decision 7)
         self.axes, self.axis, self.position = axes, axis, position
+        self.last = False  # the last module of its axis (add_adapters sets it): no module reads what it writes
 
     @torch.no_grad()
     def init_W_a(self):
         self.W_a.normal_(0, 1 / math.sqrt(self.W_a.shape[1]))  # §3.5: W_a ~ N(0, 1/r) (decision 5)
 
     def next_state(self, x_new, h):
-        """h_norm, the normalised h_t+1, from x_new = x W_a (..., r) and the incoming state h_t (..., r)."""
-        h_dot = h @ self.W_c + x_new @ self.W_d               # eq. (2): h'_t, the derivative of the state
-        h = h_dot.float() + h.float()                         # eqs. (3), (4): one Euler step, in float32: see EPS
-        lo, hi = torch.aminmax(h, dim=-1, keepdim=True)       # eqs. (6), (7): per token, over the rank
-        return ((h - lo) / (hi - lo + EPS)).to(x_new.dtype)   # eq. (8), typo fixed (decision 1)
+        """h_norm, the normalised h_t+1, from x_new = x W_a (B, T, r) and the incoming state h_t (B, T, r)."""
+        h_dot = addmm(x_new @ self.W_d, h, self.W_c)          # eq. (2): h'_t = h_t W_c + x_new W_d, (B, T, r)
+        h = h_dot + h.float()                                 # eqs. (3), (4): one Euler step, in float32: see EPS
+        lo, hi = torch.aminmax(h, dim=-1, keepdim=True)       # eqs. (6), (7): per token, over the rank: (B, T, 1)
+        return ((h - lo) / (hi - lo + EPS)).to(x_new.dtype)   # eq. (8), typo fixed (decision 1): (B, T, r)
 
     def forward(self, x):
-        x_new = x @ self.W_a                                  # eq. (5); no dropout on x (decision 7)
+        x_new = x @ self.W_a                                  # eq. (5): (B, T, r); no dropout on x (decision 7)
         h = self.axes.read(self, x_new)                       # h_t from the module before on the axis (§3.2)
         h_norm = self.next_state(x_new, h)
         self.axes.write(self, h_norm.detach())                # h_norm goes on, detached (decision 3)
-        y = F.linear(x, self.weight, self.bias)               # x W0 (+ bias)
-        return y + ((x_new + self.drop_h(h_norm)) * self.scaling) @ self.W_b  # eq. (10), not (9): decision 2
+        y = F.linear(x, self.weight, self.bias)               # x W0 (+ bias): (B, T, d_out)
+        return addmm(y, x_new + self.drop_h(h_norm), self.W_b, self.scaling)  # eq. (10), not (9): decision 2
 
 
 class TimeAxes:
     """The states passed along the time axes within one forward pass, one axis per kind of adapted projection
     (decision 8). The first module of an axis starts from h_0 = 0 (decision 4); each later one reads what the
-    module before it wrote. So nothing outlives the forward pass, and an example's output never depends on its
-    batch-mates, the batch size or earlier batches (decision 10). The recurrence over layers is sequential by
-    nature: no FFT (decision 11)."""
+    module before it wrote, and the last one writes nothing. So nothing outlives the forward pass, and an example's
+    output never depends on its batch-mates, the batch size or earlier batches (decision 10). The recurrence over
+    layers is sequential by nature: no FFT (decision 11)."""
 
     def __init__(self):
         self.h = {}
@@ -225,7 +233,8 @@ class TimeAxes:
         return h
 
     def write(self, m, h_norm):
-        self.h[m.axis] = (m.position, h_norm)
+        if not m.last:  # the last state is read by no one: keeping it would outlive the forward pass, and under
+            self.h[m.axis] = (m.position, h_norm)  # torch.compile cost a recompile and a graph output kept alive
 
     def clear(self):
         self.h.clear()
@@ -268,6 +277,9 @@ def add_adapters(model, adapters=None, time_axes=None, **settings):
                 module = SSMLoRALinear(base, adapters.rank, adapters.alpha, adapters.dropout, model.time_axes,
                                        target, positions[target])
             setattr(parent, name, module.train(base.training))  # a new module is in train mode: follow the model
+        for m in adapter_modules(model):  # so that the default TimeAxes is empty again after each forward pass
+            if isinstance(m, SSMLoRALinear):
+                m.last = m.position == positions[m.axis]
     model.adapters = adapters
     frozen = frozen_head(model)
     for name, p in model.named_parameters():

@@ -304,13 +304,13 @@ def autocast(device, dtype):
     return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 
 
-def compiled(model, on):
-    """--compile: the model's forward compiled whole (fullgraph). Batches are padded to a few bucket lengths
-    (--pad-to), so a run compiles a handful of shapes, not one per length."""
-    if not on:
+def compiled(model, backend):
+    """--compile: the model's forward compiled whole (fullgraph, no graph break allowed). Batches are padded to a few
+    lengths (data.padded), so a run compiles a handful of shapes, not one per length."""
+    if not backend:
         return model
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # shapes x train/eval
-    return torch.compile(model, fullgraph=True, dynamic=False)
+    return torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
 
 
 def print_by_length(by_length, which="", max_eval=None):

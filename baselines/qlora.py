@@ -8,7 +8,9 @@ QLoRA (Dettmers et al. 2023), from scratch: the frozen linears of the blocks sto
                  (the offset), then blocks of 256 constants are stored as 8-bit codes with one float32 scale each.
                  Our 8-bit code is symmetric linear int8 (round(c / scale * 127)); bitsandbytes uses its dynamic
                  8-bit map. tests/test_baselines.py measures the difference.
-  forward        W0 is dequantized to the compute dtype, then y = x W0 + s * x W_a W_b exactly as LoRALinear (eq. 1)
+  forward        W0 is dequantized to the compute dtype, then y = x W0 + s * x W_a W_b exactly as LoRALinear (eq. 1);
+                 the backward pass dequantizes W0 again (as bitsandbytes' MatMul4Bit), so autograd keeps the 4-bit
+                 weight, not a full-precision copy of it, for the backward: that is QLoRA's training memory saving
 
 One call: add_qlora(model, Adapters(method="qlora", rank=8, targets=...)).
 """
@@ -31,6 +33,26 @@ NF4 = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.
 
 def nf4_code(device=None):
     return torch.tensor(NF4, dtype=torch.float32, device=device)
+
+
+def compute_dtype(x):
+    """The dtype x's matrix products run in: autocast's when it is on, else x's own."""
+    on = torch.is_autocast_enabled(x.device.type)
+    return torch.get_autocast_dtype(x.device.type) if on else x.dtype
+
+
+class NF4Matmul(torch.autograd.Function):
+    """x W0^T + bias, W0 dequantized in forward and again in backward. Plain F.linear over the dequantized W0 would
+    have autograd save that full-precision matrix for the backward pass: all of the base's weights, per step."""
+
+    @staticmethod
+    def forward(ctx, x, nf4, bias, dtype):
+        ctx.nf4, ctx.dtype = nf4, dtype
+        return F.linear(x.to(dtype), nf4(dtype), None if bias is None else bias.to(dtype))
+
+    @staticmethod
+    def backward(ctx, grad):  # the gradient of x only: W0 and its bias are frozen
+        return grad.to(ctx.dtype) @ ctx.nf4(ctx.dtype), None, None, None
 
 
 def quantize_blocks(w, block=BLOCK):
@@ -76,11 +98,13 @@ class NF4Weight(nn.Module):
         self.shape, self.numel, self.double_quant = tuple(weight.shape), weight.numel(), double_quant
         n = math.ceil(self.numel / BLOCK) * BLOCK  # a last partial block is padded with zeros
         if weight.is_meta:  # a dry run: the buffers' shapes, nothing computed
+            self.register_buffer("code", torch.empty(len(NF4), device="meta"), persistent=False)
             self.register_buffer("packed", torch.empty(n // 2, dtype=torch.uint8, device="meta"))
             self.register_buffer("absmax_q", torch.empty(n // BLOCK, dtype=torch.int8, device="meta"))
             self.register_buffer("absmax_scale", torch.empty(math.ceil(n / BLOCK / BLOCK2), device="meta"))
             self.register_buffer("absmax_offset", torch.empty((), device="meta"))
             return
+        self.register_buffer("code", nf4_code(weight.device), persistent=False)  # once, where the weight is
         codes, absmax = quantize_blocks(F.pad(weight.detach().reshape(-1), (0, n - self.numel)))
         self.register_buffer("packed", pack(codes))
         if double_quant:
@@ -97,12 +121,11 @@ class NF4Weight(nn.Module):
         return dequantize_constants(self.absmax_q, self.absmax_scale, self.absmax_offset)
 
     def forward(self, dtype=torch.float32):
-        code = nf4_code(self.packed.device)
-        w = code[unpack(self.packed).long()].reshape(-1, BLOCK) * self.absmax_constants()[:, None]
+        w = self.code[unpack(self.packed).long()].reshape(-1, BLOCK) * self.absmax_constants()[:, None]
         return w.reshape(-1)[:self.numel].reshape(self.shape).to(dtype)
 
-    def nbytes(self):
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+    def nbytes(self):  # what is stored: the code table's 64 bytes are shared knowledge, not the weight's
+        return sum(b.numel() * b.element_size() for name, b in self.named_buffers() if name != "code")
 
     def extra_repr(self):
         return f"shape={self.shape}, nf4, double_quant={self.double_quant}"
@@ -118,7 +141,7 @@ class NF4Linear(nn.Module):
         self.bias = linear.bias
 
     def forward(self, x):
-        return F.linear(x, self.nf4(x.dtype), self.bias)  # W0 dequantized to the compute dtype
+        return NF4Matmul.apply(x, self.nf4, self.bias, compute_dtype(x))  # W0 dequantized to the compute dtype
 
 
 class QLoRALinear(LoRALinear):
@@ -132,7 +155,7 @@ class QLoRALinear(LoRALinear):
         self.train(lora.training)
 
     def forward(self, x):
-        return F.linear(x, self.nf4(x.dtype), self.bias) + self.update(x)  # eq. (1) on the dequantized W0
+        return self.update(x, NF4Matmul.apply(x, self.nf4, self.bias, compute_dtype(x)))  # eq. (1) on the NF4 W0
 
     def lora(self, x):
         """LowRankLinear.lora on the dequantized W0: DeBERTa's relative positions through a shared query or key
@@ -179,3 +202,21 @@ def weight_memory(cfg, adapters):
     with torch.device("meta"):
         model = Model(cfg)
     return weight_bytes(add_qlora(model, adapters))
+
+
+def saved_bytes(model, step):
+    """(what step() returns, bytes of the tensors autograd saves for the backward pass while it runs): each storage
+    once, the model's own weights and buffers aside (they are resident anyway). QLoRA's saving is all here: F.linear
+    over a dequantized W0 would keep that full-precision matrix alive until the backward pass."""
+    own = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in own:
+            saved[s.data_ptr()] = s.nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = step()
+    return out, sum(saved.values())
+

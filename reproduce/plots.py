@@ -30,8 +30,10 @@ def figure(rows, cols, size):
 
 
 def plot_bench(result, path=None):
-    """bench.py's result dict (out/bench.json): median latency (top) and peak memory (bottom) against length,
-    inference and training step side by side, one line per method and batch size. Saved to path if given."""
+    """bench.py's result dict (out/bench.json): median latency (top) and memory (bottom) against length, inference
+    and training step side by side, one line per method, batch size and variant (eager, compiled, CUDA graph). The
+    memory axis starts at zero, so that a difference of a few MB on a model of hundreds does not look large: the
+    peak where it was measured (CUDA), else what a training step saves for the backward pass. Saved to path."""
     rows = result.get("results") if isinstance(result, dict) else None
     if not rows:
         raise UserError("not a bench.py result (no \"results\" rows): run python bench.py first")
@@ -42,23 +44,31 @@ def plot_bench(result, path=None):
         raise UserError(f"bench.py result row {bad} lacks one of {', '.join(keys)} (or has another type): "
                         f"run python bench.py again")
     modes = [m for m in ("inference", "train") if any(r["mode"] == m for r in rows)]
-    batches, lengths = sorted({r["batch"] for r in rows}), sorted({r["length"] for r in rows})
+    lengths = sorted({r["length"] for r in rows})
+    groups = sorted({(r["batch"], r.get("variant", "eager")) for r in rows})
     fig, ax = figure(2, len(modes), (5.2 * len(modes), 6.4))
     for j, mode in enumerate(modes):
-        for B in batches:
-            rs = sorted((r for r in rows if r["mode"] == mode and r["batch"] == B), key=lambda r: r["length"])
+        memory = "peak_mb" if any(r["mode"] == mode and any(r["peak_mb"].values()) for r in rows) else "saved_mb"
+        for k, (B, variant) in enumerate(groups):
+            rs = sorted((r for r in rows if r["mode"] == mode and r["batch"] == B and r.get("variant", "eager")
+                         == variant), key=lambda r: r["length"])
             for n in rs[0]["ms"] if rs else []:
                 color, ls = STYLE.get(n, (None, "-"))
-                label = n if len(batches) == 1 else f"{n}, batch {B}"
-                marker = "o" if B == batches[0] else "s"
+                label = n if len(groups) == 1 else f"{n}, batch {B}, {variant}"
+                marker = "osv^D"[k % 5]
                 ax[0, j].plot([r["length"] for r in rs], [r["ms"][n] for r in rs], ls, color=color, marker=marker,
                               label=label)
-                mb = [(r["length"], r["peak_mb"].get(n)) for r in rs if r["peak_mb"].get(n) is not None]
+                mb = [(r["length"], (r.get(memory) or {}).get(n)) for r in rs]
+                mb = [(t, v) for t, v in mb if v is not None]
                 if mb:
                     ax[1, j].plot(*zip(*mb), ls, color=color, marker=marker, label=label)
+        if not ax[1, j].lines:  # a CPU keeps no peak statistics, and inference saves nothing for a backward pass
+            ax[1, j].text(0.5, 0.5, "memory not measured here", ha="center", va="center", transform=ax[1, j].transAxes)
+            ax[1, j].set_xlim(min(lengths) / 1.2, max(lengths) * 1.2)
         ax[0, j].set_title("inference (forward, no grad)" if mode == "inference" else "training step")
         ax[0, j].set_ylabel("median latency (ms)")
-        ax[1, j].set_ylabel("peak memory (MB)")
+        ax[1, j].set_ylabel("peak memory (MB)" if memory == "peak_mb" else "saved for backward (MB)")
+        ax[1, j].set_ylim(bottom=0)  # from zero: the methods' difference in proportion to the whole
         for a in ax[:, j]:
             a.set_xlabel("sequence length (tokens)")
             a.set_xscale("log", base=2)

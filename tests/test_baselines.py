@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import baselines
 from baselines.mixlora import aux_loss
 from baselines.qlora import (BLOCK, NF4, NF4Linear, NF4Weight, QLoRALinear, dequantize_constants, pack,
-                             quantize_blocks, quantize_constants, unpack, weight_bytes)
+                             quantize_blocks, quantize_constants, saved_bytes, unpack, weight_bytes)
 from model import Config, Model, preset
 from ssmlora import Adapters, add_adapters, param_report
 
@@ -137,6 +137,32 @@ def test_qlora_equals_dequantized_base():
     assert torch.allclose(m.encode(ids, mask), lora.encode(ids, mask), atol=1e-5)
     assert (lora.encode(ids, mask) - ref.encode(ids, mask)).abs().max() > 1e-2
     assert not any(isinstance(b, nn.Parameter) for b in m.blocks[0].attn.query.buffers())
+
+
+def test_qlora_backward_saves_no_dequantized_weight_and_gives_lora_gradients():
+    """Autograd keeps for the backward pass what LoRA's does, not a full-precision copy of every W0 (the backward
+    dequantizes again), and the gradients are LoRA's on the dequantized weights."""
+    base = tiny()
+    ref = dequantized_copy(base)
+    q = baselines.add_adapters(copy.deepcopy(base), Adapters("qlora", rank=4, targets=ALL, dropout=0.0)).train()
+    lora = add_adapters(ref, Adapters("lora", rank=4, targets=ALL, dropout=0.0)).train()
+    with torch.no_grad():
+        theirs = dict(lora.named_parameters())
+        for n, p in q.named_parameters():
+            if n.endswith(("W_a", "W_b")):
+                p.copy_(torch.randn_like(p) * 0.1)
+                theirs[n].copy_(p)
+    ids, _ = batch()
+    labels = torch.tensor([0, 1, 1])
+    (q_loss, q_saved), (l_loss, l_saved) = (saved_bytes(m, lambda m=m: m(ids, labels=labels)[1]) for m in (q, lora))
+    weights = sum(4 * x.numel for x in q.modules() if isinstance(x, NF4Weight))  # 65,536 bytes in float32
+    assert q_saved == l_saved and weights > l_saved / 2  # before the fix: q_saved == l_saved + weights
+    q_loss.backward()
+    l_loss.backward()
+    for n, p in q.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, theirs[n].grad, atol=1e-5, rtol=1e-4)
+    assert q.blocks[0].attn.query.nf4.code.device == q.blocks[0].attn.query.nf4.packed.device  # built once, there
 
 
 def test_qlora_targets_subset_and_memory():

@@ -34,6 +34,7 @@ def test_bench_plot_has_labelled_axes_and_a_line_per_method(tmp_path):
     assert [line.get_label() for line in ax[0].lines] == ["none", "lora", "ssmlora"]
     assert list(ax[0].lines[1].get_ydata()) == pytest.approx([0.96, 1.92, 3.84])
     assert len(ax[3].lines) == 2  # training step: ssmlora's memory was not measured, so no line
+    assert ax[2].get_ylim()[0] == ax[3].get_ylim()[0] == 0  # memory from zero: 1 MB in 480 must not look large
     assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "b.png").stat().st_size > 5000
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import transformers as hf
 from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from files import adapters as F
 from reproduce import authors
@@ -688,3 +689,61 @@ def test_whole_adapted_model_traces_as_one_graph():
     compiled = torch.compile(m, fullgraph=True, backend="eager")  # fullgraph: a graph break is an error
     for attention_mask in (mask, None):
         torch.testing.assert_close(compiled(x, attention_mask)[0], m(x, attention_mask)[0], atol=1e-6, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# kernels and compilation: what a GPU at batch 1 pays for
+
+class CountKernels(TorchDispatchMode):
+    """The aten ops that run a kernel (views aside), as the GPU would launch them in eager mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.__name__ != "_unsafe_view.default":
+            self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+# per adapted module, the base linear aside, at a position > 0 on its axis; before the kernel pass: LoRA 4 and 7,
+# SSMLoRA 14 and 22. A change here is a change in what every adapted module launches: update it knowingly.
+@pytest.mark.parametrize("method, bf16, expected", [("lora", False, 2), ("ssmlora", False, 11),
+                                                     ("lora", True, 5), ("ssmlora", True, 18)])
+def test_an_adapted_module_launches_few_kernels(method, bf16, expected):
+    m = build(method=method, targets="query", sparse=False)
+    q = m.blocks[1].attn.query
+    x = torch.randn(1, 16, 32)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        if method == "ssmlora":  # as if position 0 of the query axis had just run
+            m.time_axes.h["query"] = (0, torch.rand(1, 16, 8).to(dtype))
+        with CountKernels() as adapted:
+            q(x)
+        with CountKernels() as base:
+            nn.functional.linear(x, q.weight, q.bias)
+    assert len(adapted.ops) - len(base.ops) == expected, adapted.ops
+
+
+@pytest.mark.parametrize("method", ["none", "lora", "ssmlora"])
+def test_compiled_model_has_one_graph_and_compiles_once(method):
+    """torch.compile(fullgraph=True): no graph break (torch._dynamo.explain) and, over two calls of one shape, one
+    compilation, not two: the time axes are empty again after each forward pass, so no guard on them fails. A
+    counting backend stands in for inductor, whose CPU compile would take tens of seconds."""
+    torch._dynamo.reset()
+    m = build("llama", method=method, cfg=tiny("llama", n_layer=2)) if method != "none" else build("llama")
+    compiles = []
+
+    def backend(gm, example_inputs):
+        compiles.append(gm)
+        return gm.forward
+    compiled = torch.compile(m, fullgraph=True, backend=backend)
+    x = ids(1, 8)
+    with torch.no_grad():
+        first, second = compiled(x)[0], compiled(x)[0]
+    assert len(compiles) == 1 and torch.equal(first, second) and torch.equal(first, m(x)[0])
+    assert getattr(m, "time_axes", S.TimeAxes()).h == {}  # nothing kept alive between forward passes
+    explained = torch._dynamo.explain(m)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0
+    torch._dynamo.reset()

@@ -93,7 +93,8 @@ def parser():
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
     m.add_argument("--dtype", choices=DTYPES, help="autocast precision of the forward pass; eqs. (3)-(8) stay in "
                    "float32 (default: bf16 on CUDA, fp32 on the CPU)")
-    m.add_argument("--compile", action="store_true", help="torch.compile the model (whole graph); batches are padded "
+    m.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND", help="torch.compile the model (whole "
+                   "graph; backend inductor, or the one named: eager traces only, as the tests do); batches are padded "
                    "to powers of two, so only a few lengths compile")
     m.add_argument("--threads", type=int, help="CPU threads (default: the cores not kept busy by other work, from "
                    "the load average, at least 1: all of them on a quiet machine, 1 on a busy small one)")
