@@ -43,6 +43,7 @@ from interop.peft import is_peft_folder, read_peft_run
 from model import Model
 from training.build import build_model, to_device
 from training.cli import OneLineParser, UserError, pick_device
+from training.evaluate import autocast, default_dtype
 
 
 class Predictor(NamedTuple):
@@ -52,6 +53,7 @@ class Predictor(NamedTuple):
     device: torch.device
     max_len: int
     stride: int = 128    # QA: the tokens two windows of a long context share, as trained
+    dtype: str = "fp32"  # autocast, as train.py evaluates: bf16 on CUDA
 
 
 def load(adapters, model=None, tokenizer=None, device="auto", task=None):
@@ -73,7 +75,7 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     device = pick_device(device)
     max_len = min(run.get("max_len") or 512, m.cfg.max_tokens)  # the length the adapters were trained with
     return Predictor(m.to(device), load_tokenizer(resolve(source), family=m.cfg.family), task, device, max_len,
-                     run.get("doc_stride") or 128)
+                     run.get("doc_stride") or 128, default_dtype(device))
 
 
 @torch.no_grad()
@@ -98,7 +100,8 @@ def predict(p, texts_a, texts_b=None, batch_size=32):
     out = []
     for batch in batches(encode(p.tok, p.task, examples, p.max_len, "predict", {}), batch_size):
         batch = to_device(batch, p.model.cfg, p.device)
-        logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        with autocast(p.device, p.dtype):
+            logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
         if p.task.is_regression:
             out += [{"score": s} for s in logits.float().squeeze(-1).tolist()]
         else:
@@ -132,8 +135,9 @@ def choose(p, questions, batch_size=8):
     out = []
     for batch in batches(encode(p.tok, p.task, examples, p.max_len, "predict", {}), batch_size):
         batch = to_device(batch, p.model.cfg, p.device)
-        logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                            choices=batch["choices"])
+        with autocast(p.device, p.dtype):
+            logits, _ = p.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                                choices=batch["choices"])
         probs, ids = logits.float().softmax(-1).max(-1)
         out += list(zip(ids.tolist(), probs.tolist()))
     return [{"n": i + 1, "question": q.get("question"), "choice": c, "option": q["options"][c], "probability": pr}
@@ -151,7 +155,9 @@ def answer(p, questions, contexts, batch_size=32):
     check_texts(list(zip(questions, contexts)))
     qs = [squad.Question(str(i), q, c, ()) for i, (q, c) in enumerate(zip(questions, contexts))]
     win = encode(p.tok, p.task, qs, p.max_len, "predict", {}, p.stride)
-    texts, scores = squad.decode(win, qs, *squad.span_logits(p.model, win, batch_size, p.device))
+    with autocast(p.device, p.dtype):
+        logits = squad.span_logits(p.model, win, batch_size, p.device)
+    texts, scores = squad.decode(win, qs, *logits)
     return [{"n": i + 1, "question": q, "answer": t, "score": float(s)}
             for i, (q, t, s) in enumerate(zip(questions, texts, scores))]
 

@@ -39,7 +39,7 @@ from tasks import encode, get_task, lengths, load_data
 from training import dist, flags
 from training.build import build_model, to_device
 from training.cli import TrainError, free_cores, pick_device
-from training.evaluate import DTYPES, evaluate_dev, trivial_scores
+from training.evaluate import autocast, evaluate_dev, trivial_scores
 from training.optim import clip_gradients, lr_lambda, make_optimizer
 from training.progress import ProgressLog, fmt, peak_memory
 from training.trace import GradientTrace
@@ -144,19 +144,11 @@ def fit(model, encoded, data, task, args, device, cut, trivial, on_step=None):
                 bar.set_description(f"{task.name} {args.method} epoch {epoch + 1}/{args.epochs}")
                 t0 = t0 if i else time.time()
             rows = order[i * per_step:(i + 1) * per_step].numpy()  # however many processes and passes share them
-            loss = forward_backward(forward, model, encoded["train"], rows, args, device, scaler)
-            if not math.isfinite(loss):  # the loss summed over processes: all of them stop here together
-                raise TrainError(f"non-finite loss ({loss}) at step {progress['step'] + 1}; stopped. The last good "
-                                 f"checkpoint is {ckpt if ckpt.exists() else 'not written yet'}: try a lower --lr")
-            dist.sum_gradients(state + others)  # every process holds the whole step's gradients: the same step
-            scaler.unscale_(opt)
-            if trace:
-                trace.before_update()  # the gradients before clipping, and the weights before the step
-            clip_gradients(others, state, args.clip, args.clip_mode)
-            scaler.step(opt)
-            scaler.update()
+            where = (f"step {progress['step'] + 1} (the last good checkpoint is "
+                     f"{ckpt if ckpt.exists() else 'not written yet'})")
+            loss = optimizer_step(forward, model, encoded["train"], rows, opt, scaler, state, others, args, device,
+                                  where, trace)
             sched.step()
-            opt.zero_grad(set_to_none=True)
             progress["step"] += 1
             progress["epoch_loss"] += loss
             step, lr, end_of_epoch = progress["step"], sched.get_last_lr()[0], i + 1 == steps_per_epoch
@@ -208,21 +200,32 @@ def sdt_main_model(warm, encoded, task, args, device):
         warm.train()
         for step in tqdm(range(args.sdt_warmup), desc="SDT warm-up", disable=None if dist.is_main() else True):
             rows = order.take(range(step * per_step, (step + 1) * per_step), mode="wrap")  # epochs, end to end
-            loss = forward_backward(warm, warm, encoded, rows, args, device, scaler)
-            if not math.isfinite(loss):
-                raise TrainError(f"non-finite loss ({loss}) at SDT warm-up step {step + 1}: try a lower --lr")
-            dist.sum_gradients(trained)
-            scaler.unscale_(opt)
-            clip_gradients(trained, [], args.clip, "global")
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(warm, warm, encoded, rows, opt, scaler, [], trained, args, device,
+                           f"SDT warm-up step {step + 1}")
         selection = sdt.selection(warm, args.sdt_rho)
     adapters = warm.adapters
     del warm  # the warm-up's weights are discarded
     model = build_model(task, args.model, args.random_init, adapters, selection=selection).to(device)
     print(format_report(param_report(model)))
     return model
+
+
+def optimizer_step(forward, model, encoded, rows, opt, scaler, state, others, args, device, where, trace=None):
+    """One optimizer step on the examples `rows`: forward and backward (each process its share), the gradients
+    summed over processes (so every process takes the same step), clipped, applied. Returns the step's mean loss.
+    state: SSMLoRA's W_c, W_d, clipped on their own first (--clip-mode state); others: every other trained tensor."""
+    loss = forward_backward(forward, model, encoded, rows, args, device, scaler)
+    if not math.isfinite(loss):  # the loss summed over processes: all of them stop here together
+        raise TrainError(f"non-finite loss ({loss}) at {where}; stopped: try a lower --lr")
+    dist.sum_gradients(state + others)
+    scaler.unscale_(opt)
+    if trace:
+        trace.before_update()  # the gradients before clipping, and the weights before the step
+    clip_gradients(others, state, args.clip, args.clip_mode)
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return loss
 
 
 def forward_backward(forward, model, encoded, rows, args, device, scaler):
@@ -297,11 +300,6 @@ def refuse_earlier_run(out, resume):
         how = "pass --resume to continue it" if ckpt.exists() else "it has no checkpoint.pt to resume from"
         raise TrainError(f"{out} holds an earlier run ({', '.join(earlier)}): {how}, or choose another --out "
                          "(nothing was overwritten)")
-
-
-def autocast(device, dtype):
-    """--dtype: bf16 or fp16 autocast on the device's type; eqs. (3)-(8) stay in float32 inside (ssmlora.EPS)."""
-    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
 
 
 def compiled(model, backend):

@@ -16,6 +16,16 @@ from training.build import to_device
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def autocast(device, dtype):
+    """--dtype: bf16 or fp16 autocast on the device's type; eqs. (3)-(8) stay in float32 inside (ssmlora.EPS)."""
+    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+
+
+def default_dtype(device):
+    """bf16 on CUDA, fp32 elsewhere: train.py's default, and so predict.py's."""
+    return "bf16" if device.type == "cuda" else "fp32"
+
+
 def evaluate_dev(model, encoded, examples, task, args, device):
     """({split: metrics}, {split: by length} or None) on every dev split of the task, as the run's flags say."""
     t0, count = time.time(), {s: len(examples[s]) for s in task.dev}  # QA: questions, not windows
@@ -41,7 +51,7 @@ def evaluate(model, encoded, task, batch_size, device, examples, bins=None, dtyp
     for start in range(0, len(rows), 2 * batch_size):
         part = rows[start:start + 2 * batch_size]
         batch = to_device(collate(rows_of, part, pad_to), model.cfg, device)
-        with torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32"):
+        with autocast(device, dtype):
             out, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
                            choices=batch.get("choices"))
         if time.time() - said > 30 and dist.is_main():  # a long evaluation says how far it is

@@ -17,6 +17,7 @@ from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from training import dist
 from training.cli import OneLineParser, UserError
+from training.evaluate import default_dtype
 
 ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
 DTYPES = ("fp32", "bf16", "fp16")
@@ -140,7 +141,8 @@ def parse(argv=None):
         p.error(f"--doc-stride applies to the QA tasks (squad, narrativeqa) only, not {task.name}")
     args.max_len = (384 if task.shape == "span" else 512) if args.max_len is None else args.max_len
     args.doc_stride = 128 if args.doc_stride is None else args.doc_stride
-    args.dtype = args.dtype or ("bf16" if args.device != "cpu" and torch.cuda.is_available() else "fp32")
+    args.dtype = args.dtype or default_dtype(torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available()
+                                                          else "cpu"))
     try:
         args.bins = None if args.length_bins.strip() in ("0", "off") else lengths.edges(args.length_bins)
     except ValueError as e:
