@@ -39,8 +39,9 @@ def test_train_and_torchrun_stages(smoke):
     _, report = smoke
     runs = report["stages"]["train"]["result"]["runs"]
     assert len(runs) == len(gpu.TRAIN_RUNS)
-    for r in runs:  # until train.py takes --dtype and --compile, the smoke run skips the runs they would make
-        assert r["status"] == "ok" or r["status"].startswith("skipped: the same flags as"), r
+    assert sum(r["status"] == "ok" for r in runs) == len(gpu.SMOKE_RUNS)
+    for r in runs:
+        assert r["status"] == "ok" or r["status"] == "skipped: smoke, the same code path as another run", r
         if r["status"] == "ok":
             assert r["examples_per_second"] > 0 and r["steps"] > 0 and 0 <= r["dev_accuracy"] <= 1
     dist = report["stages"]["torchrun"]["result"]
