@@ -32,7 +32,8 @@ from ssmlora import Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser, free_cores
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
-ADAPTED = "query,value"  # the projections both methods adapt, unless --targets says otherwise
+DEFAULT = Adapters()  # rank, alpha and targets: the defaults every command uses (ssmlora.Adapters)
+ADAPTED = ",".join(DEFAULT.targets)  # the projections both methods adapt, unless --targets says otherwise
 MAMBA = dict(targets="in_proj,out_proj", sdt_rho=0.75)  # Mamba: what LoRA and SSMLoRA adapt; SDT (on out_proj) too
 # per device: a GPU gets the paper's Table 12 sweep (16 to 1024 tokens); two CPU cores a few short shapes
 SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512, 1024], [1, 16], 20, 3), "cpu": ([16, 64, 128], [1], 5, 1),
@@ -80,8 +81,8 @@ def get_args(argv=None):
     p.add_argument("--layers", type=int, help="build only this many of the preset's layers (e.g. llama2-7b on a CPU)")
     p.add_argument("--targets", help=f"what both methods adapt (default {ADAPTED}, Mamba {MAMBA['targets']}; see "
                    "train.py)")
-    p.add_argument("--rank", type=int, default=8, help="default 8")
-    p.add_argument("--alpha", type=float, default=16.0, help="default 16 (scaling s = alpha / rank)")
+    p.add_argument("--rank", type=int, default=DEFAULT.rank, help="default %(default)s")
+    p.add_argument("--alpha", type=float, default=DEFAULT.alpha, help="default %(default)s (scaling s = alpha / rank)")
     p.add_argument("--dense", action="store_true", help="SSMLoRA dense too (query and value in every layer, as LoRA); "
                    "default: each method's own, as the paper compares them: LoRA dense, SSMLoRA sparse")
     p.add_argument("--quick", action="store_true", help="tiny model and shapes, few repeats: a smoke test")
