@@ -48,6 +48,9 @@ def hf_config(model, labels=None):
     """config.json for the merged model: the base checkpoint's own (model.source) with our head, else one
     rebuilt from our Config (files.hub.config_to_hf, which needs transformers)."""
     cfg = model.cfg
+    if cfg.family == "mamba":  # transformers has no Mamba classifier to load a merged checkpoint into
+        raise ModelError("a merged export writes a transformers ...ForSequenceClassification checkpoint, and "
+                         "transformers has none for Mamba: use the adapter file with train.py and predict.py")
     if (cfg.family, cfg.head) not in ARCH:
         raise ModelError(f"a merged export needs a classification or multiple-choice head, not {cfg.head!r} "
                          f"({cfg.family})")

@@ -222,6 +222,14 @@ def test_sdt_refuses_what_it_cannot_do():
         add_adapters(base_model(), Adapters(method="sdt", targets="out_proj"))
 
 
+def test_a_merged_export_of_mamba_is_refused_by_name(tmp_path):
+    from interop.merged import export_merged
+    m = add_adapters(base_model(), Adapters(method="lora", targets="in_proj,out_proj"))
+    with pytest.raises(ModelError, match="transformers has none for Mamba"):
+        export_merged(m, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
 def copy_task(n, g):
     """Label: is the token three from the end a 3 (else a 2)? The last token must read back across positions."""
     x = torch.randint(4, 12, (n, 8), generator=g)
