@@ -30,6 +30,7 @@ from mamba import model as mamba, sdt
 from model import PRESETS, Model, preset
 from ssmlora import Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser, free_cores
+from training.evaluate import DTYPES, autocast as evaluation_autocast
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
 DEFAULT = Adapters()  # rank, alpha and targets: the defaults every command uses (ssmlora.Adapters)
@@ -40,7 +41,6 @@ SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512, 1024], [1, 16], 20, 3), "cpu": ([1
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
 QUICK = dict(n_layer=4, n_head=2, d_model=32, d_ff=64, vocab_size=128, n_positions=40)
 MAMBA_QUICK = dict(n_layer=4, d_model=32, vocab_size=128)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 NOISY = 0.25  # a spread of the timed rounds above this, relative to the median, makes a row's ratios suspect
 
 
@@ -195,7 +195,7 @@ def resident(model, opt=None):
 
 
 def autocast(args, cache=True):
-    return torch.autocast(args.device.type, DTYPES[args.dtype], enabled=args.dtype != "fp32", cache_enabled=cache)
+    return evaluation_autocast(args.device, args.dtype, cache)  # train.py's, so the two measure the same thing
 
 
 def step_fn(model, mode, batch, opt, args):

@@ -227,7 +227,7 @@ class Attention(nn.Module):
         self.scale, self.terms = None, ()  # SDPA's 1 / sqrt(head_dim)
         if cfg.family == "deberta-v2":
             self.terms = tuple(t for t in ("c2p", "p2c") if t in cfg.pos_att_type.split("|"))
-            self.scale = (self.head_dim * (1 + len(self.terms))) ** -0.5  # 1 / sqrt(3d) with both terms (DeBERTa paper, eq. 4)
+            self.scale = (self.head_dim * (1 + len(self.terms))) ** -0.5  # 1/sqrt(3d), both terms (DeBERTa's eq. 4)
             self.pos_drop = nn.Dropout(cfg.dropout)
             own = not cfg.share_att_key  # else the positions go through query and key themselves
             self.pos_key = nn.Linear(d, d) if own and "c2p" in self.terms else None
@@ -249,8 +249,9 @@ class Attention(nn.Module):
         self.qkv, self.query, self.key, self.value = fused.train(self.query.training), None, None, None
 
     def position_scores(self, q, k, r, idx):
-        """DeBERTa's content-to-position plus position-to-content scores (the DeBERTa paper, He et al. 2021, eq. 4), scaled as the content
-        term. r: the relative position embeddings (2 span, d); idx (T, T): the row of r for each (i, j)."""
+        """DeBERTa's content-to-position plus position-to-content scores (the DeBERTa paper, He et al. 2021, eq. 4),
+        scaled as the content term. r: the relative position embeddings (2 span, d); idx (T, T): the row of r for
+        each (i, j)."""
         B, H, T, hd = q.shape
         r = self.pos_drop(r)
         heads = lambda t: t.view(-1, H, hd).transpose(0, 1)  # (2 span, d) -> (heads, 2 span, head_dim)

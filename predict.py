@@ -106,7 +106,8 @@ def predict(p, texts_a, texts_b=None, batch_size=32):
             out += [{"score": s} for s in logits.float().squeeze(-1).tolist()]
         else:
             probs, ids = logits.float().softmax(-1).max(-1)
-            out += [{"label": spelled(p.task.labels[i]), "probability": q} for i, q in zip(ids.tolist(), probs.tolist())]
+            out += [{"label": spelled(p.task.labels[i]), "probability": q}
+                    for i, q in zip(ids.tolist(), probs.tolist())]
     return [{"n": i + 1, "text": t[0], **({"text_b": t[1]} if pair else {}), **o} for i, (t, o) in
             enumerate(zip(texts, out))]
 

@@ -121,23 +121,19 @@ def add_mixlora(model, adapters, experts=EXPERTS, top_k=TOP_K):
         for name, p in block.mlp.named_parameters():
             p.requires_grad_(name.endswith((".W_a", ".W_b")) or name == "W_r")
     # the FFN never sees the attention mask: hand it to the routers for the length of the model's forward pass
-    model.register_forward_pre_hook(_lend_mask, with_kwargs=True)
-    model.register_forward_hook(_take_mask_back)
+    mlps = [block.mlp for block in model.blocks]
+
+    def lend_mask(model, args, kwargs):
+        for m in mlps:
+            m.mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+
+    def take_mask_back(model, args, output):
+        for m in mlps:
+            m.mask = None
+    model.register_forward_pre_hook(lend_mask, with_kwargs=True)
+    model.register_forward_hook(take_mask_back)
     model.adapters = adapters
     return model
-
-
-def _lend_mask(model, args, kwargs):
-    mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
-    for m in model.modules():
-        if isinstance(m, MixLoRAMLP):
-            m.mask = mask
-
-
-def _take_mask_back(model, args, output):
-    for m in model.modules():
-        if isinstance(m, MixLoRAMLP):
-            m.mask = None
 
 
 def aux_loss(model, coef=AUX_COEF):

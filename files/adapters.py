@@ -121,7 +121,8 @@ def add_adapters_from_file(model, path, add=add_adapters):
     them (training.build.attach knows every method and state lifetime; ssmlora.add_adapters the paper's own)."""
     adapters, base = read_settings(path)
     _check_base(model, base, path)
-    where = {k: t for k, t in load_file(path).items() if k.endswith(PLACES)}  # SDT's selection: needed to build it
+    with safe_open(path, framework="pt") as f:  # SDT's selection, needed to build the model: only those small tensors
+        where = {k: f.get_tensor(k) for k in f.keys() if k.endswith(PLACES)}
     return load_adapters(add(model, adapters, where) if where else add(model, adapters), path)
 
 

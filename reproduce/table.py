@@ -8,8 +8,8 @@ Each run writes into OUT/<task>/<method>[-r<rank>]/seed<seed>. A run whose resul
 this command gives it) is skipped; one with a checkpoint.pt is continued with --resume; so the same command, run
 again, finishes what an interrupted one left.
 Ctrl-C is passed to the running train.py, which stops after its step and saves it (a second Ctrl-C: at once).
-QLoRA and MixLoRA get their own papers' targets (TARGETS) unless --targets is passed after --. Flags after -- that
-a method does not take (the adapter flags for bitfit and full, --state for all but ssmlora) are left out of its runs.
+QLoRA and MixLoRA get their own papers' targets (ssmlora.DEFAULT_TARGETS, written into each command) unless
+--targets is passed after --. Flags after -- that a method does not take (the adapter flags for bitfit and full, --state for all but ssmlora) are left out of its runs.
 Writes OUT/table.md (one row per method and rank, one column per task: the task's selection metric on its first dev
 split, x100, mean ± standard deviation over the seeds, and the trained parameter count as the paper counts it),
 OUT/runs.json (every run) and with --plot OUT/table.png (the metric against the rank, per method and task).
@@ -26,10 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]  # where train.py is
 TRAIN = [sys.executable, "train.py"]  # run in ROOT
 RANKED = ("ssmlora", "lora", "qlora", "mixlora")  # methods that take --rank; bitfit and full run once per seed
 METHODS = RANKED + ("bitfit", "full")
-# a method's own paper's targets, where train.py's default (query,value: LoRA's and SSMLoRA's) is not them. QLoRA
-# adapts every linear of the blocks (Dettmers et al. 2023, sec. 4; Table 1's 1.3M on RoBERTa-base); MixLoRA's 7
-# experts on the FFN with LoRA on query, key and value give Table 1's 5.7M (docs/parameter-counts.md)
-TARGETS = {"qlora": "query,key,value,attn_out,ffn_in,ffn_out", "mixlora": "query,key,value"}
 # train.py flags (after --) that only some methods take: train.py refuses them for the others, so each run gets
 # those of its own method, as --ranks goes to the low-rank methods only. (flag: takes a value)
 ADAPTER_FLAGS = {"--alpha": True, "--dropout": True, "--targets": True, "--sparse": False, "--dense": False}
@@ -123,7 +119,8 @@ def command(args, task, method, rank, seed):
     out = folder(args, task, method, rank, seed)
     flags = flags_for(method, args.train_flags)
     given = any(x.split("=", 1)[0] == "--targets" for x in flags)
-    targets = [] if given or method not in TARGETS else ["--targets", TARGETS[method]]
+    from ssmlora import DEFAULT_TARGETS  # train.py's own defaults, spelled out in the command (torch: not at the top)
+    targets = [] if given or method not in DEFAULT_TARGETS else ["--targets", ",".join(DEFAULT_TARGETS[method])]
     return [*TRAIN, "--task", task, "--method", method, "--seed", str(seed), "--out", str(out.resolve()),
             *([] if rank is None else ["--rank", str(rank)]), *targets, *flags]
 
@@ -250,7 +247,7 @@ def table(records, args):
                  for t in args.tasks]
         lines.append(f"| {method} | {rank or '–'} | {'/'.join(f'{p:,}' for p in params) or '–'} | "
                      + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nmean ± std over seeds of the best dev metric x100; (n): runs that finished\n"
+    return "\n".join(lines) + "\n\nmean ± std over seeds of the best dev metric x100; (n): runs that finished\n"
 
 
 def plot(records, args, path):

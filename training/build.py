@@ -37,7 +37,7 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
     folder). meta: no weights (counts). selection: SDT's, for its main run (attach)."""
     head = {"choice": "choice", "span": "span"}.get(task.shape, "cls")
     with torch.device("meta" if meta else "cpu"):
-        if random_init and Path(model).is_dir() and read_config(model)["model_type"] == "mamba":
+        if random_init and Path(model).is_dir() and read_config(model).get("model_type") == "mamba":
             base = mamba.Mamba(mamba.config_from_hf(read_config(model), task.num_labels, head=head))
         elif random_init and Path(model).is_dir():
             base = Model(replace(config_from_hf(read_config(model), task.num_labels), head=head))

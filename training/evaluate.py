@@ -16,9 +16,10 @@ from training.build import to_device
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device, dtype):
-    """--dtype: bf16 or fp16 autocast on the device's type; eqs. (3)-(8) stay in float32 inside (ssmlora.EPS)."""
-    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32")
+def autocast(device, dtype, cache=True):
+    """--dtype: bf16 or fp16 autocast on the device's type; eqs. (3)-(8) stay in float32 inside (ssmlora.EPS).
+    cache: autocast's cast cache, which a CUDA graph capture must go without."""
+    return torch.autocast(device.type, dtype=DTYPES[dtype], enabled=dtype != "fp32", cache_enabled=cache)
 
 
 def default_dtype(device):

@@ -17,10 +17,9 @@ from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from training import dist
 from training.cli import OneLineParser, UserError
-from training.evaluate import default_dtype
+from training.evaluate import DTYPES, default_dtype
 
 ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
-DTYPES = ("fp32", "bf16", "fp16")
 SDT = {"sdt_warmup": 250, "sdt_rho": 0.75, "alpha": 8.0}  # the authors' configs: 250 or 500 warm-up steps, rho 0.75,
 # 0.9 or 0.95, and their LoRA beside SDT scaled by 1 (alpha = r = 8), where ours defaults to alpha 16
 DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
