@@ -250,11 +250,11 @@ def test_mixlora_aux_loss_is_mixloras_once_over_all_layers_without_padding():
 
 
 @pytest.mark.parametrize("method", ["qlora", "mixlora"])
-def test_learns_synthetic_task(method):
+def test_learns_synthetic_task(method, seed, learned):
     # label: does token 5 occur in the sequence. The frozen random body alone (head trained) does not get there
     # in these steps; with adapters the model does.
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
     ids = torch.randint(6, 40, (512, 8), generator=g)
     y = torch.randint(0, 2, (512,), generator=g)
     ids[y == 1, torch.randint(0, 8, (int(y.sum()),), generator=g)] = 5
@@ -269,7 +269,7 @@ def test_learns_synthetic_task(method):
     m.eval()
     with torch.no_grad():
         acc = (m(ids[384:])[0].argmax(-1) == y[384:]).float().mean().item()
-    assert acc > 0.9, acc
+    learned.at_least(acc, 0.9)
 
 
 @pytest.mark.parametrize("method", ["qlora", "mixlora"])
