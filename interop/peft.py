@@ -265,12 +265,12 @@ def load_head(model, head, folder):
 # ----------------------------------------------------------------------------------------------------------
 # what the export command (python -m interop.export peft|merge, interop/export.py) writes beside a PEFT folder
 
-RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the task and tokenizer (PEFT ignores other files)
+RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the run settings (PEFT ignores other files)
 
 
 def read_peft_run(folder):
     """What train.py --eval-only and predict.py need from a PEFT folder: its base model and, if we exported it,
-    the task and tokenizer ({} of those otherwise: pass --task)."""
+    the task, tokenizer, input length and data folder of the adapter file's run (none otherwise: pass --task)."""
     path = Path(folder) / RUN
     try:
         run = json.loads(path.read_text()) if path.exists() else {}

@@ -197,7 +197,8 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
     base = tiny_bert(tmp_path / "base", dropout=0.0)
     ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
     randomise(ours)
-    save_adapters(ours, tmp_path / "adapters.safetensors", {"task": "sst2", "model": str(base), "tokenizer": None})
+    save_adapters(ours, tmp_path / "adapters.safetensors", {"task": "sst2", "model": str(base), "tokenizer": None,
+                                                            "max_len": 48, "data_dir": str(tmp_path / "glue")})
     main(["peft", str(tmp_path / "adapters.safetensors"), str(tmp_path / "peft")])
     main(["merge", str(tmp_path / "adapters.safetensors"), str(tmp_path / "merged")])
     assert capsys.readouterr().out.count("written to") == 2
@@ -219,8 +220,10 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
     from training.flags import parse
     rng = random.Random(0)
     write_glue_task(tmp_path / "glue", "sst2", sentiment_rows(8, rng), sentiment_rows(24, rng))
-    metrics = [train.run(parse(["--eval-only", str(tmp_path / f), "--data-dir", str(tmp_path / "glue")]))["eval"]
-               for f in ("adapters.safetensors", "peft")]
+    # the run's data folder and input length come along (README: train.py --eval-only out/sst2-peft, offline)
+    args = [parse(["--eval-only", str(tmp_path / f)]) for f in ("adapters.safetensors", "peft")]
+    assert [(a.data_dir, a.max_len) for a in args] == [(str(tmp_path / "glue"), 48)] * 2
+    metrics = [train.run(a)["eval"] for a in args]
     (tmp_path / "peft" / "ssmlora_run.json").unlink()
     metrics.append(train.run(parse(["--eval-only", str(tmp_path / "peft"), "--task", "sst2",
                                     "--data-dir", str(tmp_path / "glue")]))["eval"])
