@@ -151,6 +151,11 @@ def test_oracle_span():
     summary = "Long ago, the old king of Nor buried his gold under the red hill. Then he died."
     a, b, score = narrativeqa.oracle_span(summary, ("Under the red hill.", "in a cave"))
     assert summary[a:b] == "under the red hill" and score == 1.0
+    dotted = "İzmir's İhsan buried his gold under the red hill."  # "İ".lower() is two characters: no shift
+    a, b, score = narrativeqa.oracle_span(dotted, ("Under the red hill.",))
+    assert dotted[a:b] == "under the red hill" and score == 1.0
+    a, b, score = narrativeqa.oracle_span(dotted, ("İhsan",))  # ROUGE's words of it: "i", "hsan"; both in place
+    assert dotted[a:b] == "İhsan" and score == 1.0
     a, b, score = narrativeqa.oracle_span(summary, ("He hid it below a hill that was red", "nothing"))
     # the best span of at most 20 words, found by brute force over every span
     w = [m for m in __import__("re").finditer(r"\w+", summary)]
