@@ -258,7 +258,8 @@ def load_head(model, head, folder):
         params[k].copy_(t)
     missing = [k for k in getattr(model, "new_head", None) or [] if k not in head]
     if missing:
-        raise PeftError(f"{folder} has no trained task head ({', '.join(missing)} are not in its modules_to_save) "
+        are = "is" if len(missing) == 1 else "are"  # LLaMA's and GPT-2's score head: one weight, no bias
+        raise PeftError(f"{folder} has no trained task head ({', '.join(missing)} {are} not in its modules_to_save) "
                         f"and the base checkpoint has none: its logits would be random")
 
 

@@ -234,6 +234,16 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
         main(["peft", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
 
 
+def test_peft_folder_without_the_head_its_base_lacks_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    make("llama-lm", tmp_path / "base")  # a causal LM: no classification head, so the PEFT folder must bring it
+    export_peft(add_adapters(from_pretrained(tmp_path / "base", num_labels=2), method="lora", rank=2), tmp_path / "p")
+    weights = load_file(tmp_path / "p" / "adapter_model.safetensors")
+    save_file({k: t for k, t in weights.items() if "lora_" in k}, tmp_path / "p" / "adapter_model.safetensors")
+    with pytest.raises(PeftError, match=r"has no trained task head \(head.score.weight is not in its modules_to_save"):
+        add_peft_adapters(from_pretrained(tmp_path / "base", num_labels=2), tmp_path / "p")
+
+
 def lora_file(tmp_path, run):
     """A LoRA adapter file of a tiny BERT at tmp_path/run/adapters.safetensors, its base at tmp_path/base."""
     from checkpoints import tiny_bert

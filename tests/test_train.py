@@ -408,6 +408,9 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--method", "bitfit", "--rank", "64", "--targets", "ffn_in", "--dense", "--state", "carry"],
      "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora, lora, qlora, mixlora, sdt only, not "
      "bitfit"),
+    (["--method", "bitfit", "--rank", "4"], "error: --rank applies to --method ssmlora, lora, qlora, mixlora, sdt "
+     "only, not bitfit"),
+    (["--sdt-rho", "0.5"], "error: --sdt-rho applies to --method sdt only, not ssmlora"),
     (["--method", "none"], "invalid choice: 'none'"),
     (["--doc-stride", "64"], "--doc-stride applies to the QA tasks (squad, narrativeqa) only, not sst2"),
     (["--method", "lora", "--state", "carry"], "state carry is how SSMLoRA's state lives; lora has no state to carry"),

@@ -150,10 +150,10 @@ def parse(argv=None):
     given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
     given += ["--sparse/--dense"] * (args.sparse is not None)
     if given and not adapted and not args.eval_only:
-        p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
+        p.error(f"{apply(given)} to --method {', '.join(LOW_RANK)} only, not {args.method}")
     sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
     if sdt_given and args.method != "sdt" and not args.eval_only:
-        p.error(f"{', '.join(sdt_given)} apply to --method sdt only, not {args.method}")
+        p.error(f"{apply(sdt_given)} to --method sdt only, not {args.method}")
     defaults = {**ADAPTER, **SDT, "alpha": SDT["alpha"] if args.method == "sdt" else ADAPTER["alpha"]}
     for k, v in defaults.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
@@ -181,6 +181,11 @@ def parse(argv=None):
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
     return args
+
+
+def apply(flags):
+    """"--rank applies", "--rank, --alpha apply": the verb agrees with the flags given."""
+    return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'}"
 
 
 def from_file(args):
