@@ -47,7 +47,8 @@ def parser():
                    "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
                    "dt_proj, out_proj (default: query,value; "
                    + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items())
-                   + "; qlora's and mixlora's are Table 1's)")
+                   + "; qlora's and mixlora's are Table 1's, qlora's every linear of a block: ffn_gate on LLaMA "
+                   "only)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
