@@ -298,7 +298,7 @@ def stage_qlora(out, smoke, deadline, log):
     argv = ["-m", "reproduce.qlora", "--preset", "roberta-base", "--batch-size", "1" if smoke else "8", "--length",
             "8" if smoke else "128", "--device", "cpu" if smoke else "cuda", *(["--layers", "1"] if smoke else [])]
     code, sec, tail = execute(argv, deadline - time.monotonic(), smoke, log)
-    return dict(status="ok" if code == 0 else f"failed ({code})", seconds=sec, output=tail)
+    return dict(argv=argv, status="ok" if code == 0 else f"failed ({code})", seconds=sec, output=tail)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -348,6 +348,10 @@ def markdown(report):
     dist = report["stages"].get("torchrun", {}).get("result") or {}
     if dist:
         lines += ["", "## torchrun", ""] + [f"- {k}: {json.dumps(v)}" for k, v in dist.items()]
+    qlora = report["stages"].get("qlora", {}).get("result")
+    if qlora:  # its figures as it prints them: per method, saved for backward and the block weights (CUDA: peak)
+        lines += ["", f"## qlora: {qlora['status']}", "", f"`python {' '.join(qlora['argv'])}`", "", "```",
+                  qlora["output"].strip(), "```"]
     return "\n".join(lines) + "\n"
 
 
