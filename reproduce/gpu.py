@@ -323,16 +323,19 @@ def markdown(report):
             rows = ((run.get("result") or {}).get("results")) or []
             name = Path(run["argv"][run["argv"].index("--json") + 1]).stem
             lines += ["", f"## {name}: {run['status']}", "", f"`python bench.py {' '.join(run['argv'][:-2])}`"]
+            vs_eager = any(r["variant"] != "eager" for r in rows)  # eager alone: 1 everywhere, nothing measured
             if rows:
-                lines += ["", "| mode | variant | batch | length | none ms | LoRA ms | SSMLoRA ms | SSMLoRA/LoRA | "
-                          "SSMLoRA/its eager | LoRA MB | SSMLoRA MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                heads = ["mode", "variant", "batch", "length", "none ms", "LoRA ms", "SSMLoRA ms", "SSMLoRA/LoRA",
+                         *["SSMLoRA/its eager"] * vs_eager, "LoRA MB", "SSMLoRA MB"]
+                lines += ["", f"| {' | '.join(heads)} |", "|---" * len(heads) + "|"]
                 for r in rows:
                     mb = r["peak_mb"] if any(r["peak_mb"].values()) else r.get("saved_mb") or r["peak_mb"]
                     cell = lambda v: "not measured" if v is None else f"{v:.4g}"  # noqa: E731
                     lines.append(f"| {r['mode']} | {r['variant']} | {r['batch']} | {r['length']} | "
                                  f"{r['ms']['none']:.2f} | {r['ms']['lora']:.2f} | {r['ms']['ssmlora']:.2f} | "
-                                 f"{r['time_ratios']['ssmlora/lora']:.3f} | {r['vs_eager']['ssmlora']:.3f} | "
-                                 f"{cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
+                                 f"{r['time_ratios']['ssmlora/lora']:.3f} | "
+                                 + f"{r['vs_eager']['ssmlora']:.3f} | " * vs_eager
+                                 + f"{cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
     train = (report["stages"].get("train", {}).get("result") or {}).get("runs") or []
     if train:
         lines += ["", "## train.py", "", "| run | status | s/epoch | examples/s | peak MB | dev accuracy | train "
