@@ -267,6 +267,9 @@ def load_head(model, head, folder):
 # what the export command (python -m interop.export peft|merge, interop/export.py) writes beside a PEFT folder
 
 RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the run settings (PEFT ignores other files)
+RUN_FIELDS = {**dict.fromkeys(("task", "model", "tokenizer", "data_dir"), (lambda v: isinstance(v, str), "a text")),
+              "max_len": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+              "model_is_folder": (lambda v: isinstance(v, bool), "true or false")}  # its fields: what each must be
 
 
 def read_peft_run(folder):
@@ -280,4 +283,8 @@ def read_peft_run(folder):
                         f"--task") from None
     if not isinstance(run, dict):
         raise PeftError(f"{path} is not a JSON object; export the folder again, or remove it and pass --task")
+    for k, (ok, what) in RUN_FIELDS.items():  # a hand-edited file: one line here, not a TypeError in the run
+        if run.get(k) is not None and not ok(run[k]):
+            raise PeftError(f"{path}: {k} is {run[k]!r}, not {what}; export the folder again, or remove the file "
+                            f"and pass --task")
     return {**run, "model": run.get("model") or read_peft_config(folder).get("base_model_name_or_path")}

@@ -234,6 +234,18 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
         main(["peft", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
 
 
+@pytest.mark.parametrize("field, value, what", [("data_dir", 5, "a text"), ("max_len", "64", "a positive integer"),
+                                               ("model_is_folder", "yes", "true or false")])
+def test_peft_run_file_with_a_field_of_the_wrong_type_is_one_error_line(tmp_path, field, value, what):
+    import train
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "b"}')
+    (tmp_path / "ssmlora_run.json").write_text(json.dumps({"task": "sst2", field: value}))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--eval-only", str(tmp_path)])
+    assert e.value.code == f"error: {tmp_path / 'ssmlora_run.json'}: {field} is {value!r}, not {what}; export the " \
+        "folder again, or remove the file and pass --task"
+
+
 def test_peft_folder_without_the_head_its_base_lacks_is_refused(tmp_path):
     from safetensors.torch import save_file
     make("llama-lm", tmp_path / "base")  # a causal LM: no classification head, so the PEFT folder must bring it
