@@ -438,12 +438,12 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     assert squad.scores([a["answer"] for a in ans], [q.answers for q in dev])["em"].mean() == r["best"]["dev"]["em"]
     assert all(a["answer"] in q.context and np.isfinite(a["score"]) for a, q in zip(ans, dev))
     lines = tmp_path / "qa.jsonl"                                      # the command line: JSON or a tab
-    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n\n"
+    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n"
                      + f"{dev[1].question}\t{dev[1].context}\n")
     capsys.readouterr()
     predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (3, ans[1]["answer"])]
+    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (2, ans[1]["answer"])]
     lines.write_text("a question without its context\n")
     with pytest.raises(SystemExit, match=r"qa.jsonl, line 1: give a question and its context with a tab"):
         predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
