@@ -166,7 +166,7 @@ def test_qlora_backward_saves_no_dequantized_weight_and_gives_lora_gradients():
 
 
 def test_qlora_targets_subset_and_memory():
-    assert Adapters("qlora").targets == ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")  # Table 1's
+    assert Adapters("qlora").targets == ("query", "key", "value", "attn_out", "ffn_gate", "ffn_in", "ffn_out")
     m = baselines.add_adapters(tiny(), Adapters("qlora", rank=2, targets="query,value"))  # the rest NF4 only
     kinds = {n: type(x).__name__ for n, x in m.blocks[0].named_modules() if n.count(".") == 1 and n != "mlp.act"}
     assert kinds == {"attn.query": "QLoRALinear", "attn.key": "NF4Linear", "attn.value": "QLoRALinear",
@@ -178,6 +178,18 @@ def test_qlora_targets_subset_and_memory():
     trained = {k for k, p in m.named_parameters() if p.requires_grad}
     assert trained == {k for k in trained if k.endswith(("W_a", "W_b")) or k.startswith("head.")}
     assert param_report(m)["adapter"] == 2 * 2 * (32 * 2 + 2 * 32)
+
+
+def test_qlora_default_adapts_every_linear_of_the_family(capsys):
+    """Table 1's QLoRA adapts every linear of a block: LLaMA's seven (its gate too), RoBERTa's six."""
+    import train
+    from training.flags import parse
+    params = train.run(parse(["--task", "sst2", "--model", "llama2-7b", "--random-init", "--dry-run", "--method",
+                              "qlora"]))["params"]
+    assert params["adapter"] == 32 * 8 * (4 * (4096 + 4096) + 3 * (4096 + 11008))  # q, k, v, o; gate, up, down
+    with torch.device("meta"):
+        m = baselines.add_adapters(Model(preset("roberta-base", num_labels=2)), Adapters("qlora"))
+    assert m.adapters.targets == tuple(ALL.split(",")) and param_report(m)["adapter"] == 1_327_104
 
 
 def test_table1_counts():

@@ -152,6 +152,11 @@ def test_oracle_span():
     summary = "Long ago, the old king of Nor buried his gold under the red hill. Then he died."
     a, b, score = narrativeqa.oracle_span(summary, ("Under the red hill.", "in a cave"))
     assert summary[a:b] == "under the red hill" and score == 1.0
+    dotted = "İzmir's İhsan buried his gold under the red hill."  # "İ".lower() is two characters: no shift
+    a, b, score = narrativeqa.oracle_span(dotted, ("Under the red hill.",))
+    assert dotted[a:b] == "under the red hill" and score == 1.0
+    a, b, score = narrativeqa.oracle_span(dotted, ("İhsan",))  # ROUGE's words of it: "i", "hsan"; both in place
+    assert dotted[a:b] == "İhsan" and score == 1.0
     a, b, score = narrativeqa.oracle_span(summary, ("He hid it below a hill that was red", "nothing"))
     # the best span of at most 20 words, found by brute force over every span
     w = [m for m in __import__("re").finditer(r"\w+", summary)]
@@ -436,12 +441,12 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     assert squad.scores([a["answer"] for a in ans], [q.answers for q in dev])["em"].mean() == r["best"]["dev"]["em"]
     assert all(a["answer"] in q.context and np.isfinite(a["score"]) for a, q in zip(ans, dev))
     lines = tmp_path / "qa.jsonl"                                      # the command line: JSON or a tab
-    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n\n"
+    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n"
                      + f"{dev[1].question}\t{dev[1].context}\n")
     capsys.readouterr()
     predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (3, ans[1]["answer"])]
+    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (2, ans[1]["answer"])]
     lines.write_text("a question without its context\n")
     with pytest.raises(SystemExit, match=r"qa.jsonl, line 1: give a question and its context with a tab"):
         predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])

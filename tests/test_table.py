@@ -126,7 +126,7 @@ def test_qlora_and_mixlora_get_their_papers_targets(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "train", lambda cmd, out: calls.append(cmd) or fake_results(cmd))
     table.main(["--tasks", "sst2", "--methods", "lora,qlora,mixlora", "--out", str(tmp_path / "a")])
     targets = [c[c.index("--targets") + 1] if "--targets" in c else None for c in calls]
-    assert targets == [None, "query,key,value,attn_out,ffn_in,ffn_out", "query,key,value"]
+    assert targets == [None, "query,key,value,attn_out,ffn_gate,ffn_in,ffn_out", "query,key,value"]
     calls.clear()
     table.main(["--tasks", "sst2", "--methods", "mixlora", "--out", str(tmp_path / "b"), "--", "--targets", "query"])
     assert calls[0].count("--targets") == 1 and calls[0][-2:] == ["--targets", "query"]

@@ -394,10 +394,12 @@ def test_predict_refuses_wrong_input_in_one_line(tiny_bert, glue, tmp_path, monk
     (tmp_path / "latin1.tsv").write_bytes(b"ok\tfine\ncaf\xe9\tbar\n")
     assert error("--file", str(tmp_path / "latin1.tsv"))[2] == f"error: {tmp_path / 'latin1.tsv'}, line 2: not UTF-8 " \
         "text"
-    code, out, _ = error("--file", "-", stdin=b"one\ttwo\n\nthree\tfour\n")
+    code, out, err = error("--file", "-", stdin=b"one\ttwo\n \r\nthree\tfour\n")  # a blank line: an empty text
+    assert (code, out, err) == (1, "", "error: -, line 2: an empty text (a blank line); every line is one example")
+    code, out, _ = error("--file", "-", stdin=b"one\ttwo\r\nthree\tfour\r\n")
     lines = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [(o["n"], o["text"], o["text_b"]) for o in lines] == [(1, "one", "two"),
-                                                                                 (3, "three", "four")]
+                                                                                 (2, "three", "four")]
     with safe_open(adapters, framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, adapters, metadata={**meta, "run": meta["run"][:10]})
@@ -423,6 +425,9 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--method", "bitfit", "--rank", "64", "--targets", "ffn_in", "--dense", "--state", "carry"],
      "--rank, --targets, --state, --sparse/--dense apply to --method ssmlora, lora, qlora, mixlora, sdt only, not "
      "bitfit"),
+    (["--method", "bitfit", "--rank", "4"], "error: --rank applies to --method ssmlora, lora, qlora, mixlora, sdt "
+     "only, not bitfit"),
+    (["--sdt-rho", "0.5"], "error: --sdt-rho applies to --method sdt only, not ssmlora"),
     (["--method", "none"], "invalid choice: 'none'"),
     (["--doc-stride", "64"], "--doc-stride applies to the QA tasks (squad, narrativeqa) only, not sst2"),
     (["--method", "lora", "--state", "carry"], "state carry is how SSMLoRA's state lives; lora has no state to carry"),

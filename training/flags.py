@@ -47,7 +47,8 @@ def parser():
                    "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
                    "dt_proj, out_proj (default: query,value; "
                    + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items())
-                   + "; qlora's and mixlora's are Table 1's)")
+                   + "; qlora's and mixlora's are Table 1's, qlora's every linear of a block: ffn_gate on LLaMA "
+                   "only)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
@@ -150,10 +151,10 @@ def parse(argv=None):
     given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
     given += ["--sparse/--dense"] * (args.sparse is not None)
     if given and not adapted and not args.eval_only:
-        p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
+        p.error(f"{apply(given)} to --method {', '.join(LOW_RANK)} only, not {args.method}")
     sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
     if sdt_given and args.method != "sdt" and not args.eval_only:
-        p.error(f"{', '.join(sdt_given)} apply to --method sdt only, not {args.method}")
+        p.error(f"{apply(sdt_given)} to --method sdt only, not {args.method}")
     defaults = {**ADAPTER, **SDT, "alpha": SDT["alpha"] if args.method == "sdt" else ADAPTER["alpha"]}
     for k, v in defaults.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
@@ -181,6 +182,11 @@ def parse(argv=None):
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
     return args
+
+
+def apply(flags):
+    """"--rank applies", "--rank, --alpha apply": the verb agrees with the flags given."""
+    return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'}"
 
 
 def from_file(args):
