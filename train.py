@@ -129,7 +129,8 @@ def fit(model, encoded, data, task, args, device, cut, trivial, on_step=None):
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
     state = [p for name, p in trained.items() if name.endswith((".W_c", ".W_d"))]  # SSMLoRA's state matrices
     others = [p for name, p in trained.items() if not name.endswith((".W_c", ".W_d"))]
-    trace = GradientTrace(args.trace_gradients, trained) if args.trace_gradients and dist.is_main() else None
+    trace = GradientTrace(args.trace_gradients, trained, progress["step"]) if args.trace_gradients and dist.is_main() \
+        else None
     bar = tqdm(total=total, initial=progress["step"], dynamic_ncols=True,
                disable=None if dist.is_main() else True)  # None: no bar when stderr is not a terminal: log lines
     log = ProgressLog(args.log_every, total, per_step, enabled=bar.disable and dist.is_main())

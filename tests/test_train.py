@@ -228,16 +228,49 @@ def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert
     again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors")]))  # the run's data folder
     assert again["eval"]["dev"] == r["best"]["dev"]
     assert again["by_length"]["dev"] == r["by_length"]["dev"]
-    off = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval", "--length-bins", "0",
-                                    "--eval-only", str(tmp_path / "adapters.safetensors"))))
+    off = train.run(parse_args(["--task", "sst2", "--model", str(tiny_bert), "--data-dir", str(glue), "--length-bins",
+                                "0", "--eval-only", str(tmp_path / "adapters.safetensors")]))
     assert off["eval"] == again["eval"] and off["by_length"] is None
 
 
 def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path):
     r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--lr", "5e-3")))
-    again = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval",
-                                          "--eval-only", str(tmp_path / "adapters.safetensors"))))
+    again = train.run(parse_args(["--task", "sst2", "--model", str(tiny_bert), "--data-dir", str(glue),
+                                  "--batch-size", "16", "--eval-only", str(tmp_path / "adapters.safetensors")]))
     assert again["eval"]["dev"] == r["best"]["dev"]
+    for flags, refused in ((["--compile"], "--compile applies"), (["--doc-stride", "64"], "--doc-stride applies to "
+                           "the QA tasks (squad, narrativeqa) only, not sst2"),
+                           (["--out", "o", "--rank", "4", "--resume"], "--rank, --out, --resume apply")):
+        with pytest.raises(SystemExit) as e:  # what --eval-only would not use
+            train.main(["--eval-only", str(tmp_path / "adapters.safetensors"), *flags])
+        assert str(e.value.code).startswith(f"error: {refused}") and "\n" not in e.value.code
+    assert e.value.code == ("error: --rank, --out, --resume apply to training, not to --eval-only, which evaluates "
+                            "the file's adapters as trained and writes nothing (see python train.py --help)")
+
+
+def test_a_trace_is_never_written_over_and_a_resumed_run_continues_its_own(tiny_bert, glue, tmp_path):
+    """--trace-gradients refuses a file that exists (two runs in one trace would mix their steps), unless the run
+    resumes from its checkpoint: then the lines after the checkpoint's step are cut and done again, exactly."""
+    from training.trace import read_trace
+    trace = tmp_path / "trace.jsonl"
+    flags = ("--max-train", "64", "--epochs", "1", "--save-every", "2", "--trace-gradients", str(trace))
+
+    def kill(step, model):
+        if step == 3:  # after step 3's trace line; the checkpoint is step 2's
+            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError):
+        train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "run", *flags)), on_step=kill)
+    killed = read_trace(trace)
+    assert [x["step"] for x in killed] == [1, 2, 3]
+    for out in ("run", "other"):  # without --resume: refused, whatever --out
+        with pytest.raises(SystemExit) as e:
+            train.main(argv("sst2", tiny_bert, glue, tmp_path / out, *flags))
+        assert e.value.code == (f"error: --trace-gradients {trace} already exists: choose another file, or move it "
+                                "away (nothing was overwritten) (see python train.py --help)")
+    assert read_trace(trace) == killed
+    train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "run", *flags, "--resume")))
+    resumed = read_trace(trace)
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4] and resumed[:3] == killed  # step 3 again, the same
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bert, glue, tmp_path):

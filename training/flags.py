@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from files import check_new
 from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
 from mamba.model import PRESETS as MAMBA_PRESETS
@@ -22,6 +23,10 @@ from training.evaluate import DTYPES, default_dtype
 ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
 SDT = {"sdt_warmup": 250, "sdt_rho": 0.75, "alpha": 8.0}  # the authors' configs: 250 or 500 warm-up steps, rho 0.75,
 # 0.9 or 0.95, and their LoRA beside SDT scaled by 1 (alpha = r = 8), where ours defaults to alpha 16
+# what --eval-only never reads: the file holds the adapters as trained (--sdt-warmup, --sdt-rho: checked below)
+TRAINING_ONLY = ("method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "epochs", "grad_accum",
+                 "warmup", "weight_decay", "clip", "clip_mode", "patience", "seed", "max_steps", "max_train",
+                 "eval_every", "out", "save_every", "log_every", "trace_gradients", "resume", "compile")
 DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
                "the paper's baselines.")
 
@@ -116,13 +121,14 @@ def parser():
                    "columns), or edges (0,256,512,1024); 0: off (default: %(default)s)")
     f.add_argument("--trace-gradients", metavar="FILE", help="write each step's loss, gradient norms before "
                    "clipping and update norms per kind of tensor (W_a, W_b, W_c, W_d, head) to FILE, as JSON lines: "
-                   "what python -m reproduce.spike compares")
+                   "what python -m reproduce.spike compares. A new file; a run continued with --resume goes on with "
+                   "its own, from its checkpoint's step")
     r = p.add_argument_group("modes")
     r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
     r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
     r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors, or a PEFT LoRA "
-                   "folder, on the dev set")
+                   "folder, on the dev set (as trained: the flags of training are refused)")
     return p
 
 
@@ -130,13 +136,19 @@ def parse(argv=None):
     """The run's settings from the command line, checked and completed with the task's recipe."""
     p = parser()
     args = p.parse_args(argv)
+    stride_given = args.doc_stride is not None  # --eval-only fills it in from the file below
     if args.eval_only:
+        default = vars(p.parse_args([]))
+        idle = [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if getattr(args, k) != default[k]]
+        if idle:
+            p.error(f"{', '.join(idle)} {'applies' if len(idle) == 1 else 'apply'} to training, not to --eval-only, "
+                    "which evaluates the file's adapters as trained and writes nothing")
         from_file(args)
     if args.task is None:
         p.error("the following arguments are required: --task")
     task = get_task(args.task)  # unknown task: an error before anything is loaded
     args.task, args.model = task.name, args.model or "roberta-base"
-    if task.shape != "span" and args.doc_stride is not None and not args.eval_only:
+    if task.shape != "span" and stride_given:
         p.error(f"--doc-stride applies to the QA tasks (squad, narrativeqa) only, not {task.name}")
     args.max_len = (384 if task.shape == "span" else 512) if args.max_len is None else args.max_len
     args.doc_stride = 128 if args.doc_stride is None else args.doc_stride
@@ -149,7 +161,7 @@ def parse(argv=None):
     adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
     given += ["--sparse/--dense"] * (args.sparse is not None)
-    if given and not adapted and not args.eval_only:
+    if given and not adapted:  # with --eval-only: refused above
         p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
     sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
     if sdt_given and args.method != "sdt" and not args.eval_only:
@@ -162,6 +174,12 @@ def parse(argv=None):
     args.epochs = epochs if args.epochs is None else args.epochs
     args.targets = args.targets or ",".join(Adapters(args.method).targets)  # recorded as used
     args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
+    resumed = args.resume and (Path(args.out) / "checkpoint.pt").exists()  # it continues its own trace, if any
+    if args.trace_gradients and not (resumed and Path(args.trace_gradients).is_file()):
+        try:  # two runs into one trace would mix their steps
+            check_new(args.trace_gradients, "--trace-gradients")
+        except OSError as e:
+            p.error(str(e))
     if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
         p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
                 f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
