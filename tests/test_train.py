@@ -143,6 +143,35 @@ def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path, capsys):
     assert moves["global"][1] < 0.05 * moves["state"][1]
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--json", "{tmp}"], "--json {tmp} is a folder: pass a file name (see python -m reproduce.spike --help)"),
+    (["--json", "{tmp}/mine"], "--json {tmp}/mine already exists: choose another file"),
+    (["--out", "{tmp}"], "--out {tmp} already holds files: choose another folder"),
+    (["--max-train", "0"], "--max-train, --epochs and --max-len must be at least 1, --lr above 0"),
+    (["--modes", "state,state"], "--modes: global, state or both, each once, got 'state,state'"),
+    (["--task", "rte"], "the synthetic data is SST-2's: --task rte needs --data-dir"),
+    (["--clip-mode", "global"], "--clip-mode: this command sets it for each run itself"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0 (see python train.py --help)"),  # train.py's
+])
+def test_spike_checks_flags_and_destinations_before_the_runs(flags, message, tmp_path):
+    from reproduce import spike
+    (tmp_path / "mine").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        spike.main(["--model", "m", *(f.format(tmp=tmp_path) for f in flags)])
+    assert e.value.code.startswith(f"error: {message.format(tmp=tmp_path)}") and "\n" not in e.value.code
+    assert [f.name for f in tmp_path.iterdir()] == ["mine"] and (tmp_path / "mine").read_text() == "mine"
+
+
+def test_a_failed_spike_run_ends_with_its_error(tmp_path, monkeypatch, capsys):
+    from reproduce import spike
+    fails = [sys.executable, "-c", "import sys; print('loading', file=sys.stderr); sys.exit('error: no data there')"]
+    monkeypatch.setattr(spike, "command", lambda *a: fails)  # what train.py does when it fails: its error, last
+    with pytest.raises(SystemExit) as e:
+        spike.run("global", None, None, tmp_path, [])
+    assert e.value.code == "error: the global run failed: no data there"
+    assert capsys.readouterr().err == "loading\nerror: no data there\n"  # what the run said, shown as it came
+
+
 def test_regression_task_learns(tiny_bert, glue, tmp_path):
     r = train.run(parse_args(argv("stsb", tiny_bert, glue, tmp_path, "--epochs", "20", "--lr", "1e-2",
                                       "--dropout", "0")))
