@@ -404,8 +404,8 @@ def test_eval_only_and_predict_need_only_the_adapter_file(tiny_bert, glue, tmp_p
     out = predict.predict(p, [text for text, _ in dev])
     assert sum(o["label"] == label for o, (_, label) in zip(out, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
     assert all(0.5 <= o["probability"] <= 1 for o in out)
-    shown = subprocess.run([sys.executable, "predict.py", str(adapters), dev[0][0], dev[1][0]], capture_output=True,
-                           text=True, cwd=ROOT, timeout=120)
+    shown = subprocess.run([sys.executable, "predict.py", str(adapters), dev[0][0], "--device", "cpu", dev[1][0]],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # texts on both sides of a flag
     printed = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [o["label"] for o in printed] == [o["label"] for o in out[:2]]
     assert [o["probability"] for o in printed] == pytest.approx([o["probability"] for o in out[:2]], rel=1e-5)
@@ -447,6 +447,28 @@ def test_predict_refuses_wrong_input_in_one_line(tiny_bert, glue, tmp_path, monk
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file(tensors, adapters, metadata={**meta, "run": meta["run"][:10]})
     assert "its run settings are cut off or not JSON" in error("a\tb")[2]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"context": "a b", "question": 5, "options": ["x", "y"]}', "'question' is a number, where a string with words "
+     "is expected"),
+    ('{"context": "a b", "question": ["which"], "options": ["x", "y"]}', "'question' is a list, where a string"),
+    ('{"context": "a b", "question": null, "options": ["x", "y"]}', "'question' is null, where a string"),
+    ('{"context": "a b", "options": ["x", "y"]}', "the field 'question' is missing"),
+    ('{"context": "a b", "question": " ", "options": ["x", "y"]}', "'question' is an empty string, where"),
+    ('{"context": 5, "question": "q", "options": ["x", "y"]}', "'context' is a number, where a string"),
+    ('{"context": "a b", "question": "q", "options": "x y"}', "'options' is a string, not a list of two or more"),
+    ('{"context": "a b", "question": "q", "options": ["x"]}', "'options' is a list of 1, not a list of two or more"),
+    ('{"context": "a b", "question": "q", "options": ["x", 3]}', "'options' holds a number, where a string"),
+    ('["a b", "q"]', "expected a JSON object with the fields context, question, options, got a list"),
+])
+def test_predict_names_the_line_and_field_of_a_bad_json_input(text, message):
+    import predict
+    with pytest.raises(UserError) as e:  # a multiple-choice input; the QA one below
+        predict.json_line("q.jsonl", 3, text, predict.CHOICE)
+    assert str(e.value).startswith(f"q.jsonl, line 3: {message}")
+    with pytest.raises(UserError, match=r"^q.jsonl, line 4: 'context' is a list, where a string with words"):
+        predict.qa_line("q.jsonl", 4, '{"question": "q", "context": ["c"]}')
 
 
 @pytest.mark.parametrize("which", ["train", "dev"])
