@@ -262,8 +262,11 @@ def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert
     assert off["eval"] == again["eval"] and off["by_length"] is None
 
 
-def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path):
-    r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--lr", "5e-3")))
+def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path, capsys):
+    r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--lr", "5e-3", "--max-eval",
+                                  "1000")))
+    assert r["max_eval"] is None and json.loads((tmp_path / "results.json").read_text())["max_eval"] is None
+    assert "dev: all 64 examples are evaluated (--max-eval 1,000 is more)" in capsys.readouterr().out  # no cap
     again = train.run(parse_args(["--task", "sst2", "--model", str(tiny_bert), "--data-dir", str(glue),
                                   "--batch-size", "16", "--eval-only", str(tmp_path / "adapters.safetensors")]))
     assert again["eval"]["dev"] == r["best"]["dev"]
