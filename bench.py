@@ -103,7 +103,11 @@ def get_args(argv=None):
         ("--backend", a.backend and not a.compile, "without --compile"),
         ("--train-lengths", a.train_lengths and "train" not in a.modes, "without --modes train"),
         ("--train-batch-sizes", a.train_batch_sizes and "train" not in a.modes, "without --modes train"),
-        ("--cuda-graph", a.cuda_graph and "inference" not in a.modes, "without --modes inference")) if unused]
+        ("--cuda-graph", a.cuda_graph and "inference" not in a.modes, "without --modes inference"),
+        ("--lengths", a.lengths and a.train_lengths and "inference" not in a.modes, "beside --train-lengths "
+         "without --modes inference"),
+        ("--batch-sizes", a.batch_sizes and a.train_batch_sizes and "inference" not in a.modes, "beside "
+         "--train-batch-sizes without --modes inference")) if unused]
     if idle:
         p.error("; ".join(idle))
     lengths, batch_sizes, repeats, warmup = SWEEP["quick" if a.quick else a.device.type]

@@ -45,6 +45,7 @@ from model import Model
 from training.build import build_model, to_device
 from training.cli import OneLineParser, UserError, pick_device
 from training.evaluate import autocast, default_dtype
+from training.flags import trained_task
 
 
 class Predictor(NamedTuple):
@@ -61,7 +62,7 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     """The base model with the trained adapters and head, its tokenizer and the task, from an adapter file that
     train.py wrote (or a PEFT LoRA folder). model / tokenizer / task: instead of what the file names."""
     run = read_peft_run(adapters) if is_peft_folder(adapters) else read_run(adapters)
-    run["task"] = task or run.get("task")
+    run["task"] = trained_task(run, task, adapters)  # another task's head would answer silently
     if not run.get("task"):
         raise UserError(f"{adapters} does not say which task it was trained on: pass --task")
     if not (model or run.get("model")):

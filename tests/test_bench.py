@@ -105,6 +105,8 @@ def test_bf16_frozen_weights_and_dense_flag(tmp_path):
     (["--backend", "eager"], "--backend would change nothing without --compile"),
     (["--modes", "inference", "--train-lengths", "8"], "--train-lengths would change nothing without --modes train"),
     (["--modes", "train", "--cuda-graph"], "--cuda-graph would change nothing without --modes inference"),
+    (["--modes", "train", "--lengths", "8", "--train-lengths", "8"], "--lengths would change nothing beside "
+     "--train-lengths without --modes inference"),
     (["--plot", "{tmp}"], "--plot {tmp} is a folder: pass a file name"),
     pytest.param(["--device", "cuda"], "sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

@@ -401,6 +401,8 @@ def test_eval_only_and_predict_need_only_the_adapter_file(tiny_bert, glue, tmp_p
     assert again["eval"]["dev"] == r["best"]["dev"]
     with pytest.raises(UserError, match="trained on sst2, not rte"):
         parse_args(["--eval-only", str(adapters), "--task", "rte"])
+    with pytest.raises(UserError, match=r"trained on sst2, not rte: use it on sst2 \(leave --task out\)$"):
+        predict.load(adapters, task="rte")  # its head would answer RTE's labels, silently
     # predict(): the same predictions as the evaluation, so the same accuracy on the dev texts
     dev = [line.split("\t") for line in (glue / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
     p = predict.load(adapters)
@@ -498,6 +500,11 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--method", "lora", "--state", "carry"], "state carry is how SSMLoRA's state lives; lora has no state to carry"),
     (["--max-eval", "0"], "--max-eval must be at least 1, got 0"),
     (["--eval-only", "no-such-file.safetensors"], "could not read adapter file no-such-file.safetensors"),
+    (["--lr", "nan"], "--lr and --clip above 0 (--lr and --weight-decay finite)"),  # NaN: no comparison holds
+    (["--clip", "nan"], "--lr and --clip above 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be at least 0"),
+    (["--data-dir", "d", "--cache-dir", "c"], "--cache-dir would change nothing: it is where downloads go"),
+    (["--out", f"{__file__}/out"], f"--out {__file__}/out cannot be a folder: {__file__} is a file"),
 ])
 def test_flags_that_would_do_nothing_or_the_wrong_thing_are_refused(flags, message):
     with pytest.raises(SystemExit) as e:

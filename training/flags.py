@@ -3,6 +3,7 @@ train.py's command line: every flag with its default and its help, the checks th
 and, for --eval-only, the settings the adapter file recorded. The adapter defaults (rank 8, alpha 16, dropout 0.1,
 the targets) are ssmlora.Adapters' own; the task's learning rate and epochs are tasks.RECIPE's.
 """
+import math
 from dataclasses import fields
 from pathlib import Path
 
@@ -137,6 +138,9 @@ def parse(argv=None):
     p = parser()
     args = p.parse_args(argv)
     stride_given = args.doc_stride is not None  # --eval-only fills it in from the file below
+    if args.data_dir and args.cache_dir:
+        p.error("--cache-dir would change nothing: it is where downloads go, and with --data-dir (offline) nothing is "
+                "downloaded")
     if args.eval_only:
         default = vars(p.parse_args([]))
         idle = [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if getattr(args, k) != default[k]]
@@ -193,20 +197,31 @@ def parse(argv=None):
                 f"{args.sdt_rho}")
     if not 0 <= args.warmup < 1:
         p.error(f"--warmup is a fraction of the steps, in [0, 1), got {args.warmup}")
-    if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0 or args.eval_every < 0:
-        p.error("--patience and --weight-decay must be at least 0 (--eval-every too), --lr and --clip above 0")
+    if args.patience < 0 or args.eval_every < 0 or not (0 <= args.weight_decay < math.inf and 0 < args.lr < math.inf
+                                                          and args.clip > 0):  # written so that NaN fails too
+        p.error("--patience and --weight-decay must be at least 0 (--eval-every too), --lr and --clip above 0 "
+                "(--lr and --weight-decay finite)")
+    where = next(f for f in (Path(args.out), *Path(args.out).absolute().parents) if f.exists())
+    if not args.dry_run and not where.is_dir():  # before the model and the data are loaded
+        p.error(f"--out {args.out} cannot be a folder: {where} is a file")
     if args.state == "carry" and dist.world() > 1:
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
     return args
 
 
+def trained_task(run, task, adapters):
+    """The task an adapter file's run trained on; --task only where the file names none (a PEFT folder)."""
+    if task and run.get("task") and get_task(task).name != run["task"]:
+        raise UserError(f"{adapters} holds adapters trained on {run['task']}, not {task}: use it on {run['task']} "
+                        "(leave --task out)")
+    return run.get("task") or task
+
+
 def from_file(args):
     """--eval-only: the task, base model, tokenizer and data the adapters were trained with, unless given again."""
     run = read_peft_run(args.eval_only) if is_peft_folder(args.eval_only) else read_run(args.eval_only)
-    if args.task and run.get("task") and get_task(args.task).name != run["task"]:
-        raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
-                        f"{run['task']} (leave --task out)")
+    run["task"] = trained_task(run, args.task, args.eval_only)
     for k in ("task", "model", "tokenizer", "max_len", "doc_stride"):  # these change the metric: the trained run's
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
