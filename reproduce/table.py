@@ -30,7 +30,8 @@ METHODS = RANKED + ("bitfit", "full")
 # those of its own method, as --ranks goes to the low-rank methods only. (flag: takes a value)
 ADAPTER_FLAGS = {"--alpha": True, "--dropout": True, "--targets": True, "--sparse": False, "--dense": False}
 SSMLORA_FLAGS = {"--state": True}
-GRID_FLAGS = ("--task", "--method", "--rank", "--seed", "--out", "--resume", "--eval-only", "--dry-run")
+GRID_FLAGS = ("--task", "--method", "--rank", "--seed", "--out", "--resume", "--eval-only", "--dry-run",
+              "--trace-gradients")
 
 
 class TableError(ValueError):
@@ -73,7 +74,8 @@ def get_args(argv=None):
     bad = [f for f in GRID_FLAGS if any(x == f or x.startswith(f + "=") for x in passed)]
     if bad:
         p.error(f"{', '.join(bad)} after -- would fight the grid: the table sets the task, method, rank, seed, "
-                f"output and resumption of each run, and each must train and leave its results.json")
+                f"output and resumption of each run, and each must train and leave its results.json"
+                + ("; one --trace-gradients file cannot take every run's steps" * ("--trace-gradients" in bad)))
     args.train_flags = passed
     return args
 
