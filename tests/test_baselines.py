@@ -180,6 +180,19 @@ def test_qlora_targets_subset_and_memory():
     assert param_report(m)["adapter"] == 2 * 2 * (32 * 2 + 2 * 32)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--layers", "0"], "--batch-size, --length and --layers must be at least 1"),  # 0 built all 12 layers
+    (["--batch-size", "0"], "--batch-size, --length and --layers must be at least 1"),  # a reshape traceback
+    (["--preset", "nosuch"], "argument --preset: invalid choice: 'nosuch'"),
+    (["--length", "1000", "--layers", "1"], "--length 1000 is longer than roberta-base's 512 positions"),
+])
+def test_qlora_command_refuses_bad_flags_in_one_line(flags, message):
+    from reproduce import qlora
+    with pytest.raises(SystemExit) as e:
+        qlora.main(flags)
+    assert e.value.code.startswith(f"error: {message}") and "\n" not in e.value.code
+
+
 def test_table1_counts():
     def count(method, targets):
         with torch.device("meta"):
