@@ -124,7 +124,8 @@ def get_args(argv=None):
         a.backend = check_backend(a.backend, "--backend") if a.backend else "inductor"  # given: with --compile
         check_new(a.json, "--json")
         if a.plot:
-            check_new(a.plot, "--plot")
+            from reproduce.plots import png
+            png(a.plot, "--plot")
     except (ValueError, OSError) as e:
         p.error(str(e))
     return a

@@ -107,7 +107,7 @@ def test_bf16_frozen_weights_and_dense_flag(tmp_path):
     (["--modes", "train", "--cuda-graph"], "--cuda-graph would change nothing without --modes inference"),
     (["--modes", "train", "--lengths", "8", "--train-lengths", "8"], "--lengths would change nothing beside "
      "--train-lengths without --modes inference"),
-    (["--plot", "{tmp}"], "--plot {tmp} is a folder: pass a file name"),
+    (["--plot", "{tmp}/bench"], "--plot {tmp}/bench: the picture is a PNG; name it .png"),
     pytest.param(["--device", "cuda"], "sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
