@@ -28,7 +28,7 @@ from baselines.qlora import saved_bytes
 from files import atomic_write, check_new
 from mamba import model as mamba, sdt
 from model import PRESETS, Model, preset
-from ssmlora import Adapters, adapter_modules, add_adapters, param_report
+from ssmlora import ALTERNATING, Adapters, adapter_modules, add_adapters, param_report
 from training.cli import OneLineParser, check_backend, free_cores
 from training.evaluate import DTYPES, autocast as evaluation_autocast
 
@@ -378,8 +378,9 @@ def table(rows, mode):
     rs = [r for r in rows if r["mode"] == mode]
     mem = "peak" if any(r["peak_mb"]["lora"] for r in rs) else "saved" if mode == "train" else None
     sdt_ms = ["sdt ms", "sdt/lora"] if rs and "sdt" in rs[0]["ms"] else []  # Mamba presets
+    vs_eager = any(r["variant"] != "eager" for r in rs)  # eager alone: x/eager would be 1 everywhere, not measured
     heads = ["variant", "batch", "len", "none ms", "lora ms", "ssm ms", "ssm/lora", "lora/ssm", "lora/none",
-             "lora/eager", "ssm/eager", *sdt_ms]
+             *["lora/eager", "ssm/eager"] * vs_eager, *sdt_ms]
     heads += [f"lora {mem} MB", f"ssm {mem} MB", "MB ratio"] if mem else []
     widths = [max(5, len(h)) for h in heads]
     widths[0] = 10
@@ -387,8 +388,8 @@ def table(rows, mode):
     for r in rs:
         t = r["time_ratios"]
         cells = [r["variant"], str(r["batch"]), str(r["length"]), *[f"{r['ms'][n]:.1f}" for n in COMPARED],
-                 f"{t['ssmlora/lora']:.3f}", f"{t['lora/ssmlora']:.3f}", f"{t['lora/none']:.3f}",
-                 f"{r['vs_eager']['lora']:.3f}", f"{r['vs_eager']['ssmlora']:.3f}"]
+                 f"{t['ssmlora/lora']:.3f}", f"{t['lora/ssmlora']:.3f}", f"{t['lora/none']:.3f}"]
+        cells += [f"{r['vs_eager']['lora']:.3f}", f"{r['vs_eager']['ssmlora']:.3f}"] if vs_eager else []
         cells += [f"{r['ms']['sdt']:.1f}", f"{t['sdt/lora']:.3f}"] if sdt_ms else []
         if mem:
             mb = r["peak_mb"] if mem == "peak" else r.get("saved_mb")
@@ -401,9 +402,12 @@ def table(rows, mode):
 
 def describe(model):
     a = model.adapters  # sparse: with query,value, the query on even layers and the value on odd ones
-    where = (f"{','.join(a.targets)}, the attention ones (Mamba: in_proj, out_proj) alternating over the layers "
-             "(paper §3.4)" if a.sparse
-             else f"{','.join(a.targets)} in every layer")
+    alt = [t for t in a.targets if t in ALTERNATING]  # this model's own: query, value or Mamba's in_proj, out_proj
+    where = f"{','.join(a.targets)} in every layer"
+    if a.sparse and alt:  # as ssmlora.insertion_plan places them
+        how = f"{' and '.join(alt)} alternating over the layers" if len(alt) > 1 else f"{alt[0]} on every other layer"
+        rest = ", the others in every layer" if len(alt) < len(a.targets) else ""
+        where = f"{','.join(a.targets)}: {how}{rest} (paper §3.4)"
     return (f"{'sparse' if a.sparse else 'dense'}: {where}; {len(adapter_modules(model))} modules in "
             f"{model.cfg.n_layer} layers, {param_report(model)['adapter']:,} adapter params")
 

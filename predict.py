@@ -206,16 +206,18 @@ def check_texts(rows, first=1):
 
 
 def read_lines(path):
-    """The non-empty lines of a UTF-8 file, or of standard input for "-"."""
+    """[(line number, text)] of a UTF-8 file, or of standard input for "-": every line is an example, so a blank one
+    is an empty text (refused, as the README says) rather than skipped."""
     raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
     lines = []
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
+    for lineno, line in enumerate(raw.removesuffix(b"\n").split(b"\n") if raw else [], 1):
         try:
             text = line.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError:
             raise DataError(f"{path}, line {lineno}: not UTF-8 text") from None
-        if text.strip():
-            lines.append((lineno, text))
+        if not text.strip():
+            raise DataError(f"{path}, line {lineno}: an empty text (a blank line); every line is one example")
+        lines.append((lineno, text))
     if not lines:
         raise DataError(f"{path}: no examples")
     return lines

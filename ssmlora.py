@@ -42,9 +42,10 @@ ALTERNATING = ("query", "key", "value", "qkv", "in_proj", "out_proj")  # sparse 
 # targets are dense (§3.4)
 ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r", "sd_delta")  # W_r: MixLoRA's router; sd_delta: SDT's deltas
 # Each method's default targets: the paper's q/v, and Table 1's configurations of the two baselines (QLoRA: every
-# linear of a block, 1.3M on RoBERTa-base; MixLoRA: LoRA on q, k, v beside its FFN experts, 5.7M); SDT's LoRA goes
-# on out_proj, as the authors' configs (mamba/sdt.py)
-DEFAULT_TARGETS = {"qlora": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+# linear of a block, 1.3M on RoBERTa-base, so the gate where a block has one, LLaMA: baselines.qlora leaves it out
+# elsewhere; MixLoRA: LoRA on q, k, v beside its FFN experts, 5.7M); SDT's LoRA goes on out_proj, as the authors'
+# configs (mamba/sdt.py)
+DEFAULT_TARGETS = {"qlora": ("query", "key", "value", "attn_out", "ffn_gate", "ffn_in", "ffn_out"),
                    "mixlora": ("query", "key", "value"), "sdt": ("out_proj",)}
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eqs. (3)-(8) run in float32:
@@ -130,10 +131,11 @@ class LowRankLinear(nn.Linear):
         self.W_b = nn.Parameter(torch.zeros(rank, base.out_features, **kw))  # zero: adapted == base at init
         self.scaling = alpha / rank  # s = alpha / r, LoRA's convention for both methods (decision 6)
 
-    def lora(self, x):
+    def lora(self, x, W0=None):
         """x W0 + s x W_a W_b (eq. 1), no dropout, no state: what DeBERTa's relative position embeddings go through
-        when they share this projection (model.project); they are no tokens, so no time axis runs over them."""
-        y = F.linear(x, self.weight, self.bias)
+        when they share this projection (model.project); they are no tokens, so no time axis runs over them.
+        W0: instead of self.weight (QLoRA's, dequantized)."""
+        y = F.linear(x, self.weight if W0 is None else W0, self.bias)
         return y if getattr(self, "merged", False) else addmm(y, x @ self.W_a, self.W_b, self.scaling)
 
     def extra_repr(self):

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import ModelError
-from ssmlora import TARGETS, LoRALinear, add_adapters
+from ssmlora import DEFAULT_TARGETS, TARGETS, LoRALinear, add_adapters
 
 BLOCK, BLOCK2 = 64, 256  # weights per absmax constant; constants per 8-bit scale (double quantization)
 # The 16 NF4 values as bitsandbytes and the paper's code have them (tests derive them from the normal quantiles)
@@ -158,9 +158,9 @@ class QLoRALinear(LoRALinear):
         return self.update(x, NF4Matmul.apply(x, self.nf4, self.bias, compute_dtype(x)))  # eq. (1) on the NF4 W0
 
     def lora(self, x):
-        """LowRankLinear.lora on the dequantized W0: DeBERTa's relative positions through a shared query or key
-        (model.project); the inherited one reads self.weight, which QLoRA does not keep."""
-        return F.linear(x, self.nf4(x.dtype), self.bias) + (x @ self.W_a * self.scaling) @ self.W_b
+        """LowRankLinear.lora on the dequantized W0 (QLoRA keeps no self.weight): DeBERTa's relative positions
+        through a shared query or key (model.project)."""
+        return super().lora(x, self.nf4(x.dtype))
 
     def merge(self):
         raise ModelError("QLoRA cannot be merged: W0 is 4-bit; dequantize it first (a LoRA model of the same weights)")
@@ -172,6 +172,10 @@ def add_qlora(model, adapters, double_quant=True):
     keeps them."""
     if adapters.method != "qlora":
         raise ValueError(f"add_qlora adds qlora, not {adapters.method}")
+    if adapters.targets == DEFAULT_TARGETS["qlora"]:  # every linear of a block: those this family's blocks have
+        block = model.blocks[0]  # (LLaMA alone has ffn_gate)
+        adapters = replace(adapters, targets=tuple(t for t in adapters.targets if getattr(
+            getattr(block, TARGETS[t][0], None), TARGETS[t][1], None) is not None))
     add_adapters(model, replace(adapters, method="lora"))
     # DeBERTa's own position projections (share_att_key false) are block linears too, though no target wraps them
     own = {("attn", "pos_key"), ("attn", "pos_query")}

@@ -60,7 +60,8 @@ def export(args):
     tokenizer = args.tokenizer or run.get("tokenizer") or (base if run.get("random_init") else model.source)
     if args.command == "peft":
         return export_peft(model, args.outdir, base=base, sources=reads,
-                           run={"task": task.name, "model": base, "tokenizer": tokenizer})
+                           run={"task": task.name, "model": base, "model_is_folder": Path(base).is_dir(),
+                                "tokenizer": tokenizer, "max_len": run.get("max_len"), "data_dir": run.get("data_dir")})
     return export_merged(model, args.outdir, tokenizer=tokenizer, labels=getattr(task, "labels", None),
                          sources=reads)
 

@@ -258,19 +258,23 @@ def load_head(model, head, folder):
         params[k].copy_(t)
     missing = [k for k in getattr(model, "new_head", None) or [] if k not in head]
     if missing:
-        raise PeftError(f"{folder} has no trained task head ({', '.join(missing)} are not in its modules_to_save) "
+        are = "is" if len(missing) == 1 else "are"  # LLaMA's and GPT-2's score head: one weight, no bias
+        raise PeftError(f"{folder} has no trained task head ({', '.join(missing)} {are} not in its modules_to_save) "
                         f"and the base checkpoint has none: its logits would be random")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # what the export command (python -m interop.export peft|merge, interop/export.py) writes beside a PEFT folder
 
-RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the task and tokenizer (PEFT ignores other files)
+RUN = "ssmlora_run.json"  # beside a PEFT folder we export: the run settings (PEFT ignores other files)
+RUN_FIELDS = {**dict.fromkeys(("task", "model", "tokenizer", "data_dir"), (lambda v: isinstance(v, str), "a text")),
+              "max_len": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+              "model_is_folder": (lambda v: isinstance(v, bool), "true or false")}  # its fields: what each must be
 
 
 def read_peft_run(folder):
     """What train.py --eval-only and predict.py need from a PEFT folder: its base model and, if we exported it,
-    the task and tokenizer ({} of those otherwise: pass --task)."""
+    the task, tokenizer, input length and data folder of the adapter file's run (none otherwise: pass --task)."""
     path = Path(folder) / RUN
     try:
         run = json.loads(path.read_text()) if path.exists() else {}
@@ -279,4 +283,8 @@ def read_peft_run(folder):
                         f"--task") from None
     if not isinstance(run, dict):
         raise PeftError(f"{path} is not a JSON object; export the folder again, or remove it and pass --task")
+    for k, (ok, what) in RUN_FIELDS.items():  # a hand-edited file: one line here, not a TypeError in the run
+        if run.get(k) is not None and not ok(run[k]):
+            raise PeftError(f"{path}: {k} is {run[k]!r}, not {what}; export the folder again, or remove the file "
+                            f"and pass --task")
     return {**run, "model": run.get("model") or read_peft_config(folder).get("base_model_name_or_path")}

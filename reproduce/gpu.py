@@ -301,7 +301,7 @@ def stage_qlora(out, smoke, deadline, log):
     argv = ["-m", "reproduce.qlora", "--preset", "roberta-base", "--batch-size", "1" if smoke else "8", "--length",
             "8" if smoke else "128", "--device", "cpu" if smoke else "cuda", *(["--layers", "1"] if smoke else [])]
     code, sec, tail = execute(argv, deadline - time.monotonic(), smoke, log)
-    return dict(status="ok" if code == 0 else f"failed ({code})", seconds=sec, output=tail)
+    return dict(argv=argv, status="ok" if code == 0 else f"failed ({code})", seconds=sec, output=tail)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -326,16 +326,19 @@ def markdown(report):
             rows = ((run.get("result") or {}).get("results")) or []
             name = Path(run["argv"][run["argv"].index("--json") + 1]).stem
             lines += ["", f"## {name}: {run['status']}", "", f"`python bench.py {' '.join(run['argv'][:-2])}`"]
+            vs_eager = any(r["variant"] != "eager" for r in rows)  # eager alone: 1 everywhere, nothing measured
             if rows:
-                lines += ["", "| mode | variant | batch | length | none ms | LoRA ms | SSMLoRA ms | SSMLoRA/LoRA | "
-                          "SSMLoRA/its eager | LoRA MB | SSMLoRA MB |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                heads = ["mode", "variant", "batch", "length", "none ms", "LoRA ms", "SSMLoRA ms", "SSMLoRA/LoRA",
+                         *["SSMLoRA/its eager"] * vs_eager, "LoRA MB", "SSMLoRA MB"]
+                lines += ["", f"| {' | '.join(heads)} |", "|---" * len(heads) + "|"]
                 for r in rows:
                     mb = r["peak_mb"] if any(r["peak_mb"].values()) else r.get("saved_mb") or r["peak_mb"]
                     cell = lambda v: "not measured" if v is None else f"{v:.4g}"  # noqa: E731
                     lines.append(f"| {r['mode']} | {r['variant']} | {r['batch']} | {r['length']} | "
                                  f"{r['ms']['none']:.2f} | {r['ms']['lora']:.2f} | {r['ms']['ssmlora']:.2f} | "
-                                 f"{r['time_ratios']['ssmlora/lora']:.3f} | {r['vs_eager']['ssmlora']:.3f} | "
-                                 f"{cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
+                                 f"{r['time_ratios']['ssmlora/lora']:.3f} | "
+                                 + f"{r['vs_eager']['ssmlora']:.3f} | " * vs_eager
+                                 + f"{cell(mb['lora'])} | {cell(mb['ssmlora'])} |")
     train = (report["stages"].get("train", {}).get("result") or {}).get("runs") or []
     if train:
         lines += ["", "## train.py", "", "| run | status | s/epoch | examples/s | peak MB | dev accuracy | train "
@@ -351,6 +354,10 @@ def markdown(report):
     dist = report["stages"].get("torchrun", {}).get("result") or {}
     if dist:
         lines += ["", "## torchrun", ""] + [f"- {k}: {json.dumps(v)}" for k, v in dist.items()]
+    qlora = report["stages"].get("qlora", {}).get("result")
+    if qlora:  # its figures as it prints them: per method, saved for backward and the block weights (CUDA: peak)
+        lines += ["", f"## qlora: {qlora['status']}", "", f"`python {' '.join(qlora['argv'])}`", "", "```",
+                  qlora["output"].strip(), "```"]
     return "\n".join(lines) + "\n"
 
 

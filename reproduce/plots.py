@@ -165,6 +165,29 @@ def plot_run(folder, path=None):
     return save(fig, path)
 
 
+def plot_by_length(records, path=None):
+    """The paper's Figure 2 over seeds: each row's dev metric (mean ± std over its seeds) per bin of input length,
+    from reproduce.table's records (method, rank, metric, by_length)."""
+    import statistics
+    first = records[0]
+    bins, metric = first["by_length"], first["metric"]
+    fig, ax = figure(1, 1, (6.5, 4))
+    for row in dict.fromkeys((r["method"], r["rank"]) for r in records):
+        runs = [r for r in records if (r["method"], r["rank"]) == row]
+        values = [[100 * r["by_length"][i][metric] for r in runs if r["by_length"][i].get(metric) is not None]
+                  for i in range(len(bins))]
+        mean = [statistics.fmean(v) if v else float("nan") for v in values]
+        std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        label = f"{row[0]}{'' if row[1] is None else f' r{row[1]}'} ({len(runs)} seeds)"
+        ax[0, 0].errorbar(range(len(bins)), mean, yerr=std, marker="o", capsize=3, label=label)
+    ax[0, 0].set_xticks(range(len(bins)), [f"{b['bin']}\n({b['n']})" for b in bins])
+    ax[0, 0].set_xlabel("input tokens before any cut (dev examples)")
+    ax[0, 0].set_ylabel(f"dev {metric} x100, mean ± std over seeds")
+    ax[0, 0].legend(fontsize="small")
+    ax[0, 0].grid(alpha=0.3)
+    return save(fig, path)
+
+
 def png(path, flag):
     """A destination for a picture: a new file named .png."""
     if Path(path).suffix.lower() != ".png":

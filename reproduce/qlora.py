@@ -19,6 +19,9 @@ from ssmlora import Adapters
 from training.cli import OneLineParser, pick_device
 
 
+TARGETS = "query,value"  # both methods: what differs is the base, NF4 or not (QLoRA's own default adapts them all)
+
+
 def block_weight_bytes(model):
     """Bytes of the blocks' linear weights as stored: NF4 for QLoRA, the full tensors otherwise."""
     stored, _ = weight_bytes(model)
@@ -29,7 +32,7 @@ def block_weight_bytes(model):
 def measure(method, cfg, batch_size, length, device):
     torch.manual_seed(0)
     with torch.device(device):  # built where it runs: no host copy of a large model
-        m = baselines.add_adapters(Model(cfg), Adapters(method)).train()
+        m = baselines.add_adapters(Model(cfg), Adapters(method, targets=TARGETS)).train()
     ids = torch.randint(3, cfg.vocab_size - 1, (batch_size, length), device=device)
     labels = torch.zeros(batch_size, dtype=torch.long, device=device)
     if device.type == "cuda":
@@ -50,7 +53,7 @@ def run(preset_name="roberta-base", batch_size=8, length=128, device=None, layer
         raise ValueError(f"--length {length} is longer than {preset_name}'s {cfg.max_tokens} positions")
     rows = {method: measure(method, cfg, batch_size, length, device) for method in ("lora", "qlora")}
     return dict(preset=preset_name, layers=cfg.n_layer, batch_size=batch_size, length=length, device=str(device),
-                dtype="fp32", rank=8, targets="query,value", torch=torch.__version__, methods=rows)
+                dtype="fp32", rank=8, targets=TARGETS, torch=torch.__version__, methods=rows)
 
 
 def main(argv=None):

@@ -27,14 +27,17 @@ def filler(rng, n, word=None):
     return " ".join(words)
 
 
-def sentiment_rows(n, rng, graded=False):
-    """n rows (text, None, label), or for graded rows (text, the words reversed, score): rng is a random.Random."""
+def sentiment_rows(n, rng, graded=False, late=False):
+    """n rows (text, None, label), or for graded rows (text, the words reversed, score): rng is a random.Random.
+    late: the sentiment word is one of the last two words, where a causal model read at its last token sees it
+    most directly (a tiny random decoder or Mamba then learns with a wide margin)."""
     rows = []
     for _ in range(n):
         y, k = rng.randrange(2), rng.randint(0, 3) if graded else 1
         words = [rng.choice(FILL) for _ in range(rng.randint(3, 8))]
         for _ in range(k):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(POS if y else NEG))
+            at = len(words) - rng.randrange(2) if late else rng.randrange(len(words) + 1)
+            words.insert(at, rng.choice(POS if y else NEG))
         text = " ".join(words)
         rows.append((text, " ".join(reversed(words)), 2.5 + (k if y else -k) * 2.5 / 3) if graded else (text, None, y))
     return rows

@@ -68,8 +68,13 @@ def encode(tok, task, examples, max_len, split, report, stride=128):
     """GLUE as before; the reading tasks as rows whose passage is cut to fit, never the question or option; QA as
     windows over the context, `stride` tokens shared by consecutive ones (squad.windows: training takes its rows,
     evaluation the windows with what decoding needs). What was cut goes into report[split] (and results.json)."""
-    if not task.is_reading:  # dev rows are also counted uncut, for results by input length
-        return tok.encode(examples, max_len, count_cut=split != "train")
+    if not task.is_reading:  # rows are also counted uncut: what --max-len cuts, and results by input length
+        enc = tok.encode(examples, max_len, count_cut=True)
+        report[split] = {"rows": len(enc.full), "text_cut": int((enc.full > max_len).sum())}
+        if report[split]["text_cut"]:
+            print(f"data: {split}: {report[split]['text_cut']:,} of {len(enc.full):,} texts are longer than --max-len "
+                  f"{max_len} tokens; their first {max_len} tokens are kept")
+        return enc
     if task.shape == "span":
         win = squad.windows(tok, examples, max_len, stride)
         report[split] = {"questions": len(examples), "windows": len(win), "several_windows": win.rows.cut,

@@ -125,8 +125,9 @@ def _assemble_mrpc(urls, tmp):
 # ----------------------------------------------------------------------------- parsing the official TSV files
 
 def _rows(path):
-    """(line number, fields) for each line of a TSV file. Only tab and newline are structure: quote characters are
-    text (GLUE's files are not CSV-quoted), and a lone carriage return inside a line stays in the text."""
+    """(line number, fields, whether the line ends with a newline) for each line of a TSV file: only the last one
+    may not. Only tab and newline are structure: quote characters are text (GLUE's files are not CSV-quoted), and a
+    lone carriage return inside a line stays in the text."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
@@ -136,7 +137,7 @@ def _rows(path):
             if lineno == 1:
                 line = line.removeprefix("\ufeff")       # MRPC's files start with a byte-order mark
             if line:
-                yield lineno, line.split("\t")
+                yield lineno, line.split("\t"), raw.endswith(b"\n")
 
 
 def _label(task, value, path, lineno):
@@ -152,9 +153,15 @@ def _label(task, value, path, lineno):
     raise DataError(f"{path}, line {lineno}: label {value!r} in column {task.label!r}, expected {expected}")
 
 
+def _cut(path, lineno, what):
+    """The last line broken off, without its newline: a download cut off, not QQP's known defect (whole rows)."""
+    return DataError(f"{path}, line {lineno}: the last line breaks off ({what}, no newline): the file is cut off (an "
+                     "interrupted download?); fetch it again")
+
+
 def _read_split(task, path):
     rows = _rows(path)
-    header = task.columns or next(rows, (0, []))[1]
+    header = task.columns or next(rows, (0, [], True))[1]
     wanted = [c for c in (task.text_a, task.text_b, task.label) if c is not None]
     if any(c not in header for c in wanted):
         raise DataError(f"{path}: the header {header} lacks the columns {wanted} of the official {task.folder} "
@@ -162,14 +169,22 @@ def _read_split(task, path):
     a, label = header.index(task.text_a), header.index(task.label)
     b = header.index(task.text_b) if task.text_b else None
     examples, broken = [], []
-    for lineno, fields in rows:
+    for lineno, fields, ended in rows:
         if len(fields) != len(header):
+            if not ended and len(fields) < len(header):  # (a cut adds no field)
+                raise _cut(path, lineno, f"{len(fields)} of the {len(header)} fields")
             if task.skip_broken:
                 broken.append(lineno)
                 continue
             raise DataError(f"{path}, line {lineno}: {len(fields)} tab-separated fields where the official "
                             f"{task.folder} file has {len(header)} ({', '.join(header)}). Fix or delete that line.")
-        examples.append(Example(fields[a], None if b is None else fields[b], _label(task, fields[label], path, lineno)))
+        try:
+            y = _label(task, fields[label], path, lineno)
+        except DataError:
+            if not ended:
+                raise _cut(path, lineno, f"label {fields[label]!r}") from None
+            raise
+        examples.append(Example(fields[a], None if b is None else fields[b], y))
     if not examples:
         raise DataError(f"{path}: no examples in this file (only a header, or empty): use the official "
                         f"{task.folder} file, unchanged")

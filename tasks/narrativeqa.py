@@ -76,9 +76,13 @@ def oracle_span(summary, answers, max_span=20, beta=ROUGE_BETA):
     """(first char, end char, ROUGE-L) of the span of at most max_span words of summary with the best ROUGE-L
     against any of the answers; the earliest, then shortest, of equals. All starts at once: one LCS row per start,
     extended by one summary word at a time."""
-    spans = [m.span() for m in re.finditer(r"\w+", summary.lower())]  # the words of metrics.words, with places
+    # the words of metrics.words (of summary.lower()), placed in summary itself: a character's lower case can be
+    # longer ("İ" is "i" and a combining dot), which would shift every later place
+    low = [(i, c) for i, ch in enumerate(summary) for c in ch.lower()]
+    found = list(re.finditer(r"\w+", "".join(c for _, c in low)))
+    spans = [(low[m.start()][0], low[m.end() - 1][0] + 1) for m in found]
     vocab = {}
-    S = np.array([vocab.setdefault(summary[a:b].lower(), len(vocab)) for a, b in spans], np.int64)
+    S = np.array([vocab.setdefault(m[0], len(vocab)) for m in found], np.int64)
     best, where = 0.0, (0, 0)
     for answer in answers:
         A = np.array([vocab.get(w, -1) for w in words(answer)], np.int64)
@@ -126,7 +130,8 @@ def _cached(cache, key, n):
 def _oracles(path, rows, summaries, max_span):
     """Every training question's oracle span, from the cache file beside qaps.csv, else computed and saved."""
     cache = os.path.join(os.path.dirname(path), f"oracle-spans-{max_span}.json")
-    key = {"qaps_bytes": os.path.getsize(path), "rows": len(rows), "max_span": max_span, "beta": ROUGE_BETA}
+    key = {"qaps_bytes": os.path.getsize(path), "rows": len(rows), "max_span": max_span, "beta": ROUGE_BETA,
+           "places": 2}  # caches from before it placed spans in the summary itself (shifted after an "İ"): redone
     spans = _cached(cache, key, len(rows))
     if spans is not None:
         return spans

@@ -1,5 +1,7 @@
-"""Shared test set-up: offline, CPU, deterministic, one thread, and a loopback HTTP server for downloads."""
+"""Shared test set-up: offline, CPU, deterministic, one thread, a loopback HTTP server for downloads, and the
+learning tests' seed and floors (swept over seeds, CPU kernels and threads by tests/audit_floors.py)."""
 import http.server
+import json
 import os
 import threading
 
@@ -11,7 +13,54 @@ import torch  # noqa: E402
 
 # One thread: the suite's models are tiny, so a second thread gains little, and on a machine whose cores other
 # work is using, OpenMP threads that wait for each other made the suite 15-40x slower.
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("SSMLORA_TEST_THREADS", "1")))
+
+# A learning test trains with `seed` (0 in the suite) and checks its score with `learned`. The audit sets
+# SSMLORA_TEST_SEEDS=0,1,2,3,4 (each such test then runs once per seed) and SSMLORA_TEST_SCORES=FILE (every score
+# checked is appended there), so that each floor can be set well below the worst score over seeds and kernels.
+SEEDS = [int(s) for s in os.environ.get("SSMLORA_TEST_SEEDS", "0").split(",")]
+
+
+def pytest_generate_tests(metafunc):
+    if "seed" in metafunc.fixturenames and len(SEEDS) > 1:
+        metafunc.parametrize("seed", SEEDS, ids=[f"seed{s}" for s in SEEDS])
+
+
+@pytest.fixture
+def seed():
+    return SEEDS[0]
+
+
+class Learned:
+    """learned.at_least(score, floor, what) and .below(score, ceiling, what): the assertion, and the score kept for
+    the audit when SSMLORA_TEST_SCORES names a file."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def record(self, what, score, bound, side):
+        path = os.environ.get("SSMLORA_TEST_SCORES")
+        if path:
+            name = self.node.nodeid.replace(f"seed{self.node.funcargs.get('seed')}-", "").replace(
+                f"[seed{self.node.funcargs.get('seed')}]", "")
+            line = dict(test=name, what=what, score=float(score), bound=bound, side=side,
+                        seed=self.node.funcargs.get("seed"), kernel=torch.backends.cpu.get_cpu_capability(),
+                        threads=torch.get_num_threads())
+            with open(path, "a") as f:  # one short line per write: the two workers' lines do not interleave
+                f.write(json.dumps(line) + "\n")
+
+    def at_least(self, score, floor, what="accuracy"):
+        self.record(what, score, floor, ">=")
+        assert score >= floor, f"{what} {score:.4f} is below its floor {floor}"
+
+    def below(self, score, ceiling, what="accuracy"):
+        self.record(what, score, ceiling, "<")
+        assert score < ceiling, f"{what} {score:.4f} is not below {ceiling}"
+
+
+@pytest.fixture
+def learned(request):
+    return Learned(request.node)
 
 
 class Server:
@@ -61,3 +110,11 @@ def serve():
     yield start
     for s in started:
         s.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """With SSMLORA_TEST_SCORES set (tests/audit_floors.py), only the learning tests run."""
+    if os.environ.get("SSMLORA_TEST_SCORES"):
+        keep = [item for item in items if "learned" in getattr(item, "fixturenames", ())]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep

@@ -39,13 +39,25 @@ def quick(tmp_path_factory):  # one --quick --compile run serves several tests: 
 def test_quick_prints_the_table_with_ratios(quick):
     out = quick[0]
     for text in ("inference: forward, no grad, eval mode", "training step: forward, backward, AdamW step",
-                 "lora ms", "ssm/lora", "lora/ssm", "lora/none", "ssm saved MB", "lora     dense", "ssmlora  sparse",
+                 "lora ms", "ssm/lora", "lora/ssm", "lora/none", "lora/eager", "ssm/eager", "ssm saved MB",
+                 "lora     dense", "ssmlora  sparse: query,value: query and value alternating over the layers",
                  "--dense compares dense with dense", "float32_matmul_precision",
                  "--cuda-graph skipped: CUDA graphs need a CUDA device", "no peak memory is measured"):
         assert text in out, text
     # one table line per variant, shape and mode, starting with the variant, batch and length
     lines = [line.split()[:3] for line in out.splitlines()]
     assert sum(cells in ([v, "2", "8"], [v, "2", "16"]) for cells in lines for v in ("eager", "compiled")) == 8
+
+
+@pytest.mark.parametrize("preset, alternating", [("roberta-base", "query and value"),
+                                                 ("mamba-130m", "in_proj and out_proj")])
+def test_eager_alone_has_no_ratio_to_eager_and_each_model_its_own_targets(tmp_path, preset, alternating):
+    out = run_quick(tmp_path, "--preset", preset, "--modes", "inference", "--lengths", "8")[0]
+    heads = next(line for line in out.splitlines() if line.lstrip().startswith("variant"))
+    assert heads.split()[:12] == ["variant", "batch", "len", "none", "ms", "lora", "ms", "ssm", "ms", "ssm/lora",
+                                  "lora/ssm", "lora/none"] and "eager" not in heads  # nothing else was timed
+    targets = bench.MAMBA["targets"] if preset.startswith("mamba") else bench.ADAPTED
+    assert f"sparse: {targets}: {alternating} alternating over the layers (paper §3.4)" in out and "Mamba" not in out
 
 
 def test_quick_json_has_every_method_variant_and_shape(quick):

@@ -227,7 +227,7 @@ def test_spm_model_cut_off_is_an_error_naming_it(spm_folder, tmp_path, monkeypat
         load_tokenizer(tmp_path)
 
 
-def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypatch):
+def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypatch, seed, learned):
     """train.py on RTE-format files: a random tiny DeBERTa with a SentencePiece tokenizer of the words, SSMLoRA on
     query / value, learns which word (good or bad) the premise holds."""
     import random
@@ -260,8 +260,8 @@ def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypa
         unk_piece="[UNK]", minloglevel=2, hard_vocab_limit=False)
     r = train.run(parse(["--task", "rte", "--model", str(ckpt), "--random-init", "--data-dir",
                                   str(tmp_path / "glue"), "--out", str(tmp_path / "out"), "--epochs", "12",
-                                  "--lr", "1e-2", "--dropout", "0"]))
-    assert r["best"]["dev"]["accuracy"] >= 0.75  # chance is 0.5; measured 0.98
+                                  "--lr", "1e-2", "--dropout", "0", "--seed", str(seed)]))
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.75)  # chance is 0.5; measured 0.98
 
 
 def test_pretraining_checkpoint_layout_loads(tmp_path):

@@ -72,6 +72,21 @@ def test_qqp_broken_rows_skipped_and_counted(tmp_path, capsys):
     assert len(out) == 1 and "skipped 2 rows" in out[0] and "lines [6, 7]" in out[0]
 
 
+@pytest.mark.parametrize("task, cut, what", [("qqp", 6, "5 of the 6 fields"), ("rte", 20, "3 of the 4 fields"),
+                                             ("rte", 6, "label 'not_entai'")])
+def test_a_file_cut_inside_its_last_line_is_said_to_be_cut(tmp_path, task, cut, what, capsys):
+    """QQP skips its known broken rows; a last line broken off (no newline, fields missing or a label cut short) is
+    no such row, and in any task it is a cut file, said so."""
+    path = os.path.join(write_glue_task(tmp_path, task, rows_for(task, 4), rows_for(task, 3)), "train.tsv")
+    with open(path, "rb+") as f:
+        f.truncate(os.path.getsize(path) - cut)
+    with pytest.raises(DataError) as e:
+        glue.load_glue(task, data_dir=str(tmp_path))
+    assert str(e.value) == f"{path}, line 5: the last line breaks off ({what}, no newline): the file is cut off (an " \
+        "interrupted download?); fetch it again"
+    assert capsys.readouterr().out == ""  # nothing said of a known defect
+
+
 @pytest.mark.parametrize("task, line, message", [
     ("rte", "9\tonly two", "line 4: 2 tab-separated fields where the official RTE file has 4"),   # header + 2 rows
     ("sst2", "good film \t2", "line 4: label '2' in column 'label', expected 0 or 1"),

@@ -1,6 +1,7 @@
 """reproduce/gpu.py --smoke: every stage of the one command prepared for a GPU runs here on a CPU at tiny sizes, so
 that the script cannot rot between the rare times a GPU is lent. Only the torchrun stage starts processes."""
 import json
+import re
 import tempfile
 
 import pytest
@@ -29,6 +30,12 @@ def test_every_stage_runs_and_the_report_is_written(smoke):
     assert all(s["status"] == "done" for s in report["stages"].values()), report["stages"]
     md = (out / "gpu.md").read_text()
     assert md.startswith("# GPU run (smoke, CPU): cpu, torch ") and "| SSMLoRA/LoRA |" in md and "## train.py" in md
+    eager_only, compiled = md.split("## table12-eager: ok")[1], md.split("## table12-compiled: ok")[1]
+    assert "its eager" not in eager_only.split("##")[0] and "| SSMLoRA/its eager |" in compiled.split("##")[0]
+    qlora = md.split("## qlora: ok\n")[1]  # the QLoRA stage's figures, as gpu.json has them
+    saved = re.findall(r"^(q?lora) +saved for backward +([\d.]+) MB", qlora, re.M)  # same targets, same saved
+    assert "`python -m reproduce.qlora --preset roberta-base" in qlora and [m for m, _ in saved] == ["lora", "qlora"] \
+        and saved[0][1] == saved[1][1]
 
 
 def test_bench_stages_measure_every_method(smoke):

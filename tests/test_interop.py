@@ -197,7 +197,8 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
     base = tiny_bert(tmp_path / "base", dropout=0.0)
     ours = add_adapters(from_pretrained(base, num_labels=2), method="lora", rank=2)
     randomise(ours)
-    save_adapters(ours, tmp_path / "adapters.safetensors", {"task": "sst2", "model": str(base), "tokenizer": None})
+    save_adapters(ours, tmp_path / "adapters.safetensors", {"task": "sst2", "model": str(base), "tokenizer": None,
+                                                            "max_len": 48, "data_dir": str(tmp_path / "glue")})
     main(["peft", str(tmp_path / "adapters.safetensors"), str(tmp_path / "peft")])
     main(["merge", str(tmp_path / "adapters.safetensors"), str(tmp_path / "merged")])
     assert capsys.readouterr().out.count("written to") == 2
@@ -219,8 +220,10 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
     from training.flags import parse
     rng = random.Random(0)
     write_glue_task(tmp_path / "glue", "sst2", sentiment_rows(8, rng), sentiment_rows(24, rng))
-    metrics = [train.run(parse(["--eval-only", str(tmp_path / f), "--data-dir", str(tmp_path / "glue")]))["eval"]
-               for f in ("adapters.safetensors", "peft")]
+    # the run's data folder and input length come along (README: train.py --eval-only out/sst2-peft, offline)
+    args = [parse(["--eval-only", str(tmp_path / f)]) for f in ("adapters.safetensors", "peft")]
+    assert [(a.data_dir, a.max_len) for a in args] == [(str(tmp_path / "glue"), 48)] * 2
+    metrics = [train.run(a)["eval"] for a in args]
     (tmp_path / "peft" / "ssmlora_run.json").unlink()
     metrics.append(train.run(parse(["--eval-only", str(tmp_path / "peft"), "--task", "sst2",
                                     "--data-dir", str(tmp_path / "glue")]))["eval"])
@@ -229,6 +232,28 @@ def test_commands_export_merge_and_predict_from_the_peft_folder(tmp_path, capsys
         ssm = add_adapters(from_pretrained(base, num_labels=2), method="ssmlora", rank=2)
         save_adapters(ssm, tmp_path / "ssm.safetensors", {"task": "sst2", "model": str(base)})
         main(["peft", str(tmp_path / "ssm.safetensors"), str(tmp_path / "no")])
+
+
+@pytest.mark.parametrize("field, value, what", [("data_dir", 5, "a text"), ("max_len", "64", "a positive integer"),
+                                               ("model_is_folder", "yes", "true or false")])
+def test_peft_run_file_with_a_field_of_the_wrong_type_is_one_error_line(tmp_path, field, value, what):
+    import train
+    (tmp_path / "adapter_config.json").write_text('{"peft_type": "LORA", "base_model_name_or_path": "b"}')
+    (tmp_path / "ssmlora_run.json").write_text(json.dumps({"task": "sst2", field: value}))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--eval-only", str(tmp_path)])
+    assert e.value.code == f"error: {tmp_path / 'ssmlora_run.json'}: {field} is {value!r}, not {what}; export the " \
+        "folder again, or remove the file and pass --task"
+
+
+def test_peft_folder_without_the_head_its_base_lacks_is_refused(tmp_path):
+    from safetensors.torch import save_file
+    make("llama-lm", tmp_path / "base")  # a causal LM: no classification head, so the PEFT folder must bring it
+    export_peft(add_adapters(from_pretrained(tmp_path / "base", num_labels=2), method="lora", rank=2), tmp_path / "p")
+    weights = load_file(tmp_path / "p" / "adapter_model.safetensors")
+    save_file({k: t for k, t in weights.items() if "lora_" in k}, tmp_path / "p" / "adapter_model.safetensors")
+    with pytest.raises(PeftError, match=r"has no trained task head \(head.score.weight is not in its modules_to_save"):
+        add_peft_adapters(from_pretrained(tmp_path / "base", num_labels=2), tmp_path / "p")
 
 
 def lora_file(tmp_path, run):

@@ -108,9 +108,9 @@ def _synthetic(n, rng):
     return out
 
 
-def test_a_tiny_model_learns_squad_style_spans(tmp_path):
+def test_a_tiny_model_learns_squad_style_spans(tmp_path, seed, learned):
     tok = _tok(tmp_path)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     m = hub.from_pretrained(tmp_path / "bert", head="span", dropout=0.0, attn_dropout=0.0).train()
     rng = random.Random(0)
     train, dev = _synthetic(512, rng), _synthetic(128, rng)
@@ -123,7 +123,7 @@ def test_a_tiny_model_learns_squad_style_spans(tmp_path):
         return squad.scores(texts, [q.answers for q in dev])["em"].mean()
     before = em()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     for epoch in range(2):
         for b in data.batches(wt.rows, 32, shuffle=True, generator=g):
             loss = m(b["input_ids"], b["attention_mask"], b["token_type_ids"], labels=b["labels"])[1]
@@ -131,7 +131,8 @@ def test_a_tiny_model_learns_squad_style_spans(tmp_path):
             loss.backward()
             opt.step()
     after = em()
-    assert before < 0.3 and after > 0.9, (before, after)
+    learned.below(before, 0.3, "em before")
+    learned.at_least(after, 0.9, "em")
 
 
 # ----------------------------------------------------------------------------- NarrativeQA: ROUGE-L and the oracle
@@ -151,6 +152,11 @@ def test_oracle_span():
     summary = "Long ago, the old king of Nor buried his gold under the red hill. Then he died."
     a, b, score = narrativeqa.oracle_span(summary, ("Under the red hill.", "in a cave"))
     assert summary[a:b] == "under the red hill" and score == 1.0
+    dotted = "İzmir's İhsan buried his gold under the red hill."  # "İ".lower() is two characters: no shift
+    a, b, score = narrativeqa.oracle_span(dotted, ("Under the red hill.",))
+    assert dotted[a:b] == "under the red hill" and score == 1.0
+    a, b, score = narrativeqa.oracle_span(dotted, ("İhsan",))  # ROUGE's words of it: "i", "hsan"; both in place
+    assert dotted[a:b] == "İhsan" and score == 1.0
     a, b, score = narrativeqa.oracle_span(summary, ("He hid it below a hill that was red", "nothing"))
     # the best span of at most 20 words, found by brute force over every span
     w = [m for m in __import__("re").finditer(r"\w+", summary)]
@@ -395,7 +401,7 @@ def write_narrativeqa(folder, splits):
                 q.writerow([f"{name}{x.id}", name, x.question, x.answers[0], f"it is {x.answers[0]}", "", "", ""])
 
 
-def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, capsys):
+def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, capsys, seed, learned):
     import predict
     import train
     from training.flags import parse
@@ -409,13 +415,15 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     torch.manual_seed(0)
     r = train.run(parse(["--task", "squad", "--model", str(tmp_path / "bert"), "--data-dir", str(tmp_path),
                          "--out", str(out), "--lr", "1e-2", "--epochs", "12", "--batch-size", "32", "--dropout", "0",
-                         "--max-len", "20", "--doc-stride", "4", "--length-bins", "0,16,20"]))
+                         "--max-len", "20", "--doc-stride", "4", "--length-bins", "0,16,20", "--seed", str(seed)]))
     tok = load_tokenizer(tmp_path / "bert")
     win = squad.windows(tok, dev, 20, 4)
     before = evaluate(hub.from_pretrained(tmp_path / "bert", head="span"), win, squad.TASK, 32, torch.device("cpu"),
                       dev)[0]
     # SSMLoRA on a frozen random body: EM from 0.0 to 0.71, F1 from 0.18 to 0.84 (measured)
-    assert before["em"] < 0.2 and r["best"]["dev"]["em"] > 0.55 and r["best"]["dev"]["f1"] > 0.75, (before, r["best"])
+    learned.below(before["em"], 0.2, "em before")
+    learned.at_least(r["best"]["dev"]["em"], 0.55, "em")
+    learned.at_least(r["best"]["dev"]["f1"], 0.75, "f1")
     assert r["passage_cut"]["dev"]["several_windows"] > 0            # some contexts needed two windows or more
     bins = r["by_length"]["dev"]
     n = win.lengths
@@ -433,18 +441,18 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     assert squad.scores([a["answer"] for a in ans], [q.answers for q in dev])["em"].mean() == r["best"]["dev"]["em"]
     assert all(a["answer"] in q.context and np.isfinite(a["score"]) for a, q in zip(ans, dev))
     lines = tmp_path / "qa.jsonl"                                      # the command line: JSON or a tab
-    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n\n"
+    lines.write_text(json.dumps({"question": dev[0].question, "context": dev[0].context}) + "\n"
                      + f"{dev[1].question}\t{dev[1].context}\n")
     capsys.readouterr()
     predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
     printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (3, ans[1]["answer"])]
+    assert [(x["n"], x["answer"]) for x in printed] == [(1, ans[0]["answer"]), (2, ans[1]["answer"])]
     lines.write_text("a question without its context\n")
     with pytest.raises(SystemExit, match=r"qa.jsonl, line 1: give a question and its context with a tab"):
         predict.main([str(out / "adapters.safetensors"), "--file", str(lines)])
 
 
-def test_train_py_learns_narrativeqa_from_its_oracle_spans(tmp_path):
+def test_train_py_learns_narrativeqa_from_its_oracle_spans(tmp_path, seed, learned):
     import train
     from training.flags import parse
     _tok(tmp_path)
@@ -454,12 +462,14 @@ def test_train_py_learns_narrativeqa_from_its_oracle_spans(tmp_path):
     torch.manual_seed(0)
     r = train.run(parse(["--task", "narrativeqa", "--model", str(tmp_path / "bert"), "--data-dir", str(tmp_path),
                          "--out", str(tmp_path / "out"), "--lr", "1e-2", "--epochs", "12", "--dropout", "0",
-                         "--batch-size", "32", "--max-len", "32", "--doc-stride", "8"]))
+                         "--batch-size", "32", "--max-len", "32", "--doc-stride", "8", "--seed", str(seed)]))
     valid = narrativeqa.load_narrativeqa(str(tmp_path))["valid"]
     before = evaluate(hub.from_pretrained(tmp_path / "bert", head="span"),
                       squad.windows(load_tokenizer(tmp_path / "bert"), valid, 32, 8), narrativeqa.TASK, 32,
                       torch.device("cpu"), valid)[0]
     # the answers are "light blue" and "it is light blue", the oracle span the colour: ROUGE-L 1.0 at best; measured
     # on valid: 0.24 before, 0.88 after (SSMLoRA, frozen random body)
-    assert before["rouge_l"] < 0.5 and r["best"]["valid"]["rouge_l"] > 0.8 and r["best"]["test"]["rouge_l"] > 0.8
+    learned.below(before["rouge_l"], 0.5, "rouge_l before")
+    learned.at_least(r["best"]["valid"]["rouge_l"], 0.8, "rouge_l valid")
+    learned.at_least(r["best"]["test"]["rouge_l"], 0.8, "rouge_l test")
     assert [b["n"] for b in r["by_length"]["test"]] == [64, 0, 0, 0, 0, 0]

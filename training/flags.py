@@ -53,7 +53,8 @@ def parser():
                    "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
                    "dt_proj, out_proj (default: query,value; "
                    + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items())
-                   + "; qlora's and mixlora's are Table 1's)")
+                   + "; qlora's and mixlora's are Table 1's, qlora's every linear of a block: ffn_gate on LLaMA "
+                   "only)")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
@@ -145,8 +146,8 @@ def parse(argv=None):
         default = vars(p.parse_args([]))
         idle = [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if getattr(args, k) != default[k]]
         if idle:
-            p.error(f"{', '.join(idle)} {'applies' if len(idle) == 1 else 'apply'} to training, not to --eval-only, "
-                    "which evaluates the file's adapters as trained and writes nothing")
+            p.error(f"{apply(idle)} to training, not to --eval-only, which evaluates the file's adapters as trained "
+                    "and writes nothing")
         from_file(args)
     if args.task is None:
         p.error("the following arguments are required: --task")
@@ -165,11 +166,11 @@ def parse(argv=None):
     adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
     given += ["--sparse/--dense"] * (args.sparse is not None)
-    if given and not adapted:  # with --eval-only: refused above
-        p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
+    if given and not adapted and not args.eval_only:
+        p.error(f"{apply(given)} to --method {', '.join(LOW_RANK)} only, not {args.method}")
     sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
     if sdt_given and args.method != "sdt" and not args.eval_only:
-        p.error(f"{', '.join(sdt_given)} apply to --method sdt only, not {args.method}")
+        p.error(f"{apply(sdt_given)} to --method sdt only, not {args.method}")
     defaults = {**ADAPTER, **SDT, "alpha": SDT["alpha"] if args.method == "sdt" else ADAPTER["alpha"]}
     for k, v in defaults.items():
         setattr(args, k, v if getattr(args, k) is None else getattr(args, k))
@@ -208,6 +209,11 @@ def parse(argv=None):
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
     return args
+
+
+def apply(flags):
+    """"--rank applies", "--rank, --alpha apply": the verb agrees with the flags given."""
+    return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'}"
 
 
 def trained_task(run, task, adapters):
