@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from baselines.qlora import saved_bytes
-from files import atomic_write
+from files import atomic_write, check_new
 from mamba import model as mamba, sdt
 from model import PRESETS, Model, preset
 from ssmlora import ALTERNATING, Adapters, adapter_modules, add_adapters, param_report
-from training.cli import OneLineParser, free_cores
+from training.cli import OneLineParser, check_backend, free_cores
 from training.evaluate import DTYPES, autocast as evaluation_autocast
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
@@ -70,8 +70,8 @@ def get_args(argv=None):
     p.add_argument("--train-batch-sizes", type=int_list, help="training-step batch sizes (default: --batch-sizes)")
     p.add_argument("--modes", default="inference,train", help="inference, train or both (default both)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile(model, fullgraph=True) of each")
-    p.add_argument("--backend", default="inductor", help="torch.compile's backend (default inductor; the tests use "
-                   "eager, which traces the same graph without compiling it)")
+    p.add_argument("--backend", help="with --compile: torch.compile's backend (default inductor; the tests use eager, "
+                   "which traces the same graph without compiling it)")
     p.add_argument("--cuda-graph", action="store_true", help="also time batch-1 inference replayed as one CUDA graph "
                    "(CUDA only: skipped with a note on a CPU)")
     p.add_argument("--repeats", type=int, help="timed rounds, the median is reported (default: CUDA 20, CPU 5)")
@@ -99,16 +99,35 @@ def get_args(argv=None):
     a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
     if not a.modes or set(a.modes) - {"inference", "train"}:
         p.error(f"--modes: expected inference, train or both, got {','.join(a.modes)!r}")
+    idle = [f"{flag} would change nothing {why}" for flag, unused, why in (
+        ("--backend", a.backend and not a.compile, "without --compile"),
+        ("--train-lengths", a.train_lengths and "train" not in a.modes, "without --modes train"),
+        ("--train-batch-sizes", a.train_batch_sizes and "train" not in a.modes, "without --modes train"),
+        ("--cuda-graph", a.cuda_graph and "inference" not in a.modes, "without --modes inference"),
+        ("--lengths", a.lengths and a.train_lengths and "inference" not in a.modes, "beside --train-lengths "
+         "without --modes inference"),
+        ("--batch-sizes", a.batch_sizes and a.train_batch_sizes and "inference" not in a.modes, "beside "
+         "--train-batch-sizes without --modes inference")) if unused]
+    if idle:
+        p.error("; ".join(idle))
     lengths, batch_sizes, repeats, warmup = SWEEP["quick" if a.quick else a.device.type]
     a.lengths, a.batch_sizes = a.lengths or lengths, a.batch_sizes or batch_sizes
     a.train_lengths, a.train_batch_sizes = a.train_lengths or a.lengths, a.train_batch_sizes or a.batch_sizes
     a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
-    a.threads = a.threads or (1 if a.quick else free_cores())
+    a.threads = (1 if a.quick else free_cores()) if a.threads is None else a.threads
     a.targets = a.targets or (MAMBA["targets"] if a.preset in mamba.PRESETS else ADAPTED)
-    if min(a.repeats, a.rank, a.threads, a.layers or 1) < 1 or a.warmup < 0 or a.alpha <= 0:
+    if min(a.repeats, a.rank, a.threads, 1 if a.layers is None else a.layers) < 1 or a.warmup < 0 or not a.alpha > 0:
         p.error("--repeats, --rank, --threads and --layers must be at least 1, --warmup at least 0, --alpha above 0")
     if a.plot and not _has("matplotlib"):  # before the sweep, not after it
         p.error("--plot needs the matplotlib package (pip install matplotlib)")
+    try:  # before the sweep: a wrong backend or an occupied file would fail only after it
+        a.backend = check_backend(a.backend, "--backend") if a.backend else "inductor"  # given: with --compile
+        check_new(a.json, "--json")
+        if a.plot:
+            from reproduce.plots import png
+            png(a.plot, "--plot")
+    except (ValueError, OSError) as e:
+        p.error(str(e))
     return a
 
 

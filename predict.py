@@ -35,6 +35,7 @@ from typing import NamedTuple
 import torch
 
 from tasks import encode, get_task, race, squad
+from tasks.task import kind
 from data import Choice, DataError, Example, Pair, batches
 from files.tokenizer import load_tokenizer
 from files.adapters import check_base_is_there, read_run
@@ -44,6 +45,7 @@ from model import Model
 from training.build import build_model, to_device
 from training.cli import OneLineParser, UserError, pick_device
 from training.evaluate import autocast, default_dtype
+from training.flags import trained_task
 
 
 class Predictor(NamedTuple):
@@ -60,7 +62,7 @@ def load(adapters, model=None, tokenizer=None, device="auto", task=None):
     """The base model with the trained adapters and head, its tokenizer and the task, from an adapter file that
     train.py wrote (or a PEFT LoRA folder). model / tokenizer / task: instead of what the file names."""
     run = read_peft_run(adapters) if is_peft_folder(adapters) else read_run(adapters)
-    run["task"] = task or run.get("task")
+    run["task"] = trained_task(run, task, adapters)  # another task's head would answer silently
     if not run.get("task"):
         raise UserError(f"{adapters} does not say which task it was trained on: pass --task")
     if not (model or run.get("model")):
@@ -112,13 +114,13 @@ def predict(p, texts_a, texts_b=None, batch_size=32):
             enumerate(zip(texts, out))]
 
 
-@torch.no_grad()
-
 def spelled(label):
     """A label as a string, spelled as the task's files write it: SST-2's "1", MNLI's "entailment", BoolQ's "true"
     (a JSON true in its files), MultiRC's "1"."""
     return label if isinstance(label, str) else json.dumps(label)
 
+
+@torch.no_grad()
 def choose(p, questions, batch_size=8):
     """Multiple choice: for each {"context", "question", "options"}, the chosen option's index and text and its
     probability, the options cast as train.py casts them (RACE: fill the blank; COPA: "What was the cause? ...")."""
@@ -126,13 +128,12 @@ def choose(p, questions, batch_size=8):
         raise UserError(f"{p.task.name} is not a multiple-choice task: give texts")
     examples = []
     for i, q in enumerate(questions, 1):
-        options = q.get("options") if isinstance(q, dict) else None
-        if not isinstance(options, list) or len(options) < 2 or not isinstance(q.get("context"), str):
-            raise UserError(f"example {i}: expected {{\"context\": text, \"question\": text, \"options\": [two or "
-                            "more texts]}")
-        check_texts([(q["context"], *options)], first=i)
-        examples.append(Choice(q["context"], tuple(cast(p.task.name, q.get("question") or "", o) for o in options),
-                               (0,)))  # a placeholder gold: choose() ignores it
+        check_fields(q, CHOICE, f"example {i}")
+        try:
+            options = tuple(cast(p.task.name, q["question"], o) for o in q["options"])
+        except UserError as e:
+            raise UserError(f"example {i}: {e}") from None
+        examples.append(Choice(q["context"], options, (0,)))  # a placeholder gold: choose() ignores it
     out = []
     for batch in batches(encode(p.tok, p.task, examples, p.max_len, "predict", {}), batch_size):
         batch = to_device(batch, p.model.cfg, p.device)
@@ -177,6 +178,27 @@ def cast(task, question, option):
     return f"{question} {option}".strip()
 
 
+CHOICE, QA = ("context", "question", "options"), ("question", "context")  # the fields of a JSON input
+
+
+def check_fields(q, fields, where):
+    """A JSON input: an object whose fields are strings with words in them (options: a list of two or more). The
+    first that is not is named: a number or a list would otherwise be read as its repr."""
+    if not isinstance(q, dict):
+        raise UserError(f"{where}: expected a JSON object with the fields {', '.join(fields)}, got {kind(q)}")
+    for f in fields:
+        if f not in q:
+            raise UserError(f"{where}: the field {f!r} is missing")
+        values, verb = (q[f], "holds") if f == "options" else ([q[f]], "is")
+        if f == "options" and (not isinstance(values, list) or len(values) < 2):
+            got = f"a list of {len(values)}" if isinstance(values, list) else kind(values)
+            raise UserError(f"{where}: 'options' is {got}, not a list of two or more strings")
+        for v in values:
+            if not isinstance(v, str) or not v.strip():
+                raise UserError(f"{where}: {f!r} {verb} {kind(v) if not isinstance(v, str) else 'an empty string'}, "
+                                "where a string with words is expected")
+
+
 def check_texts(rows, first=1):
     for i, row in enumerate(rows, first):
         if any(not isinstance(t, str) or not t.strip() for t in row):
@@ -212,14 +234,14 @@ def main(argv=None):
     ap.add_argument("--tokenizer", help="tokenizer folder (default: the one the file names)")
     ap.add_argument("--task", help="the task (default: the one the file names; a PEFT folder may not)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # texts before and after the flags
     if bool(args.texts) == bool(args.file):
         ap.error("give either texts or --file")
     try:
         lines = list(enumerate(args.texts, 1)) if args.texts else read_lines(args.file)
         p = load(args.adapters, args.model, args.tokenizer, args.device, args.task)
         if p.task.shape == "choice":
-            results = choose(p, [json_line(args.file or "argument", n, t) for n, t in lines])
+            results = choose(p, [json_line(args.file or "argument", n, t, CHOICE) for n, t in lines])
         elif p.task.shape == "span":
             pairs = [qa_line(args.file or "argument", n, t) for n, t in lines]
             results = answer(p, [q for q, _ in pairs], [c for _, c in pairs])
@@ -234,19 +256,19 @@ def main(argv=None):
         sys.exit(f"error: {e}")
 
 
-def json_line(path, lineno, text):
+def json_line(path, lineno, text, fields):
     try:
-        return json.loads(text)
+        q = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}, line {lineno}: not a JSON object ({e.msg})") from None
+    check_fields(q, fields, f"{path}, line {lineno}")
+    return q
 
 
 def qa_line(path, lineno, text):
     """(question, context) from {"question", "context"} or the two with a tab between them."""
     if text.lstrip().startswith("{"):
-        q = json_line(path, lineno, text)
-        if not isinstance(q, dict) or not isinstance(q.get("question"), str) or not isinstance(q.get("context"), str):
-            raise DataError(f"{path}, line {lineno}: expected {{\"question\": text, \"context\": text}}")
+        q = json_line(path, lineno, text, QA)
         return q["question"], q["context"]
     if "\t" not in text:
         raise DataError(f"{path}, line {lineno}: give a question and its context with a tab between them, or a JSON "

@@ -74,10 +74,13 @@ def run(args, on_step=None):
     args.pad_to = max_len if args.compile else None  # compiled: batches padded to a few lengths (data.padded)
     if max_len < args.max_len:
         print(f"--max-len {args.max_len} is more than this model's {max_len} positions: using {max_len}")
+    args.capped = {}  # the dev splits --max-eval cuts, and to how many: results.json records a cap only if one did
     for split in task.dev if args.max_eval else ():  # the first N, so that every run evaluates the same ones
         if len(data[split]) > args.max_eval:
             print(f"{split}: evaluating the first {args.max_eval:,} of {len(data[split]):,} examples (--max-eval)")
-            data[split] = data[split][:args.max_eval]
+            data[split], args.capped[split] = data[split][:args.max_eval], args.max_eval
+        else:
+            print(f"{split}: all {len(data[split]):,} examples are evaluated (--max-eval {args.max_eval:,} is more)")
     cut = {}
     print("tokenising", flush=True)
     encoded = {split: encode(tok, task, data[split], max_len, split, cut, args.doc_stride) for split in task.dev}
@@ -88,8 +91,8 @@ def run(args, on_step=None):
     if args.eval_only:
         metrics, by_length = evaluate_dev(model, encoded, data, task, args, device)
         print(json.dumps(metrics))
-        print_by_length(by_length)
-        return {"eval": metrics, "by_length": by_length, "max_eval": args.max_eval}
+        print_by_length(by_length, capped=args.capped)
+        return {"eval": metrics, "by_length": by_length, "max_eval": args.max_eval if args.capped else None}
     train_rows = data["train"][:args.max_train] if args.max_train else data["train"]
     encoded["train"] = encode(tok, task, train_rows, max_len, "train", cut, args.doc_stride)
     if len(encoded["train"]) == 0:
@@ -129,7 +132,8 @@ def fit(model, encoded, data, task, args, device, cut, trivial, on_step=None):
     trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
     state = [p for name, p in trained.items() if name.endswith((".W_c", ".W_d"))]  # SSMLoRA's state matrices
     others = [p for name, p in trained.items() if not name.endswith((".W_c", ".W_d"))]
-    trace = GradientTrace(args.trace_gradients, trained) if args.trace_gradients and dist.is_main() else None
+    trace = GradientTrace(args.trace_gradients, trained, progress["step"]) if args.trace_gradients and dist.is_main() \
+        else None
     bar = tqdm(total=total, initial=progress["step"], dynamic_ncols=True,
                disable=None if dist.is_main() else True)  # None: no bar when stderr is not a terminal: log lines
     log = ProgressLog(args.log_every, total, per_step, enabled=bar.disable and dist.is_main())
@@ -279,15 +283,16 @@ def finish(model, progress, task, args, device, out, per_step, cut, trivial):
                "processes": dist.world(), "epoch_seconds": progress["epoch_times"],
                "peak_memory_bytes": peak_memory(device), "device": str(device), "dtype": args.dtype,
                "compile": args.compile, "passage_cut": cut or None, "max_len": args.max_len_used,
-               "max_eval": args.max_eval, "adapters": vars(model.adapters), "learned_nothing": trivial,
+               "max_eval": args.max_eval if args.capped else None, "adapters": vars(model.adapters),
+               "learned_nothing": trivial,
                "args": vars(args)}  # the max_len and adapter settings used
     if dist.is_main():
         atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(results, indent=2)))
-    others = ", ".join(f"{k} {v:.4f}" for k, v in best[task.dev[0]].items() if k != select)
+    others = fmt({k: v for k, v in best[task.dev[0]].items() if k != select})
     print(f"best {select} {progress['best']:.4f}{f' ({others})' if others else ''}"
           f"{f'; learning nothing: {fmt(trivial)}' if trivial else ''}; adapters in {out / 'adapters.safetensors'}; "
           f"results in {out / 'results.json'}")  # RACE: best all ... (middle ..., high ...)
-    print_by_length(results["by_length"], "the best evaluation, ", args.max_eval)
+    print_by_length(results["by_length"], "the best evaluation, ", args.capped)
     return results
 
 
@@ -311,11 +316,12 @@ def compiled(model, backend):
     return torch.compile(model, backend=backend, fullgraph=True, dynamic=False)
 
 
-def print_by_length(by_length, which="", max_eval=None):
-    """Each dev split's metrics by input length, as the paper's Table 5: bins as columns."""
-    capped = f", the first {max_eval:,} examples (--max-eval)" if max_eval else ""
+def print_by_length(by_length, which="", capped=None):
+    """Each dev split's metrics by input length, as the paper's Table 5: bins as columns. capped: {split: the
+    examples --max-eval kept of it}."""
     for split, bins in (by_length or {}).items():
-        print(f"\n{split}{capped}, {which}by input tokens (--length-bins):\n{lengths.table(bins)}")
+        cut = f", the first {capped[split]:,} examples (--max-eval)" if split in (capped or {}) else ""
+        print(f"\n{split}{cut}, {which}by input tokens (--length-bins):\n{lengths.table(bins)}")
 
 
 def run_settings(args):

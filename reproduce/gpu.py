@@ -18,11 +18,11 @@ wanted first, until the time budget (--budget) is spent.
   small     bench.py on roberta-base and gpt2 at batch 1 and 16
   qlora     python -m reproduce.qlora: what a training forward saves for the backward pass, LoRA against QLoRA
 """
-import argparse
 import contextlib
 import datetime
 import io
 import json
+import math
 import os
 import random
 import runpy
@@ -35,7 +35,9 @@ from pathlib import Path
 
 import torch
 
+from files import atomic_write, check_new
 from reproduce.synthetic import FILL, NEG, POS, write_sst2
+from training.cli import OneLineParser
 
 REPO = Path(__file__).resolve().parent.parent
 LENGTHS = "16,32,64,128,256,512,1024"
@@ -54,14 +56,15 @@ CAPS = dict(table12=200, train=130, memory47=45, torchrun=40, small=50, qlora=20
 
 def bench_calls(stage, out, smoke):
     """bench.py argument lists of a stage; smoke: the tiny --quick model on a CPU, dynamo's eager backend."""
-    tiny = ["--quick", "--layers", "2", "--device", "cpu", "--backend", "eager", "--repeats", "1", "--warmup", "0"] \
-        if smoke else ["--device", "cuda"]
+    tiny = ["--quick", "--layers", "2", "--device", "cpu", "--repeats", "1", "--warmup", "0"] if smoke \
+        else ["--device", "cuda"]
+    compile_ = ["--compile", "--backend", "eager"] if smoke else ["--compile"]
     lengths = "8" if smoke else LENGTHS
     if stage == "table12":
         common = [*tiny, "--preset", "llama2-7b", "--dtype", "bf16", "--weights", "bf16", "--modes", "inference",
                   "--batch-sizes", "1", "--lengths", lengths]
         return [[*common, "--cuda-graph", "--json", f"{out}/table12-eager.json"],   # first: what compiling can lose
-                [*common, "--compile", "--json", f"{out}/table12-compiled.json"]]
+                [*common, *compile_, "--json", f"{out}/table12-compiled.json"]]
     if stage == "memory47":
         return [[*tiny, "--preset", "llama2-7b", "--dtype", "bf16", "--weights", "bf16", "--modes", "train",
                  "--train-batch-sizes", "4,8", "--train-lengths", "16" if smoke else "1024",
@@ -367,27 +370,55 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
         return worker(argv[1], argv[2:])
-    p = argparse.ArgumentParser(prog="python -m reproduce.gpu", description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("out", help="folder for gpu.json, gpu.md, the raw bench JSON and the run folders")
+    a = get_args(argv)
+    with contextlib.ExitStack() as stack:  # no --work: a temporary folder, removed at the end
+        work = Path(a.work or stack.enter_context(tempfile.TemporaryDirectory(prefix="ssmlora-gpu-"))).resolve()
+        return run(a, work)
+
+
+def get_args(argv):
+    p = OneLineParser(prog="-m reproduce.gpu", description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("out", help="folder for gpu.json, gpu.md and gpu.log (it may hold other files, not these)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on a CPU: the same stages, in seconds")
     p.add_argument("--budget", type=float, default=420, help="seconds for all stages together (default 420)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, of {','.join(STAGES)}")
-    p.add_argument("--work", help="folder for the data, model config, runs and raw bench JSON (default: a new "
-                   "temporary folder; OUT holds only gpu.json, gpu.md and gpu.log, which embed what matters)")
+    p.add_argument("--work", help="a new or empty folder for the data, model config, runs and raw bench JSON "
+                   "(default: a temporary folder, removed at the end; OUT holds only gpu.json, gpu.md and gpu.log, "
+                   "which embed what matters)")
     a = p.parse_args(argv)
-    stages = [s for s in a.stages.split(",") if s]
-    if set(stages) - set(STAGES):
-        p.error(f"unknown stages {sorted(set(stages) - set(STAGES))}; choose from {','.join(STAGES)}")
+    a.stages = [s for s in a.stages.split(",") if s]
+    if set(a.stages) - set(STAGES) or not a.stages or len(set(a.stages)) < len(a.stages):
+        p.error(f"--stages: expected some of {','.join(STAGES)}, each once, got {','.join(a.stages)!r}")
+    if not 0 < a.budget < math.inf:  # 0 would still run a stage: each stage has at least its own seconds
+        p.error(f"--budget is the seconds all stages may take, above 0, got {a.budget:g}")
     if not a.smoke and not torch.cuda.is_available():
         p.error("no CUDA device: run with --smoke on a CPU")
+    earlier = [name for name in REPORT if (Path(a.out) / name).exists()]  # OUT may hold other files
+    if earlier:  # checked before the first stage, as a stage's run into an earlier --work is
+        p.error(f"OUT {a.out} holds an earlier report ({', '.join(earlier)}): choose another folder, or move them "
+                "away (nothing was overwritten)")
+    try:
+        check_new(Path(a.out) / REPORT[0], "OUT")  # OUT (or a folder above it) a file
+        if a.work:
+            check_new(a.work, "--work", folder=True)
+    except OSError as e:
+        p.error(str(e))
+    return a
+
+
+REPORT = ("gpu.json", "gpu.md", "gpu.log")
+
+
+def run(a, work):
+    """Every stage in turn into work, the report into a.out after each."""
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work = Path(a.work or tempfile.mkdtemp(prefix="ssmlora-gpu-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    report = dict(environment=environment(a.smoke), work=str(work), stages={})
+    report = dict(environment=environment(a.smoke), work=str(work) if a.work else "a temporary folder, removed",
+                  stages={})
     end = time.monotonic() + a.budget
-    with open(out / "gpu.log", "w") as log:
-        for name in stages:
+    with open(out / "gpu.log", "x") as log:
+        for name in a.stages:
             t0 = time.monotonic()
             deadline = min(end, t0 + CAPS[name] * (100 if a.smoke else 1))
             print(f"[{time.strftime('%H:%M:%S')}] {name} (up to {deadline - t0:.0f} s)", flush=True)
@@ -396,9 +427,10 @@ def main(argv=None):
             except Exception as e:  # noqa: BLE001 - one stage's failure must not lose the others
                 result, status = None, f"failed: {type(e).__name__}: {e}"
             report["stages"][name] = dict(status=status, seconds=round(time.monotonic() - t0, 1), result=result)
-            (out / "gpu.json").write_text(json.dumps(report, indent=2, default=str))  # after each stage
+            atomic_write(out / "gpu.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2,
+                                                                                       default=str)))  # each stage
             log.flush()
-    (out / "gpu.md").write_text(markdown(report))
+    atomic_write(out / "gpu.md", lambda tmp: Path(tmp).write_text(markdown(report)))
     print(markdown(report))
     return report
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from files import atomic_write, check_new
 from training.cli import OneLineParser, UserError
 
 STYLE = {"none": ("tab:gray", ":"), "lora": ("tab:blue", "-"), "ssmlora": ("tab:red", "-"),
@@ -187,29 +188,36 @@ def plot_by_length(records, path=None):
     return save(fig, path)
 
 
+def png(path, flag):
+    """A destination for a picture: a new file named .png."""
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"{flag} {path}: the picture is a PNG; name it .png")
+    check_new(path, flag)
+
+
 def save(fig, path):
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=72)
+    if path is not None:  # a PNG under the name given (matplotlib would add .png to a name without it), whole
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=72, format="png"))
     return fig
 
 
 def main(argv=None):
     p = OneLineParser(prog="-m reproduce.plots", description=__doc__.strip().split("\n\n")[0])
     p.add_argument("source", help="a train.py --out folder (its eval.jsonl), or a bench.py result .json")
-    p.add_argument("--out", help="the PNG to write (default: <folder>/curves.png, or the .json's name as .png)")
+    p.add_argument("--out", help="a new .png file to write (default: <folder>/curves.png, or the .json's name as "
+                   ".png)")
     args = p.parse_args(argv)
     src = Path(args.source)
     src = src.parent if src.name == "eval.jsonl" and src.is_file() else src  # the run's log itself: its folder
+    out = args.out or (src.with_suffix(".png") if src.suffix == ".json" else src / "curves.png")
     try:
+        png(out, "--out" if args.out else "the picture")  # before the source is read: never drawn over one
         if src.suffix == ".json":
-            out = args.out or src.with_suffix(".png")
             try:
                 plot_bench(read_json(src), out)
             except UserError as e:  # name the file the rows came from
                 raise UserError(str(e) if str(src) in str(e) else f"{src}: {e}") from None
         else:
-            out = args.out or src / "curves.png"
             plot_run(src, out)
     except (UserError, OSError, ValueError) as e:
         sys.exit(f"error: {e}")

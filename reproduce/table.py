@@ -40,7 +40,8 @@ ITEM = re.compile(r"(?P<method>[a-z]+)(?:\+(?P<insertion>sparse|dense))?(?:@(?P<
 # those of its own method, as --ranks goes to the low-rank methods only. (flag: takes a value)
 ADAPTER_FLAGS = {"--alpha": True, "--dropout": True, "--targets": True, "--sparse": False, "--dense": False}
 SSMLORA_FLAGS = {"--state": True}
-GRID_FLAGS = ("--task", "--method", "--rank", "--seed", "--out", "--resume", "--eval-only", "--dry-run")
+GRID_FLAGS = ("--task", "--method", "--rank", "--seed", "--out", "--resume", "--eval-only", "--dry-run",
+              "--trace-gradients")
 # Two-sided 95% points of Student's t with 1 ... 10 degrees of freedom (the paired test over a few seeds).
 T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
@@ -94,7 +95,8 @@ def get_args(argv=None):
     bad = [f for f in GRID_FLAGS if any(x == f or x.startswith(f + "=") for x in passed)]
     if bad:
         p.error(f"{', '.join(bad)} after -- would fight the grid: the table sets the task, method, rank, seed, "
-                f"output and resumption of each run, and each must train and leave its results.json")
+                f"output and resumption of each run, and each must train and leave its results.json"
+                + ("; one --trace-gradients file cannot take every run's steps" * ("--trace-gradients" in bad)))
     if any(i["insertion"] for i in items) and any(x in ("--sparse", "--dense") for x in passed):
         p.error("--sparse or --dense after -- would override a method's own +sparse or +dense: give it there only")
     args.train_flags = passed

@@ -69,7 +69,8 @@ def by_length(lengths, score, e):
     for i, name in enumerate(labels(e)):
         idx = np.flatnonzero((b == i) & ~below)
         got = fn(idx) if len(idx) else {}   # a correlation of one example is none: null, not NaN, in JSON
-        out.append({"bin": name, "n": int(len(idx)), **{k: v if math.isfinite(v) else None for k, v in got.items()}})
+        out.append({"bin": name, "n": int(len(idx)), **{k: v if v is not None and math.isfinite(v) else None
+                                                        for k, v in got.items()}})
     return out
 
 

@@ -192,6 +192,19 @@ def test_qlora_default_adapts_every_linear_of_the_family(capsys):
     assert m.adapters.targets == tuple(ALL.split(",")) and param_report(m)["adapter"] == 1_327_104
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--layers", "0"], "--batch-size, --length and --layers must be at least 1"),  # 0 built all 12 layers
+    (["--batch-size", "0"], "--batch-size, --length and --layers must be at least 1"),  # a reshape traceback
+    (["--preset", "nosuch"], "argument --preset: invalid choice: 'nosuch'"),
+    (["--length", "1000", "--layers", "1"], "--length 1000 is longer than roberta-base's 512 positions"),
+])
+def test_qlora_command_refuses_bad_flags_in_one_line(flags, message):
+    from reproduce import qlora
+    with pytest.raises(SystemExit) as e:
+        qlora.main(flags)
+    assert e.value.code.startswith(f"error: {message}") and "\n" not in e.value.code
+
+
 def test_table1_counts():
     def count(method, targets):
         with torch.device("meta"):

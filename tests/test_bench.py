@@ -110,14 +110,33 @@ def test_bf16_frozen_weights_and_dense_flag(tmp_path):
     (["--quick", "--lengths", "100"], "longer than this model's"),
     (["--weights", "bf16", "--dtype", "fp32"], "--weights bf16 needs --dtype bf16 or fp16"),
     (["--modes", "serve"], "--modes: expected inference, train or both"),
+    (["--layers", "0"], "--layers must be at least 1"),
+    (["--threads", "0"], "--threads and --layers must be at least 1"),
+    (["--alpha", "nan"], "--alpha above 0"),
+    (["--compile", "--backend", "nosuch"], "--backend 'nosuch' is not a torch.compile backend: choose one of "),
+    (["--backend", "eager"], "--backend would change nothing without --compile"),
+    (["--modes", "inference", "--train-lengths", "8"], "--train-lengths would change nothing without --modes train"),
+    (["--modes", "train", "--cuda-graph"], "--cuda-graph would change nothing without --modes inference"),
+    (["--modes", "train", "--lengths", "8", "--train-lengths", "8"], "--lengths would change nothing beside "
+     "--train-lengths without --modes inference"),
+    (["--plot", "{tmp}/bench"], "--plot {tmp}/bench: the picture is a PNG; name it .png"),
     pytest.param(["--device", "cuda"], "sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
     with pytest.raises(SystemExit) as e:
-        bench.main([*flags, "--json", str(tmp_path / "x.json")])
+        bench.main([*(f.format(tmp=tmp_path) for f in flags), "--json", str(tmp_path / "x.json")])
     assert isinstance(e.value.code, str) and e.value.code.startswith("error: ") and "\n" not in e.value.code
-    assert message in e.value.code
+    assert message.format(tmp=tmp_path) in e.value.code and not (tmp_path / "x.json").exists()
+
+
+def test_an_earlier_result_is_never_written_over(tmp_path):
+    (tmp_path / "bench.json").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--quick", "--json", str(tmp_path / "bench.json")])
+    assert e.value.code == (f"error: --json {tmp_path / 'bench.json'} already exists: choose another file, or move "
+                            "it away (nothing was overwritten) (see python bench.py --help)")
+    assert (tmp_path / "bench.json").read_text() == "mine"
 
 
 def test_command_line_error_has_no_traceback():

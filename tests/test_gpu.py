@@ -2,6 +2,7 @@
 that the script cannot rot between the rare times a GPU is lent. Only the torchrun stage starts processes."""
 import json
 import re
+import tempfile
 
 import pytest
 
@@ -10,8 +11,14 @@ from reproduce import gpu
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gpu")
-    return out, gpu.main([str(out), "--smoke"])
+    out, tmp = tmp_path_factory.mktemp("gpu"), tmp_path_factory.mktemp("tmp")
+    before, tempfile.tempdir = tempfile.tempdir, str(tmp)  # where the run's temporary --work folder goes
+    try:
+        report = gpu.main([str(out), "--smoke"])
+    finally:
+        tempfile.tempdir = before
+    assert [f.name for f in tmp.iterdir() if f.name.startswith("ssmlora-gpu-")] == []  # no --work: removed at the end
+    return out, report
 
 
 def test_every_stage_runs_and_the_report_is_written(smoke):
@@ -55,3 +62,31 @@ def test_train_and_torchrun_stages(smoke):
     assert all(dist[k]["status"] == "ok" for k in ("nccl-1", "one")), dist  # smoke: no gloo-2 (test_distributed)
     assert dist["nccl-1 vs one"]["within_cpu_tolerance"]
     assert "saved for backward" in report["stages"]["qlora"]["result"]["output"]
+
+
+def test_an_earlier_report_is_never_written_over(smoke, tmp_path):
+    out, _ = smoke
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        gpu.main([str(out), "--smoke", "--stages", "qlora"])
+    assert e.value.code == (f"error: OUT {out} holds an earlier report (gpu.json, gpu.md, gpu.log): choose another "
+                            "folder, or move them away (nothing was overwritten) (see python -m reproduce.gpu --help)")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["{tmp}/file"], "OUT {tmp}/file/gpu.json cannot be made: {tmp}/file is a file"),
+    (["{tmp}/out", "--work", "{tmp}/file"], "--work {tmp}/file is a file: pass a folder"),
+    (["{tmp}/out", "--work", "{tmp}"], "--work {tmp} already holds files: choose another folder"),
+    (["{tmp}/out", "--budget", "0"], "--budget is the seconds all stages may take, above 0, got 0"),
+    (["{tmp}/out", "--budget", "-5"], "--budget is the seconds all stages may take, above 0, got -5"),
+    (["{tmp}/out", "--stages", ""], "--stages: expected some of table12,"),
+    (["{tmp}/out", "--stages", "qlora,qlora"], f"--stages: expected some of {','.join(gpu.STAGES)}, each once, got "
+     "'qlora,qlora'"),
+])
+def test_bad_flags_are_refused_before_any_stage(flags, message, tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        gpu.main([f.format(tmp=tmp_path) for f in flags] + ["--smoke"])
+    assert e.value.code.startswith(f"error: {message.format(tmp=tmp_path)}") and "\n" not in e.value.code
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["file"] and (tmp_path / "file").read_text() == "mine"

@@ -51,6 +51,14 @@ def test_run_plot_from_eval_jsonl_and_the_command(tmp_path, capsys):
     (tmp_path / "bench.json").write_text(json.dumps(bench_result()))
     plots.main([str(tmp_path / "bench.json"), "--out", str(tmp_path / "x.png")])
     assert (tmp_path / "x.png").stat().st_size > 5000
+    drawn = (run / "curves.png").read_bytes()
+    for argv, message in (([str(run)], f"the picture {run / 'curves.png'} already exists: choose another file"),
+                          ([str(run), "--out", str(tmp_path / "x")], f"--out {tmp_path / 'x'}: the picture is a PNG; "
+                           "name it .png")):  # matplotlib wrote x.png and said x
+        with pytest.raises(SystemExit) as e:
+            plots.main(argv)
+        assert e.value.code.startswith(f"error: {message}")
+    assert (run / "curves.png").read_bytes() == drawn and not (tmp_path / "x").exists()
 
 
 def test_run_plot_draws_the_best_evaluation_by_input_length(tmp_path):

@@ -108,3 +108,20 @@ def test_all_middle_high_by_hand():
     # middle: 2 of 3 right, high: 1 of 2 right, all: 3 of 5
     scores = race.TASK.score([0, 1, 0, 0, 0], examples)
     assert scores == pytest.approx({"all": 3 / 5, "middle": 2 / 3, "high": 1 / 2})
+
+
+def test_a_level_without_questions_scores_none_not_nan():
+    """--max-eval's first N questions can all be middle-school ones (middle comes first): high is none evaluated,
+    null in JSON and "-" in the length table, not NaN."""
+    import json
+
+    from tasks import lengths
+    from training.progress import fmt
+    examples = [Choice("a", ("x", "y"), (0,), "middle"), Choice("a", ("x", "y"), (1,), "middle")]
+    scores = race.TASK.score([0, 0], examples)
+    assert scores == {"all": 0.5, "middle": 0.5, "high": None} and "NaN" not in json.dumps(scores)
+    assert fmt(scores) == "all 0.5000, middle 0.5000, high: none evaluated"
+    bins = lengths.by_length([10, 300], lambda idx: race.TASK.score([0] * len(idx), [examples[i] for i in idx]),
+                             lengths.edges("0,256"))
+    assert bins == [{"bin": "0-256", "n": 1, "all": 1.0, "middle": 1.0, "high": None},
+                    {"bin": "256+", "n": 1, "all": 0.0, "middle": 0.0, "high": None}]

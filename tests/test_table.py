@@ -82,7 +82,9 @@ def test_the_grid_and_what_is_there_are_checked_before_any_run(tmp_path, monkeyp
                           (["--methods", "lora,lorra"], "unknown method lorra"),
                           (["--tasks", "sst2,sst3"], "Unknown task 'sst3'"),
                           (["--", "--method=full"], "--method after -- would fight the grid"),
-                          (["--", "--dry-run"], "--dry-run after -- would fight the grid")]:
+                          (["--", "--dry-run"], "--dry-run after -- would fight the grid"),
+                          (["--", "--trace-gradients", "t.jsonl"], "one --trace-gradients file cannot take every "
+                           "run's steps")]:
         with pytest.raises(SystemExit, match=f"^error: .*{message}"):
             table.main(base + argv)
     (tmp_path / "file").write_text("")

@@ -162,6 +162,35 @@ def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path, capsys, s
     learned.below(moves["global"][1] / moves["state"][1], 0.05, "W_a update at the spike, global / state")
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--json", "{tmp}"], "--json {tmp} is a folder: pass a file name (see python -m reproduce.spike --help)"),
+    (["--json", "{tmp}/mine"], "--json {tmp}/mine already exists: choose another file"),
+    (["--out", "{tmp}"], "--out {tmp} already holds files: choose another folder"),
+    (["--max-train", "0"], "--max-train, --epochs and --max-len must be at least 1, --lr above 0"),
+    (["--modes", "state,state"], "--modes: global, state or both, each once, got 'state,state'"),
+    (["--task", "rte"], "the synthetic data is SST-2's: --task rte needs --data-dir"),
+    (["--clip-mode", "global"], "--clip-mode: this command sets it for each run itself"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0 (see python train.py --help)"),  # train.py's
+])
+def test_spike_checks_flags_and_destinations_before_the_runs(flags, message, tmp_path):
+    from reproduce import spike
+    (tmp_path / "mine").write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        spike.main(["--model", "m", *(f.format(tmp=tmp_path) for f in flags)])
+    assert e.value.code.startswith(f"error: {message.format(tmp=tmp_path)}") and "\n" not in e.value.code
+    assert [f.name for f in tmp_path.iterdir()] == ["mine"] and (tmp_path / "mine").read_text() == "mine"
+
+
+def test_a_failed_spike_run_ends_with_its_error(tmp_path, monkeypatch, capsys):
+    from reproduce import spike
+    fails = [sys.executable, "-c", "import sys; print('loading', file=sys.stderr); sys.exit('error: no data there')"]
+    monkeypatch.setattr(spike, "command", lambda *a: fails)  # what train.py does when it fails: its error, last
+    with pytest.raises(SystemExit) as e:
+        spike.run("global", None, None, tmp_path, [])
+    assert e.value.code == "error: the global run failed: no data there"
+    assert capsys.readouterr().err == "loading\nerror: no data there\n"  # what the run said, shown as it came
+
+
 def test_regression_task_learns(tiny_bert, glue, tmp_path, seed, learned):
     r = train.run(parse_args(argv("stsb", tiny_bert, glue, tmp_path, "--epochs", "20", "--lr", "1e-2",
                                       "--dropout", "0", "--seed", str(seed))))
@@ -247,16 +276,52 @@ def test_the_adapter_file_keeps_where_the_base_was_and_the_length_used(tiny_bert
     again = train.run(parse_args(["--eval-only", str(tmp_path / "adapters.safetensors")]))  # the run's data folder
     assert again["eval"]["dev"] == r["best"]["dev"]
     assert again["by_length"]["dev"] == r["by_length"]["dev"]
-    off = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval", "--length-bins", "0",
-                                    "--eval-only", str(tmp_path / "adapters.safetensors"))))
+    off = train.run(parse_args(["--task", "sst2", "--model", str(tiny_bert), "--data-dir", str(glue), "--length-bins",
+                                "0", "--eval-only", str(tmp_path / "adapters.safetensors")]))
     assert off["eval"] == again["eval"] and off["by_length"] is None
 
 
-def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path):
-    r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--lr", "5e-3")))
-    again = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "eval",
-                                          "--eval-only", str(tmp_path / "adapters.safetensors"))))
+def test_eval_only_reproduces_the_best_evaluation(tiny_bert, glue, tmp_path, capsys):
+    r = train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path, "--epochs", "2", "--lr", "5e-3", "--max-eval",
+                                  "1000")))
+    assert r["max_eval"] is None and json.loads((tmp_path / "results.json").read_text())["max_eval"] is None
+    assert "dev: all 64 examples are evaluated (--max-eval 1,000 is more)" in capsys.readouterr().out  # no cap
+    again = train.run(parse_args(["--task", "sst2", "--model", str(tiny_bert), "--data-dir", str(glue),
+                                  "--batch-size", "16", "--eval-only", str(tmp_path / "adapters.safetensors")]))
     assert again["eval"]["dev"] == r["best"]["dev"]
+    for flags, refused in ((["--compile"], "--compile applies"), (["--doc-stride", "64"], "--doc-stride applies to "
+                           "the QA tasks (squad, narrativeqa) only, not sst2"),
+                           (["--out", "o", "--rank", "4", "--resume"], "--rank, --out, --resume apply")):
+        with pytest.raises(SystemExit) as e:  # what --eval-only would not use
+            train.main(["--eval-only", str(tmp_path / "adapters.safetensors"), *flags])
+        assert str(e.value.code).startswith(f"error: {refused}") and "\n" not in e.value.code
+    assert e.value.code == ("error: --rank, --out, --resume apply to training, not to --eval-only, which evaluates "
+                            "the file's adapters as trained and writes nothing (see python train.py --help)")
+
+
+def test_a_trace_is_never_written_over_and_a_resumed_run_continues_its_own(tiny_bert, glue, tmp_path):
+    """--trace-gradients refuses a file that exists (two runs in one trace would mix their steps), unless the run
+    resumes from its checkpoint: then the lines after the checkpoint's step are cut and done again, exactly."""
+    from training.trace import read_trace
+    trace = tmp_path / "trace.jsonl"
+    flags = ("--max-train", "64", "--epochs", "1", "--save-every", "2", "--trace-gradients", str(trace))
+
+    def kill(step, model):
+        if step == 3:  # after step 3's trace line; the checkpoint is step 2's
+            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError):
+        train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "run", *flags)), on_step=kill)
+    killed = read_trace(trace)
+    assert [x["step"] for x in killed] == [1, 2, 3]
+    for out in ("run", "other"):  # without --resume: refused, whatever --out
+        with pytest.raises(SystemExit) as e:
+            train.main(argv("sst2", tiny_bert, glue, tmp_path / out, *flags))
+        assert e.value.code == (f"error: --trace-gradients {trace} already exists: choose another file, or move it "
+                                "away (nothing was overwritten) (see python train.py --help)")
+    assert read_trace(trace) == killed
+    train.run(parse_args(argv("sst2", tiny_bert, glue, tmp_path / "run", *flags, "--resume")))
+    resumed = read_trace(trace)
+    assert [x["step"] for x in resumed] == [1, 2, 3, 4] and resumed[:3] == killed  # step 3 again, the same
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_bert, glue, tmp_path):
@@ -355,14 +420,16 @@ def test_eval_only_and_predict_need_only_the_adapter_file(tiny_bert, glue, tmp_p
     assert again["eval"]["dev"] == r["best"]["dev"]
     with pytest.raises(UserError, match="trained on sst2, not rte"):
         parse_args(["--eval-only", str(adapters), "--task", "rte"])
+    with pytest.raises(UserError, match=r"trained on sst2, not rte: use it on sst2 \(leave --task out\)$"):
+        predict.load(adapters, task="rte")  # its head would answer RTE's labels, silently
     # predict(): the same predictions as the evaluation, so the same accuracy on the dev texts
     dev = [line.split("\t") for line in (glue / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
     p = predict.load(adapters)
     out = predict.predict(p, [text for text, _ in dev])
     assert sum(o["label"] == label for o, (_, label) in zip(out, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
     assert all(0.5 <= o["probability"] <= 1 for o in out)
-    shown = subprocess.run([sys.executable, "predict.py", str(adapters), dev[0][0], dev[1][0]], capture_output=True,
-                           text=True, cwd=ROOT, timeout=120)
+    shown = subprocess.run([sys.executable, "predict.py", str(adapters), dev[0][0], "--device", "cpu", dev[1][0]],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # texts on both sides of a flag
     printed = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [o["label"] for o in printed] == [o["label"] for o in out[:2]]
     assert [o["probability"] for o in printed] == pytest.approx([o["probability"] for o in out[:2]], rel=1e-5)
@@ -408,6 +475,28 @@ def test_predict_refuses_wrong_input_in_one_line(tiny_bert, glue, tmp_path, monk
     assert "its run settings are cut off or not JSON" in error("a\tb")[2]
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"context": "a b", "question": 5, "options": ["x", "y"]}', "'question' is a number, where a string with words "
+     "is expected"),
+    ('{"context": "a b", "question": ["which"], "options": ["x", "y"]}', "'question' is a list, where a string"),
+    ('{"context": "a b", "question": null, "options": ["x", "y"]}', "'question' is null, where a string"),
+    ('{"context": "a b", "options": ["x", "y"]}', "the field 'question' is missing"),
+    ('{"context": "a b", "question": " ", "options": ["x", "y"]}', "'question' is an empty string, where"),
+    ('{"context": 5, "question": "q", "options": ["x", "y"]}', "'context' is a number, where a string"),
+    ('{"context": "a b", "question": "q", "options": "x y"}', "'options' is a string, not a list of two or more"),
+    ('{"context": "a b", "question": "q", "options": ["x"]}', "'options' is a list of 1, not a list of two or more"),
+    ('{"context": "a b", "question": "q", "options": ["x", 3]}', "'options' holds a number, where a string"),
+    ('["a b", "q"]', "expected a JSON object with the fields context, question, options, got a list"),
+])
+def test_predict_names_the_line_and_field_of_a_bad_json_input(text, message):
+    import predict
+    with pytest.raises(UserError) as e:  # a multiple-choice input; the QA one below
+        predict.json_line("q.jsonl", 3, text, predict.CHOICE)
+    assert str(e.value).startswith(f"q.jsonl, line 3: {message}")
+    with pytest.raises(UserError, match=r"^q.jsonl, line 4: 'context' is a list, where a string with words"):
+        predict.qa_line("q.jsonl", 4, '{"question": "q", "context": ["c"]}')
+
+
 @pytest.mark.parametrize("which", ["train", "dev"])
 def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, which):
     folder = Path(write_glue_task(tmp_path / "glue", "sst2", [("good", None, 1)] * 4, [("bad", None, 0)] * 2))
@@ -435,6 +524,11 @@ def test_empty_data_file_is_a_one_line_error_naming_it(tiny_bert, tmp_path, whic
     (["--method", "lora", "--state", "carry"], "state carry is how SSMLoRA's state lives; lora has no state to carry"),
     (["--max-eval", "0"], "--max-eval must be at least 1, got 0"),
     (["--eval-only", "no-such-file.safetensors"], "could not read adapter file no-such-file.safetensors"),
+    (["--lr", "nan"], "--lr and --clip above 0 (--lr and --weight-decay finite)"),  # NaN: no comparison holds
+    (["--clip", "nan"], "--lr and --clip above 0"),
+    (["--weight-decay", "nan"], "--weight-decay must be at least 0"),
+    (["--data-dir", "d", "--cache-dir", "c"], "--cache-dir would change nothing: it is where downloads go"),
+    (["--out", f"{__file__}/out"], f"--out {__file__}/out cannot be a folder: {__file__} is a file"),
 ])
 def test_flags_that_would_do_nothing_or_the_wrong_thing_are_refused(flags, message):
     with pytest.raises(SystemExit) as e:

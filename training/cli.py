@@ -41,3 +41,13 @@ def free_cores():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(1, min(cores, round(cores - busy)))
+
+
+def check_backend(name, flag):
+    """A torch.compile backend name, checked when the flags are read: an unknown one would fail only at the first
+    compiled call, after the model is built (and, in train.py, the data read)."""
+    from torch._dynamo import list_backends  # imported here: dynamo takes seconds to import
+    if name not in list_backends(exclude_tags=()):  # debug backends too: eager, aot_eager (what the tests use)
+        raise UserError(f"{flag} {name!r} is not a torch.compile backend: choose one of "
+                        f"{', '.join(list_backends())} (or eager, aot_eager: trace without compiling)")
+    return name

@@ -3,11 +3,13 @@ train.py's command line: every flag with its default and its help, the checks th
 and, for --eval-only, the settings the adapter file recorded. The adapter defaults (rank 8, alpha 16, dropout 0.1,
 the targets) are ssmlora.Adapters' own; the task's learning rate and epochs are tasks.RECIPE's.
 """
+import math
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
+from files import check_new
 from files.adapters import check_base_is_there, read_run
 from interop.peft import is_peft_folder, read_peft_run
 from mamba.model import PRESETS as MAMBA_PRESETS
@@ -22,6 +24,10 @@ from training.evaluate import DTYPES, default_dtype
 ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
 SDT = {"sdt_warmup": 250, "sdt_rho": 0.75, "alpha": 8.0}  # the authors' configs: 250 or 500 warm-up steps, rho 0.75,
 # 0.9 or 0.95, and their LoRA beside SDT scaled by 1 (alpha = r = 8), where ours defaults to alpha 16
+# what --eval-only never reads: the file holds the adapters as trained (--sdt-warmup, --sdt-rho: checked below)
+TRAINING_ONLY = ("method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "epochs", "grad_accum",
+                 "warmup", "weight_decay", "clip", "clip_mode", "patience", "seed", "max_steps", "max_train",
+                 "eval_every", "out", "save_every", "log_every", "trace_gradients", "resume", "compile")
 DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
                "the paper's baselines.")
 
@@ -117,13 +123,14 @@ def parser():
                    "columns), or edges (0,256,512,1024); 0: off (default: %(default)s)")
     f.add_argument("--trace-gradients", metavar="FILE", help="write each step's loss, gradient norms before "
                    "clipping and update norms per kind of tensor (W_a, W_b, W_c, W_d, head) to FILE, as JSON lines: "
-                   "what python -m reproduce.spike compares")
+                   "what python -m reproduce.spike compares. A new file; a run continued with --resume goes on with "
+                   "its own, from its checkpoint's step")
     r = p.add_argument_group("modes")
     r.add_argument("--dry-run", action="store_true", help="build the model, print the parameter report, exit")
     r.add_argument("--random-init", action="store_true", help="random weights: a preset or a folder's config.json")
     r.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     r.add_argument("--eval-only", metavar="ADAPTERS", help="evaluate a saved adapters.safetensors, or a PEFT LoRA "
-                   "folder, on the dev set")
+                   "folder, on the dev set (as trained: the flags of training are refused)")
     return p
 
 
@@ -131,13 +138,22 @@ def parse(argv=None):
     """The run's settings from the command line, checked and completed with the task's recipe."""
     p = parser()
     args = p.parse_args(argv)
+    stride_given = args.doc_stride is not None  # --eval-only fills it in from the file below
+    if args.data_dir and args.cache_dir:
+        p.error("--cache-dir would change nothing: it is where downloads go, and with --data-dir (offline) nothing is "
+                "downloaded")
     if args.eval_only:
+        default = vars(p.parse_args([]))
+        idle = [f"--{k.replace('_', '-')}" for k in TRAINING_ONLY if getattr(args, k) != default[k]]
+        if idle:
+            p.error(f"{apply(idle)} to training, not to --eval-only, which evaluates the file's adapters as trained "
+                    "and writes nothing")
         from_file(args)
     if args.task is None:
         p.error("the following arguments are required: --task")
     task = get_task(args.task)  # unknown task: an error before anything is loaded
     args.task, args.model = task.name, args.model or "roberta-base"
-    if task.shape != "span" and args.doc_stride is not None and not args.eval_only:
+    if task.shape != "span" and stride_given:
         p.error(f"--doc-stride applies to the QA tasks (squad, narrativeqa) only, not {task.name}")
     args.max_len = (384 if task.shape == "span" else 512) if args.max_len is None else args.max_len
     args.doc_stride = 128 if args.doc_stride is None else args.doc_stride
@@ -163,6 +179,12 @@ def parse(argv=None):
     args.epochs = epochs if args.epochs is None else args.epochs
     args.targets = args.targets or ",".join(Adapters(args.method).targets)  # recorded as used
     args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
+    resumed = args.resume and (Path(args.out) / "checkpoint.pt").exists()  # it continues its own trace, if any
+    if args.trace_gradients and not (resumed and Path(args.trace_gradients).is_file()):
+        try:  # two runs into one trace would mix their steps
+            check_new(args.trace_gradients, "--trace-gradients")
+        except OSError as e:
+            p.error(str(e))
     if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
         p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
                 f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
@@ -176,8 +198,13 @@ def parse(argv=None):
                 f"{args.sdt_rho}")
     if not 0 <= args.warmup < 1:
         p.error(f"--warmup is a fraction of the steps, in [0, 1), got {args.warmup}")
-    if args.patience < 0 or args.lr <= 0 or args.clip <= 0 or args.weight_decay < 0 or args.eval_every < 0:
-        p.error("--patience and --weight-decay must be at least 0 (--eval-every too), --lr and --clip above 0")
+    if args.patience < 0 or args.eval_every < 0 or not (0 <= args.weight_decay < math.inf and 0 < args.lr < math.inf
+                                                          and args.clip > 0):  # written so that NaN fails too
+        p.error("--patience and --weight-decay must be at least 0 (--eval-every too), --lr and --clip above 0 "
+                "(--lr and --weight-decay finite)")
+    where = next(f for f in (Path(args.out), *Path(args.out).absolute().parents) if f.exists())
+    if not args.dry_run and not where.is_dir():  # before the model and the data are loaded
+        p.error(f"--out {args.out} cannot be a folder: {where} is a file")
     if args.state == "carry" and dist.world() > 1:
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
@@ -189,12 +216,18 @@ def apply(flags):
     return f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'}"
 
 
+def trained_task(run, task, adapters):
+    """The task an adapter file's run trained on; --task only where the file names none (a PEFT folder)."""
+    if task and run.get("task") and get_task(task).name != run["task"]:
+        raise UserError(f"{adapters} holds adapters trained on {run['task']}, not {task}: use it on {run['task']} "
+                        "(leave --task out)")
+    return run.get("task") or task
+
+
 def from_file(args):
     """--eval-only: the task, base model, tokenizer and data the adapters were trained with, unless given again."""
     run = read_peft_run(args.eval_only) if is_peft_folder(args.eval_only) else read_run(args.eval_only)
-    if args.task and run.get("task") and get_task(args.task).name != run["task"]:
-        raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
-                        f"{run['task']} (leave --task out)")
+    run["task"] = trained_task(run, args.task, args.eval_only)
     for k in ("task", "model", "tokenizer", "max_len", "doc_stride"):  # these change the metric: the trained run's
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))

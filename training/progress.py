@@ -32,7 +32,7 @@ class ProgressLog:
 
 
 def fmt(scores):
-    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    return ", ".join(f"{k}: none evaluated" if v is None else f"{k} {v:.4f}" for k, v in scores.items())
 
 
 def clock(seconds):
