@@ -11,6 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from model import ModelError
 from ssmlora import Adapters, adapter_modules, add_adapters, frozen_head, is_trained, reset_state
 from files import atomic_write
 
@@ -21,6 +22,7 @@ class AdapterFileError(ValueError):
 
 
 BASE_KEYS = ("family", "n_layer", "d_model", "num_labels", "head")  # the base model's identity
+SIZES = ("d_state", "expand", "dt_rank", "d_conv")  # a Mamba's too (older files lack them: compared when there)
 FORMAT = "ssmlora-adapters/1"
 PLACES = ".index"  # buffers that say where a sparse adapter sits (SDT's SparseDelta): saved beside what it trained,
 # read first when the file is loaded, since the adapters cannot be built without them
@@ -40,7 +42,8 @@ def save_adapters(model, path, run=None):
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
                if is_trained(n, adapters.method, frozen)} | places(model)
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
-                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in BASE_KEYS}, "run": json.dumps(run or {})}
+                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in (*BASE_KEYS, *SIZES) if hasattr(model.cfg, k)},
+                "run": json.dumps(run or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -58,7 +61,8 @@ def read_settings(path):
         raise AdapterFileError(f"{path} is not an adapter file written by save_adapters (no {FORMAT!r} metadata)")
     try:
         adapters = Adapters(**{f.name: json.loads(meta[f.name]) for f in fields(Adapters)})
-        return adapters, {k: json.loads(meta[f"base.{k}"]) for k in BASE_KEYS}
+        return adapters, {k: json.loads(meta[f"base.{k}"]) for k in (*BASE_KEYS, *SIZES)
+                          if k in BASE_KEYS or f"base.{k}" in meta}
     except (KeyError, ValueError) as e:
         raise AdapterFileError(f"adapter file {path} has incomplete or invalid settings in its metadata ({e})") from None
 
@@ -99,7 +103,7 @@ def load_adapters(model, path):
     tensors = load_file(path)
     where = {k: tensors.pop(k) for k in [k for k in tensors if k.endswith(PLACES)]}
     ours = places(model)
-    if set(where) != set(ours) or any(not torch.equal(where[k], ours[k]) for k in ours):
+    if set(where) != set(ours) or any(not torch.equal(where[k].long(), ours[k]) for k in ours):
         raise AdapterFileError(f"adapter file {path} places its sparse adapters elsewhere than this model does "
                                "(another SDT selection): build the model from the file (add_adapters_from_file)")
     params = {n: p for n, p in model.named_parameters() if is_trained(n, adapters.method, frozen_head(model))}
@@ -123,7 +127,14 @@ def add_adapters_from_file(model, path, add=add_adapters):
     _check_base(model, base, path)
     with safe_open(path, framework="pt") as f:  # SDT's selection, needed to build the model: only those small tensors
         where = {k: f.get_tensor(k) for k in f.keys() if k.endswith(PLACES)}
-    return load_adapters(add(model, adapters, where) if where else add(model, adapters), path)
+    if adapters.method == "sdt" and not where:
+        raise AdapterFileError(f"adapter file {path} holds SDT adapters without their selection (the *.index "
+                               "tensors): it is incomplete")
+    try:  # a selection that does not fit this model (sdt.from_indices), a target it does not have
+        model = add(model, adapters, where) if where else add(model, adapters)
+    except ModelError as e:
+        raise AdapterFileError(f"adapter file {path}: {e}") from None
+    return load_adapters(model, path)
 
 
 def _require_adapters(model):
@@ -134,6 +145,7 @@ def _require_adapters(model):
 
 
 def _check_base(model, base, path):
-    diff = [f"{k}: file {v!r}, model {getattr(model.cfg, k)!r}" for k, v in base.items() if getattr(model.cfg, k) != v]
+    diff = [f"{k}: file {v!r}, model {getattr(model.cfg, k, None)!r}" for k, v in base.items()
+            if getattr(model.cfg, k, None) != v]
     if diff:
         raise AdapterFileError(f"adapter file {path} belongs to another base model: {'; '.join(diff)}")

@@ -222,6 +222,47 @@ def test_sdt_refuses_what_it_cannot_do():
         add_adapters(base_model(), Adapters(method="sdt", targets="out_proj"))
 
 
+BAD_SELECTIONS = [  # (what is done to the file's tensors, the error it must give)
+    (lambda t: t["blocks.0.mixer.A_log_delta.index"][1].__setitem__(0, -1), "holds state -1, outside 0 to 3"),
+    (lambda t: t["blocks.1.mixer.A_log_delta.index"][0].fill_(32), "holds channel 32, outside 0 to 31"),
+    (lambda t: t.update({"blocks.0.mixer.A_log_delta.index": t["blocks.0.mixer.A_log_delta.index"].float()}),
+     "is torch.float32 .* an SDT index is an integer tensor"),
+    (lambda t: t.update({"blocks.0.mixer.A_log_delta.index": t["blocks.0.mixer.A_log_delta.index"][0].clone()}),
+     r"is torch.int64 \(6,\)"),
+    (lambda t: t.pop("blocks.1.mixer.x_proj.sdt.index"), r"x_proj.sdt.index for layers \[0\], the model has 2"),
+    (lambda t: t["blocks.0.mixer.x_proj.sdt.index"][1].__setitem__(0, -1), "not the B and C columns"),
+    (lambda t: [t.pop(k) for k in [k for k in t if k.endswith(".index")]], "without their selection"),
+]
+
+
+@pytest.mark.parametrize("edit, error", BAD_SELECTIONS)
+def test_an_sdt_file_whose_selection_does_not_fit_is_refused_by_name(tmp_path, edit, error):
+    """A -1 would wrap to the last state and score another model without a word; the others fail deep in torch."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from files.adapters import AdapterFileError, add_adapters_from_file, save_adapters
+    from training.build import attach
+    path = tmp_path / "sdt.safetensors"
+    save_adapters(sdt_models(base_model())[1], path)
+    with safe_open(path, framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    add_adapters_from_file(base_model(), path, add=attach)  # the file as written loads
+    edit(tensors)
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(AdapterFileError, match=error) as e:
+        add_adapters_from_file(base_model(), path, add=attach)
+    assert str(e.value).startswith(f"adapter file {path}")
+
+
+def test_an_adapter_file_of_a_mamba_with_another_d_state_is_refused(tmp_path):
+    from files.adapters import AdapterFileError, add_adapters_from_file, save_adapters
+    from training.build import attach
+    path = tmp_path / "sdt.safetensors"
+    save_adapters(sdt_models(base_model())[1], path)
+    with pytest.raises(AdapterFileError, match="belongs to another base model: d_state: file 4, model 5"):
+        add_adapters_from_file(Mamba(MambaConfig(**{**CFG, "d_state": 5})), path, add=attach)
+
+
 def test_a_merged_export_of_mamba_is_refused_by_name(tmp_path):
     from interop.merged import export_merged
     m = add_adapters(base_model(), Adapters(method="lora", targets="in_proj,out_proj"))
