@@ -42,7 +42,8 @@ def save_adapters(model, path, run=None):
     tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters()
                if is_trained(n, adapters.method, frozen)} | places(model)
     metadata = {"format": FORMAT, **{k: json.dumps(v) for k, v in asdict(adapters).items()},
-                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in (*BASE_KEYS, *SIZES) if hasattr(model.cfg, k)},
+                **{f"base.{k}": json.dumps(getattr(model.cfg, k)) for k in (*BASE_KEYS, *SIZES)
+                   if hasattr(model.cfg, k)},
                 "run": json.dumps(run or {})}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -64,7 +65,8 @@ def read_settings(path):
         return adapters, {k: json.loads(meta[f"base.{k}"]) for k in (*BASE_KEYS, *SIZES)
                           if k in BASE_KEYS or f"base.{k}" in meta}
     except (KeyError, ValueError) as e:
-        raise AdapterFileError(f"adapter file {path} has incomplete or invalid settings in its metadata ({e})") from None
+        raise AdapterFileError(f"adapter file {path} has incomplete or invalid settings in its metadata "
+                               f"({e})") from None
 
 
 def read_run(path):
@@ -96,8 +98,9 @@ def load_adapters(model, path):
     diff = [f"{f.name}: file {getattr(saved, f.name)!r}, model {getattr(adapters, f.name)!r}"
             for f in fields(Adapters) if f.name != "dropout" and getattr(saved, f.name) != getattr(adapters, f.name)]
     if diff:
-        raise AdapterFileError(f"adapter file {path} was saved with other settings than this model has: {'; '.join(diff)}. "
-                         f"Build the model with the file's settings (add_adapters_from_file does that)")
+        raise AdapterFileError(f"adapter file {path} was saved with other settings than this model has: "
+                               f"{'; '.join(diff)}. Build the model with the file's settings "
+                               "(add_adapters_from_file does that)")
     if any(getattr(m, "merged", False) for m in adapter_modules(model)):
         raise AdapterFileError("LoRA is merged into the weights; call unmerge_lora(model) before loading adapters")
     tensors = load_file(path)
@@ -109,10 +112,12 @@ def load_adapters(model, path):
     params = {n: p for n, p in model.named_parameters() if is_trained(n, adapters.method, frozen_head(model))}
     if set(tensors) != set(params):
         missing, extra = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
-        raise AdapterFileError(f"adapter file {path} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise AdapterFileError(f"adapter file {path} does not fit this model: missing {missing[:5]}, "
+                               f"unexpected {extra[:5]}")
     for n, t in tensors.items():
         if t.shape != params[n].shape:
-            raise AdapterFileError(f"adapter file {path}: {n} has shape {tuple(t.shape)}, the model {tuple(params[n].shape)}")
+            raise AdapterFileError(f"adapter file {path}: {n} has shape {tuple(t.shape)}, the model "
+                                   f"{tuple(params[n].shape)}")
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)

@@ -17,6 +17,7 @@ from files.tokenizer import load_tokenizer
 from glue_fixtures import write_glue_task
 from mamba import sdt
 from mamba.model import Mamba, MambaConfig, from_state, selective_scan
+from mamba.model import config_from_hf as mamba_config_from_hf  # files.hub has the transformers'
 from model import ModelError
 from reproduce.synthetic import FILL, NEG, POS
 from ssmlora import Adapters, add_adapters, param_report
@@ -87,7 +88,7 @@ def test_bad_checkpoints_are_one_line_errors(checkpoint):
     ref, folder = checkpoint
     hf_cfg = json.loads((folder / "config.json").read_text())
     state = read_weights(folder)
-    with pytest.raises(ModelError, match="tied embeddings"):
+    with pytest.raises(ModelError, match="tie_word_embeddings is false, it should be true"):
         from_state({**hf_cfg, "tie_word_embeddings": False}, state)
     with pytest.raises(ModelError, match="missing.*A_log"):
         from_state(hf_cfg, {k: v for k, v in state.items() if not k.endswith("1.mixer.A_log")})
@@ -95,6 +96,27 @@ def test_bad_checkpoints_are_one_line_errors(checkpoint):
         from_state({**hf_cfg, "state_size": 6}, state)
     with pytest.raises(ModelError, match="unexpected tensors"):
         from_state(hf_cfg, {**state, "backbone.extra.weight": torch.zeros(1)})
+
+
+BAD_CONFIGS = [  # (what is done to a Mamba config.json, the error line it must give)
+    (lambda c: c.pop("hidden_size"), r"config.json has no hidden_size \(the width d_model, an integer >= 1\)$"),
+    (lambda c: c.update(hidden_sise=c.pop("hidden_size")), "no hidden_size .*; is hidden_sise a misspelling of it"),
+    (lambda c: c.update(hidden_size="abc"), 'hidden_size is "abc", it should be the width d_model, an integer'),
+    (lambda c: c.update(state_size=0), "state_size is 0, it should be d_state, the states per channel, an integer"),
+    (lambda c: c.update(time_step_rank="big"), 'time_step_rank is "big", it should be dt_rank, an integer >= 1 or'),
+    (lambda c: c.update(architectures=["GPT2LMHeadModel"], n_embd=c.pop("hidden_size")),
+     r'says model_type "mamba" but describes a transformer \(GPT2LMHeadModel\)'),
+]
+
+
+@pytest.mark.parametrize("edit, error", BAD_CONFIGS)
+def test_a_bad_mamba_config_json_names_the_key_and_what_it_should_be(checkpoint, edit, error):
+    """Each of these was a KeyError or TypeError traceback, the whole MambaConfig printed, or another key blamed."""
+    hf_cfg = json.loads((checkpoint[1] / "config.json").read_text())
+    edit(hf_cfg)
+    with pytest.raises(ModelError, match=error) as e:
+        mamba_config_from_hf(hf_cfg, 2)
+    assert len(str(e.value)) < 160 and "\n" not in str(e.value)
 
 
 def test_scan_is_the_recurrence_written_out():
