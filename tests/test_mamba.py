@@ -417,6 +417,16 @@ def test_dry_run_counts_of_mamba_130m_equal_docs_mamba(capsys):
                               "sdt"]))
 
 
+def test_an_unknown_random_init_preset_lists_the_mamba_presets_too():
+    from tasks import get_task
+    from training.build import build_model
+    with pytest.raises(SystemExit, match="unknown preset 'mamba-999m' for --random-init; choose one of: roberta-base, "
+                       ".*deberta-v3-large, mamba-130m, mamba-370m, mamba-790m, mamba-1.4b, mamba-2.8b, or a folder"):
+        parse_args(["--task", "sst2", "--model", "mamba-999m", "--random-init"])
+    with pytest.raises(ModelError, match="unknown preset 'mamba-999m' .*mamba-130m"):  # an adapter file's base
+        build_model(get_task("sst2"), "mamba-999m", random_init=True, meta=True)
+
+
 def test_bench_compares_none_lora_ssmlora_and_sdt_on_a_mamba_preset(tmp_path, capsys):
     import bench
     result = bench.main(["--preset", "mamba-130m", "--quick", "--lengths", "8", "--repeats", "1", "--warmup", "0",

@@ -11,7 +11,7 @@ from files.adapters import add_adapters_from_file
 from files.hub import config_from_hf, from_pretrained, read_config
 from interop.peft import add_peft_adapters, is_peft_folder
 from mamba import model as mamba, sdt
-from model import Model, ModelError, check_inputs, preset
+from model import PRESETS, Model, ModelError, check_inputs, preset
 import baselines
 from reproduce import authors
 
@@ -31,11 +31,20 @@ def attach(model, adapters, selection=None):
     return baselines.add_adapters(model, adapters)
 
 
+def check_preset(name):
+    """--random-init's base: a folder with a config.json, or one of the presets, the transformers' or Mamba's."""
+    if not Path(name).is_dir() and name not in PRESETS and name not in mamba.PRESETS:
+        raise ModelError(f"unknown preset {name!r} for --random-init; choose one of: "
+                         f"{', '.join([*PRESETS, *mamba.PRESETS])}, or a folder with a config.json")
+
+
 def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False, selection=None):
     """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
     task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file (ours, or a PEFT LoRA
     folder). meta: no weights (counts). selection: SDT's, for its main run (attach)."""
     head = {"choice": "choice", "span": "span"}.get(task.shape, "cls")
+    if random_init:
+        check_preset(model)
     with torch.device("meta" if meta else "cpu"):
         if random_init and Path(model).is_dir() and read_config(model).get("model_type") == "mamba":
             base = mamba.Mamba(mamba.config_from_hf(read_config(model), task.num_labels, head=head))

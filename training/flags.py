@@ -16,6 +16,7 @@ from model import PRESETS
 from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from training import dist
+from training.build import check_preset
 from training.cli import OneLineParser, UserError
 from training.evaluate import DTYPES, default_dtype
 
@@ -162,6 +163,11 @@ def parse(argv=None):
     args.epochs = epochs if args.epochs is None else args.epochs
     args.targets = args.targets or ",".join(Adapters(args.method).targets)  # recorded as used
     args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
+    if args.random_init:
+        try:
+            check_preset(args.model)
+        except ValueError as e:
+            p.error(str(e))
     if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
         p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
                 f"--tokenizer with a checkpoint folder of the same family (or use --dry-run)")
