@@ -54,17 +54,22 @@ def run(args, on_step=None):
     torch.manual_seed(args.seed)  # the same in every process: the same initial adapters and head everywhere
     adapters = None if args.eval_only else Adapters(args.method, args.rank, args.alpha, args.dropout, args.targets,
                                                     args.sparse, args.state)  # checks the settings first
+    family_targets = adapters is not None and args.targets is None  # the default for the base's family
     if args.dry_run:  # on the meta device: counts without allocating, so roberta-large takes no time
-        model = build_model(task, args.model, args.random_init, adapters, args.eval_only, meta=args.random_init)
+        model = build_model(task, args.model, args.random_init, adapters, args.eval_only, meta=args.random_init,
+                            family_targets=family_targets)
         if adapters is not None and adapters.method == "sdt":  # the warm-up's count, then the main run's
             print(f"SDT warm-up: {param_report(model)['trainable']:,} trainable (a dense delta on A_log, LoRA, head)")
-            model = build_model(task, args.model, args.random_init, adapters, meta=args.random_init,
+            model = build_model(task, args.model, args.random_init, model.adapters, meta=args.random_init,
                                 selection=sdt.placeholder(model.cfg, args.sdt_rho))
         print(format_report(report := param_report(model)))
         return {"params": report}
     with dist.main_first():  # rank 0 downloads what is missing; the others then read the caches
         print(f"loading {args.model}", flush=True)
-        model = build_model(task, args.model, args.random_init, adapters, args.eval_only)
+        model = build_model(task, args.model, args.random_init, adapters, args.eval_only,
+                            family_targets=family_targets)
+        if adapters is not None:
+            args.targets = ",".join(model.adapters.targets)  # recorded as used (results.json, checkpoint.pt)
         tok = load_tokenizer(resolve(args.tokenizer or (args.model if args.random_init else model.source)),
                              family=model.cfg.family)
         print(f"reading {task.name}", flush=True)

@@ -13,6 +13,7 @@ from interop.peft import add_peft_adapters, is_peft_folder
 from mamba import model as mamba, sdt
 from model import PRESETS, Model, ModelError, check_inputs, preset
 import baselines
+from ssmlora import default_targets
 from reproduce import authors
 
 
@@ -38,10 +39,12 @@ def check_preset(name):
                          f"{', '.join([*PRESETS, *mamba.PRESETS])}, or a folder with a config.json")
 
 
-def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False, selection=None):
+def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False, selection=None,
+                family_targets=False):
     """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
     task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file (ours, or a PEFT LoRA
-    folder). meta: no weights (counts). selection: SDT's, for its main run (attach)."""
+    folder). meta: no weights (counts). selection: SDT's, for its main run (attach). family_targets: no targets
+    were asked for: the method's default for the base's family (a Mamba has no query or value)."""
     head = {"choice": "choice", "span": "span"}.get(task.shape, "cls")
     if random_init:
         check_preset(model)
@@ -64,6 +67,8 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
         what = {"choice": "multiple-choice", "span": "question-answering (span)"}.get(
             head, f"{task.num_labels}-label classification")
         print(f"{model}: the checkpoint has no {what} head; initialised a new one ({', '.join(base.new_head)})")
+    if family_targets:
+        adapters = replace(adapters, targets=default_targets(adapters.method, base.cfg.family))
     return attach(base, adapters, selection)
 
 

@@ -13,7 +13,7 @@ from interop.peft import is_peft_folder, read_peft_run
 from mamba.model import PRESETS as MAMBA_PRESETS
 from mamba.sdt import RHOS
 from model import PRESETS
-from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
+from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters, default_targets
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from training import dist
 from training.build import check_preset
@@ -48,7 +48,8 @@ def parser():
                    "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
                    "dt_proj, out_proj (default: query,value; "
                    + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items())
-                   + "; qlora's and mixlora's are Table 1's)")
+                   + f"; qlora's and mixlora's are Table 1's; on a Mamba, lora's and ssmlora's: "
+                   f"{','.join(default_targets('lora', 'mamba'))})")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
@@ -161,7 +162,6 @@ def parse(argv=None):
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
     args.lr = lr if args.lr is None else args.lr
     args.epochs = epochs if args.epochs is None else args.epochs
-    args.targets = args.targets or ",".join(Adapters(args.method).targets)  # recorded as used
     args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
     if args.random_init:
         try:
