@@ -50,7 +50,17 @@ def hf_module(name, family):
 # ----------------------------------------------------------------------------------------------------------
 # export
 
+def check_family(family):
+    """No PEFT folder of a Mamba: nothing could load it (the peft package, 0.21, refuses out_proj itself)."""
+    if family == "mamba":
+        raise PeftError("a Mamba's LoRA has no PEFT export: transformers has no Mamba classifier for PeftModel to "
+                        "wrap, and peft refuses LoRA on Mamba's out_proj (transformers' fused CUDA kernel reads "
+                        "out_proj.weight itself, so a LoRA there would be skipped). The adapters.safetensors itself "
+                        "works: train.py --eval-only and predict.py take it")
+
+
 def check_exportable(model):
+    check_family(model.cfg.family)
     a = getattr(model, "adapters", None)
     if a is not None and a.method == "ssmlora" or any(isinstance(m, SSMLoRALinear) for m in model.modules()):
         raise PeftError("SSMLoRA has no PEFT counterpart: its state h and W_c, W_d (eqs. 2-8) are not LoRA; only "
