@@ -79,6 +79,8 @@ def read_run(path):
             raise AdapterFileError(f"adapter file {path}: its run settings are cut off or not JSON ({e})") from None
     if not isinstance(run, dict):  # the callers index it by name
         raise AdapterFileError(f"adapter file {path}: its run settings are a JSON {type(run).__name__}, not an object")
+    if not isinstance(run.get("seed", 0), int) or isinstance(run.get("seed"), bool):  # a random base is drawn from it
+        raise AdapterFileError(f"adapter file {path}: its run's seed is {run['seed']!r}, not an integer")
     return run
 
 
