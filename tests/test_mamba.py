@@ -293,6 +293,55 @@ def test_a_merged_export_of_mamba_is_refused_by_name(tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
+def test_a_peft_export_of_mamba_lora_is_refused_with_what_works_instead(tmp_path):
+    """It said "no Hugging Face names for the mamba family here", with no way forward."""
+    from files.adapters import save_adapters
+    from interop import export
+    from interop.peft import PeftError, export_peft
+    m = add_adapters(base_model(), Adapters(method="lora", targets="in_proj,out_proj"))
+    with pytest.raises(PeftError, match="peft refuses LoRA on Mamba's out_proj .* The adapters.safetensors itself "
+                                        "works: train.py --eval-only and predict.py take it$"):
+        export_peft(m, tmp_path / "peft")
+    save_adapters(m, tmp_path / "a.safetensors", {"task": "sst2", "model": "mamba-130m", "random_init": True})
+    with pytest.raises(SystemExit, match="^error: a Mamba's LoRA has no PEFT export: transformers has no Mamba "
+                                         "classifier"):
+        export.main(["peft", str(tmp_path / "a.safetensors"), str(tmp_path / "peft")])  # before mamba-130m is built
+    assert not (tmp_path / "peft").exists()
+
+
+def test_eval_only_refuses_the_adapter_settings_it_would_ignore_and_compile_an_unknown_backend(tmp_path):
+    """--sdt-rho (and --rank, --method, ... ) with --eval-only were accepted and ignored; --compile nosuch was a
+    traceback after the whole SDT warm-up, leaving an empty --out."""
+    from files.adapters import save_adapters
+    path = tmp_path / "a.safetensors"
+    save_adapters(sdt_models(base_model())[1], path, {"task": "sst2", "model": "m", "random_init": True, "seed": 1})
+    for extra, error in [(["--sdt-rho", "0.9"], "--sdt-rho would do nothing with --eval-only: the adapter file's own"),
+                         (["--method", "lora", "--rank", "4", "--sdt-warmup", "9"], "--method, --rank, --sdt-warmup "
+                                                                                    "would do nothing"),
+                         (["--seed", "2"], r"--seed would do nothing .*records its run's seed \(1\)")]:
+        with pytest.raises((SystemExit, ValueError), match=error):  # ValueError: train.main's one line too
+            parse_args(["--eval-only", str(path), *extra])
+    with pytest.raises(SystemExit, match="--compile: unknown backend 'nosuch'; torch has .*inductor"):
+        parse_args(["--task", "sst2", "--method", "sdt", "--compile", "nosuch", "--out", str(tmp_path / "out")])
+    assert parse_args(["--task", "sst2", "--compile", "eager"]).compile == "eager"
+
+
+def test_the_tokenizer_of_another_family_is_refused(tiny_mamba, tmp_path):
+    """A Mamba --random-init run took a BERT tokenizer without a word, though the message asks for the same family."""
+    import shutil
+    from checkpoints import MINILM
+    from data import DataError
+    with pytest.raises(DataError, match="is a bert checkpoint's .its config.json., not a mamba model's: pass "
+                                        "--tokenizer with a mamba checkpoint folder"):
+        load_tokenizer(str(MINILM), family="mamba")
+    shutil.copy(MINILM / "tokenizer.json", tmp_path)  # no config.json to say whose it is
+    with pytest.raises(DataError, match=r"has \[PAD\] but no <\|endoftext\|>: it is not a mamba model's \(a bert one"):
+        load_tokenizer(str(tmp_path), family="mamba")
+    with pytest.raises(DataError, match="is a mamba checkpoint's"):
+        load_tokenizer(str(tiny_mamba[0]), family="bert")
+    assert load_tokenizer(str(tiny_mamba[0]), family="mamba").pad_id == 0
+
+
 def copy_task(n, g):
     """Label: is the token three from the end a 3 (else a 2)? The last token must read back across positions."""
     x = torch.randint(4, 12, (n, 8), generator=g)
@@ -401,6 +450,70 @@ def test_sdt_through_train_py_eval_only_resume_and_predict(tiny_mamba, tmp_path,
     dev = [line.split("\t") for line in (tiny_mamba[1] / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
     got = predict.predict(p, [text for text, _ in dev])
     assert sum(g["label"] == y for g, (_, y) in zip(got, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
+
+
+def test_random_init_sdt_reproduces_through_eval_only_and_predict_and_max_steps_caps_its_warm_up(tiny_mamba,
+                                                                                                    tmp_path, capsys):
+    """The main run's random base was drawn after the warm-up had drawn numbers, so --eval-only and predict.py (which
+    draw it from the seed) scored another model (0.594 trained, 0.494 evaluated); --max-steps 2 still ran 250
+    warm-up steps."""
+    out, bases = tmp_path / "sdt", []
+    flags = ["--method", "sdt", "--random-init", "--seed", "3", "--max-steps", "6", "--eval-every", "3"]
+    r = train.run(parse_args(argv(tiny_mamba, out, *flags)), on_step=lambda step, m: bases.append(
+        m.embed.tok.weight.detach().clone()))
+    assert "SDT warm-up: 6 optimizer steps (--max-steps 6, not --sdt-warmup 250)" in capsys.readouterr().out
+    assert r["steps"] == 6
+    again = train.run(parse_args(["--eval-only", str(out / "adapters.safetensors"), "--data-dir", str(tiny_mamba[1]),
+                                  "--length-bins", "0", "--threads", "1"]))
+    assert again["eval"]["dev"] == r["best"]["dev"]
+    p = predict.load(str(out / "adapters.safetensors"))
+    assert torch.equal(p.model.embed.tok.weight, bases[-1])  # the same random base, drawn from the file's seed 3
+    dev = [line.split("\t") for line in (tiny_mamba[1] / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    got = predict.predict(p, [text for text, _ in dev])
+    assert sum(g["label"] == y for g, (_, y) in zip(got, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
+
+
+def test_an_sdt_resume_reads_its_checkpoint_guarded_and_says_which_setting_differs(tiny_mamba, tmp_path):
+    """A cut checkpoint.pt was [Errno 22], an empty one an EOFError traceback, one without its selection a KeyError;
+    one of another method said "the SDT selection has 0 layers"."""
+    out = tmp_path / "sdt"
+    flags = ["--method", "sdt", "--sdt-warmup", "2", "--max-steps", "2"]
+    train.run(parse_args(argv(tiny_mamba, out, *flags)))
+    ckpt, whole = out / "checkpoint.pt", (out / "checkpoint.pt").read_bytes()
+    ck = torch.load(ckpt, weights_only=True)
+    for content, error in [(whole[:len(whole) // 2], "could not read .*checkpoint.pt .*it is corrupt: delete it"),
+                           (b"", "could not read .*checkpoint.pt .*it is corrupt: delete it"),
+                           ({k: v for k, v in ck.items() if k != "places"}, "its SDT selection does not fit this "
+                                                                             "model .it has none.; it is corrupt"),
+                           ({**ck, "run": {**ck["run"], "method": "lora"}},
+                            r"belongs to a run with other settings \(--method: checkpoint 'lora', now 'sdt'")]:
+        if isinstance(content, bytes):
+            ckpt.write_bytes(content)
+        else:
+            torch.save(content, ckpt)
+        with pytest.raises(train.TrainError, match=error):
+            train.run(parse_args(argv(tiny_mamba, out, *flags, "--resume")))
+
+
+def test_sigterm_in_the_sdt_warm_up_says_that_nothing_was_saved(tiny_mamba, tmp_path, monkeypatch):
+    """It ended the process (143) with a progress line as the last word; Ctrl-C there promised --resume."""
+    import os
+    import signal
+    calls, step = [], train.optimizer_step
+
+    def term_at_the_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a batch system sends
+        return step(*a, **kw)
+    monkeypatch.setattr(train, "optimizer_step", term_at_the_second)
+    out = tmp_path / "sdt"
+    with pytest.raises(SystemExit, match="^interrupted in the SDT warm-up, at step 2 of 250, before anything was "
+                                         "saved: the same command starts again from the beginning .the SDT warm-up "
+                                         "included.$"):
+        train.main(argv(tiny_mamba, out, "--method", "sdt"))
+    assert len(calls) == 2 and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
 
 
 def test_dry_run_counts_of_mamba_130m_equal_docs_mamba(capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from files.adapters import add_adapters_from_file
+from files.adapters import add_adapters_from_file, read_run
 from files.hub import config_from_hf, from_pretrained, read_config
 from interop.peft import add_peft_adapters, is_peft_folder
 from mamba import model as mamba, sdt
@@ -40,14 +40,18 @@ def check_preset(name):
 
 
 def build_model(task, model, random_init=False, adapters=None, adapter_file=None, meta=False, selection=None,
-                family_targets=False):
+                family_targets=False, seed=None):
     """The base model `model` (hub name, folder, or with random_init a preset or a folder's config.json) with the
     task's head, then new adapters (an ssmlora.Adapters) or those saved in adapter_file (ours, or a PEFT LoRA
     folder). meta: no weights (counts). selection: SDT's, for its main run (attach). family_targets: no targets
-    were asked for: the method's default for the base's family (a Mamba has no query or value)."""
+    were asked for: the method's default for the base's family (a Mamba has no query or value). seed: a random
+    base is drawn from torch.manual_seed(seed) whatever was drawn before, so that SDT's main run (after its
+    warm-up), --eval-only and predict.py get the run's own; None: the seed adapter_file records, else 0."""
     head = {"choice": "choice", "span": "span"}.get(task.shape, "cls")
     if random_init:
         check_preset(model)
+        ours = adapter_file is not None and not is_peft_folder(adapter_file)
+        torch.manual_seed(seed if seed is not None else read_run(adapter_file).get("seed", 0) if ours else 0)
     with torch.device("meta" if meta else "cpu"):
         if random_init and Path(model).is_dir() and read_config(model).get("model_type") == "mamba":
             base = mamba.Mamba(mamba.config_from_hf(read_config(model), task.num_labels, head=head))

@@ -33,7 +33,7 @@ def parser():
     p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
                    f"{', '.join([*PRESETS, *MAMBA_PRESETS])} (default: roberta-base; with --eval-only: the file's "
                    "own)")
-    p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
+    p.add_argument("--method", choices=[m for m in METHODS if m != "none"],
                    help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/; sdt: Sparse "
                    "Dimension Tuning + LoRA, Mamba only (mamba/sdt.py, docs/mamba.md)")
     a = p.add_argument_group("adapters (--method ssmlora, lora, qlora, mixlora or sdt only)")
@@ -83,9 +83,9 @@ def parser():
                    "global: one norm over every trained tensor (default: state; README: the W_d gradient spike)")
     o.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
                    "on the task's selection metric; 0: never (default: %(default)s)")
-    o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order "
-                   "(default: %(default)s)")
-    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    o.add_argument("--seed", type=int, help="seeds the adapters, the head, the data order and a --random-init base "
+                   "(default: 0; with --eval-only: the file's own)")
+    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (SDT: its warm-up too)")
     o.add_argument("--max-train", type=int, help="use only the first N training examples")
     o.add_argument("--max-eval", type=int, help="evaluate only the first N examples (questions) of each dev split: "
                    "a quick look, recorded in results.json; the paper's numbers use them all")
@@ -148,12 +148,17 @@ def parse(argv=None):
         args.bins = None if args.length_bins.strip() in ("0", "off") else lengths.edges(args.length_bins)
     except ValueError as e:
         p.error(str(e))
-    adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
     given += ["--sparse/--dense"] * (args.sparse is not None)
+    sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
+    if args.eval_only and (given or sdt_given or args.method):  # the file's own are used, whatever is given
+        p.error(f"{', '.join(['--method'] * bool(args.method) + given + sdt_given)} would do nothing with --eval-only: "
+                f"the adapter file's own settings rebuild its adapters; leave them out")
+    args.method = args.method or "ssmlora"
+    args.seed = 0 if args.seed is None else args.seed
+    adapted = args.method in LOW_RANK
     if given and not adapted and not args.eval_only:
         p.error(f"{', '.join(given)} apply to --method {', '.join(LOW_RANK)} only, not {args.method}")
-    sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
     if sdt_given and args.method != "sdt" and not args.eval_only:
         p.error(f"{', '.join(sdt_given)} apply to --method sdt only, not {args.method}")
     defaults = {**ADAPTER, **SDT, "alpha": SDT["alpha"] if args.method == "sdt" else ADAPTER["alpha"]}
@@ -186,6 +191,11 @@ def parse(argv=None):
     if args.state == "carry" and dist.world() > 1:
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
+    if args.compile:  # an unknown backend was a traceback at the first step: after loading, tokenising, SDT's warm-up
+        from torch import _dynamo  # seconds to import: only when --compile is given
+        if args.compile not in _dynamo.list_backends(exclude_tags=()):
+            p.error(f"--compile: unknown backend {args.compile!r}; torch has "
+                    f"{', '.join(_dynamo.list_backends())} (and eager, aot_eager ... to debug)")
     return args
 
 
@@ -195,7 +205,11 @@ def from_file(args):
     if args.task and run.get("task") and get_task(args.task).name != run["task"]:
         raise UserError(f"{args.eval_only} holds adapters trained on {run['task']}, not {args.task}: evaluate it on "
                         f"{run['task']} (leave --task out)")
-    for k in ("task", "model", "tokenizer", "max_len", "doc_stride"):  # these change the metric: the trained run's
+    if args.seed is not None and (run.get("seed") is not None or not run.get("random_init")):
+        raise UserError(f"--seed would do nothing with --eval-only: {args.eval_only} " + (
+            f"records its run's seed ({run['seed']}), from which its random base is drawn" if run.get("random_init")
+            else "was trained on a checkpoint, not a random base") + "; leave --seed out")
+    for k in ("task", "model", "tokenizer", "max_len", "doc_stride", "seed"):  # these change the metric: the run's
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
     if args.data_dir is None and run.get("data_dir") and Path(run["data_dir"]).is_dir():
