@@ -153,6 +153,6 @@ def _require_adapters(model):
 
 def _check_base(model, base, path):
     diff = [f"{k}: file {v!r}, model {getattr(model.cfg, k, None)!r}" for k, v in base.items()
-            if getattr(model.cfg, k, None) != v]
+            if getattr(model.cfg, k, None) != v and (k in BASE_KEYS or hasattr(model.cfg, k))]  # a Mamba's SIZES
     if diff:
         raise AdapterFileError(f"adapter file {path} belongs to another base model: {'; '.join(diff)}")

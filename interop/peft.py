@@ -206,6 +206,10 @@ def add_peft_adapters(model, folder):
     from safetensors.torch import load_file
     if getattr(model, "adapters", None) is not None:
         raise PeftError("this model already has adapters; load the PEFT folder into a bare base model")
+    if model.cfg.family == "mamba":  # our_modules knows the transformers' linears only
+        raise PeftError(f"{folder} is a PEFT folder, which loads into a transformer here, not a Mamba (no Mamba "
+                        "classifier of transformers' could have trained it): pass the adapters.safetensors train.py "
+                        "wrote")
     cfg, fam = read_peft_config(folder), model.cfg.family
     if not (Path(folder) / WEIGHTS).exists() and (Path(folder) / "adapter_model.bin").exists():
         raise PeftError(f"{folder} holds adapter_model.bin (PEFT's older pickle format), which is not read here: "

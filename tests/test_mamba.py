@@ -281,8 +281,12 @@ def test_an_adapter_file_of_a_mamba_with_another_d_state_is_refused(tmp_path):
     from training.build import attach
     path = tmp_path / "sdt.safetensors"
     save_adapters(sdt_models(base_model())[1], path)
-    with pytest.raises(AdapterFileError, match="belongs to another base model: d_state: file 4, model 5"):
+    with pytest.raises(AdapterFileError, match="belongs to another base model: d_state: file 4, model 5$"):
         add_adapters_from_file(Mamba(MambaConfig(**{**CFG, "d_state": 5})), path, add=attach)
+    from model import Config, Model  # a transformer has no d_state: only what it has is compared
+    with pytest.raises(AdapterFileError, match="another base model: family: file 'mamba', model 'roberta'; d_model: "
+                                               "file 16, model 768$"):
+        add_adapters_from_file(Model(Config(n_layer=2)), path, add=attach)
 
 
 def test_a_merged_export_of_mamba_is_refused_by_name(tmp_path):
@@ -307,6 +311,11 @@ def test_a_peft_export_of_mamba_lora_is_refused_with_what_works_instead(tmp_path
                                          "classifier"):
         export.main(["peft", str(tmp_path / "a.safetensors"), str(tmp_path / "peft")])  # before mamba-130m is built
     assert not (tmp_path / "peft").exists()
+    from interop.peft import add_peft_adapters  # nor does a PEFT folder load into a Mamba (it was AttributeError)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    with pytest.raises(PeftError, match="loads into a transformer here, not a Mamba"):
+        add_peft_adapters(base_model(), tmp_path / "in")
 
 
 def test_eval_only_refuses_the_adapter_settings_it_would_ignore_and_compile_an_unknown_backend(tmp_path):
@@ -321,6 +330,9 @@ def test_eval_only_refuses_the_adapter_settings_it_would_ignore_and_compile_an_u
                          (["--seed", "2"], r"--seed would do nothing .*records its run's seed \(1\)")]:
         with pytest.raises((SystemExit, ValueError), match=error):  # ValueError: train.main's one line too
             parse_args(["--eval-only", str(path), *extra])
+    save_adapters(sdt_models(base_model())[1], tmp_path / "b.safetensors", {"task": "sst2", "model": "m"})
+    with pytest.raises(ValueError, match="--random-init with --eval-only: .* was trained on the checkpoint m, not"):
+        parse_args(["--eval-only", str(tmp_path / "b.safetensors"), "--random-init"])  # random weights under it
     with pytest.raises(SystemExit, match="--compile: unknown backend 'nosuch'; torch has .*inductor"):
         parse_args(["--task", "sst2", "--method", "sdt", "--compile", "nosuch", "--out", str(tmp_path / "out")])
     assert parse_args(["--task", "sst2", "--compile", "eager"]).compile == "eager"
@@ -537,6 +549,8 @@ def test_an_unknown_random_init_preset_lists_the_mamba_presets_too():
         parse_args(["--task", "sst2", "--model", "mamba-999m", "--random-init"])
     with pytest.raises(ModelError, match="unknown preset 'mamba-999m' .*mamba-130m"):  # an adapter file's base
         build_model(get_task("sst2"), "mamba-999m", random_init=True, meta=True)
+    with pytest.raises(ModelError, match="^mamba-130m is a --random-init preset .*state-spaces/mamba-130m-hf$"):
+        build_model(get_task("sst2"), "mamba-130m")  # it was sent to the hub as a name
 
 
 def test_bench_compares_none_lora_ssmlora_and_sdt_on_a_mamba_preset(tmp_path, capsys):

@@ -61,6 +61,9 @@ def build_model(task, model, random_init=False, adapters=None, adapter_file=None
             base = mamba.Mamba(mamba.preset(model, head=head, num_labels=task.num_labels))
         elif random_init:
             base = Model(preset(model, head=head, num_labels=task.num_labels))
+        elif model in mamba.PRESETS and not Path(model).is_dir():  # not a hub name: say which one it is
+            raise ModelError(f"{model} is a --random-init preset (random weights of its sizes); its pretrained "
+                             f"checkpoint is state-spaces/{model}-hf")
         else:
             base = from_pretrained(model, num_labels=task.num_labels, head=head)
     if adapter_file is not None and is_peft_folder(adapter_file):

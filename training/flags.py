@@ -216,6 +216,9 @@ def from_file(args):
         args.data_dir = run["data_dir"]  # the data it trained on, if it is still there (else the download cache)
     if args.model == run.get("model"):  # the file's own base, not one given with --model
         check_base_is_there(run, args.eval_only)
+    if args.random_init and not run.get("random_init"):  # random weights under adapters trained on a checkpoint
+        raise UserError(f"--random-init with --eval-only: {args.eval_only} was trained on the checkpoint "
+                        f"{run.get('model')}, not on random weights; leave --random-init out")
     args.random_init = args.random_init or run.get("random_init", False)
     if is_peft_folder(args.eval_only) and not args.model:
         raise UserError(f"{args.eval_only} does not name its base model (base_model_name_or_path): pass --model")
