@@ -28,14 +28,15 @@ from baselines.qlora import saved_bytes
 from files import atomic_write, check_new
 from mamba import model as mamba, sdt
 from model import PRESETS, Model, preset
-from ssmlora import ALTERNATING, Adapters, adapter_modules, add_adapters, param_report
+from ssmlora import ALTERNATING, Adapters, adapter_modules, add_adapters, default_targets, param_report
 from training.cli import OneLineParser, check_backend, free_cores
 from training.evaluate import DTYPES, autocast as evaluation_autocast
+from training.flags import SDT
 
 COMPARED = ("none", "lora", "ssmlora")  # none: the frozen base and its head (its training step trains the head)
 DEFAULT = Adapters()  # rank, alpha and targets: the defaults every command uses (ssmlora.Adapters)
 ADAPTED = ",".join(DEFAULT.targets)  # the projections both methods adapt, unless --targets says otherwise
-MAMBA = dict(targets="in_proj,out_proj", sdt_rho=0.75)  # Mamba: what LoRA and SSMLoRA adapt; SDT (on out_proj) too
+MAMBA_ADAPTED = ",".join(default_targets("lora", "mamba"))  # what LoRA and SSMLoRA adapt on a Mamba
 # per device: a GPU gets the paper's Table 12 sweep (16 to 1024 tokens); two CPU cores a few short shapes
 SWEEP = {"cuda": ([16, 32, 64, 128, 256, 512, 1024], [1, 16], 20, 3), "cpu": ([16, 64, 128], [1], 5, 1),
          "quick": ([8, 16], [2], 2, 1)}  # lengths, batch sizes, repeats, warm-up rounds
@@ -79,7 +80,7 @@ def get_args(argv=None):
     p.add_argument("--threads", type=int, help="CPU threads (default: the cores other work leaves free, from the "
                    "load average; --quick: 1)")
     p.add_argument("--layers", type=int, help="build only this many of the preset's layers (e.g. llama2-7b on a CPU)")
-    p.add_argument("--targets", help=f"what both methods adapt (default {ADAPTED}, Mamba {MAMBA['targets']}; see "
+    p.add_argument("--targets", help=f"what both methods adapt (default {ADAPTED}, Mamba {MAMBA_ADAPTED}; see "
                    "train.py)")
     p.add_argument("--rank", type=int, default=DEFAULT.rank, help="default %(default)s")
     p.add_argument("--alpha", type=float, default=DEFAULT.alpha, help="default %(default)s (scaling s = alpha / rank)")
@@ -115,7 +116,7 @@ def get_args(argv=None):
     a.train_lengths, a.train_batch_sizes = a.train_lengths or a.lengths, a.train_batch_sizes or a.batch_sizes
     a.repeats, a.warmup = (repeats if a.repeats is None else a.repeats), (warmup if a.warmup is None else a.warmup)
     a.threads = (1 if a.quick else free_cores()) if a.threads is None else a.threads
-    a.targets = a.targets or (MAMBA["targets"] if a.preset in mamba.PRESETS else ADAPTED)
+    a.targets = a.targets or (MAMBA_ADAPTED if a.preset in mamba.PRESETS else ADAPTED)
     if min(a.repeats, a.rank, a.threads, 1 if a.layers is None else a.layers) < 1 or a.warmup < 0 or not a.alpha > 0:
         p.error("--repeats, --rank, --threads and --layers must be at least 1, --warmup at least 0, --alpha above 0")
     if a.plot and not _has("matplotlib"):  # before the sweep, not after it
@@ -168,8 +169,8 @@ def build(cfg, args):
                     p.data = p.data.float()
             models[method] = m
         if cfg.family == "mamba":  # SDT's main run, on a selection of its sizes (the warm-up does not change speed)
-            adapters = Adapters("sdt", args.rank, args.rank, targets="out_proj")  # alpha = rank, as the authors
-            m = sdt.add_sdt(twin(base), adapters, sdt.placeholder(cfg, MAMBA["sdt_rho"]))
+            adapters = Adapters("sdt", args.rank, args.rank)  # alpha = rank, as the authors
+            m = sdt.add_sdt(twin(base), adapters, sdt.placeholder(cfg, SDT["sdt_rho"]))
             for p in m.parameters():
                 if p.requires_grad:
                     p.data = p.data.float()

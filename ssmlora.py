@@ -47,10 +47,19 @@ ADAPTER_WEIGHTS = ("W_a", "W_b", "W_c", "W_d", "W_r", "sd_delta")  # W_r: MixLoR
 # configs (mamba/sdt.py)
 DEFAULT_TARGETS = {"qlora": ("query", "key", "value", "attn_out", "ffn_gate", "ffn_in", "ffn_out"),
                    "mixlora": ("query", "key", "value"), "sdt": ("out_proj",)}
+MAMBA_DEFAULT_TARGETS = ("in_proj", "out_proj")  # LoRA's and SSMLoRA's on a Mamba, which has no query or value: the
+# projections into and out of its mixer (docs/mamba.md)
 STATES = ("reset", "carry")  # carry: the authors' state lifetime, plugged in from reproduce/authors.py (decision 10)
 EPS = 1e-8  # eq. (8), as the authors' code (decision 1); it rounds to 0 in float16, so eqs. (3)-(8) run in float32:
 # under bf16 autocast the step h_dot + h is summed there too, or a derivative small next to h (bf16 steps of 1/128
 # near 1) is lost and the normalisation then blows its rounding up to the whole [0, 1]
+
+
+def default_targets(method, family=None):
+    """A method's default targets on a model of `family` (None: a transformer): every default is here."""
+    if family == "mamba" and method not in DEFAULT_TARGETS:
+        return MAMBA_DEFAULT_TARGETS
+    return DEFAULT_TARGETS.get(method, ("query", "value"))
 
 
 @dataclass
@@ -61,8 +70,8 @@ class Adapters:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
-    targets: tuple = None                 # or "query,value"; None: the method's default, ("query", "value") or
-                                          # DEFAULT_TARGETS
+    targets: tuple = None                 # or "query,value"; None: the method's default on a transformer,
+                                          # default_targets(method)
     sparse: bool = None                   # None: the method's default (SSMLoRA sparse, LoRA dense)
     state: str = "reset"                  # SSMLoRA state lifetime: "reset" (default) or "carry" (the authors')
 
@@ -80,7 +89,7 @@ class Adapters:
         if self.state == "carry" and self.method != "ssmlora":
             raise ValueError(f"state carry is how SSMLoRA's state lives; {self.method} has no state to carry")
         if self.targets is None:
-            self.targets = DEFAULT_TARGETS.get(self.method, ("query", "value"))
+            self.targets = default_targets(self.method)
         names = self.targets.split(",") if isinstance(self.targets, str) else list(self.targets)
         names = [n.strip() for n in names if n.strip()]
         valid = (*TARGETS, *MAMBA_TARGETS)

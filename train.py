@@ -43,7 +43,8 @@ from training.evaluate import autocast, evaluate_dev, trivial_scores
 from training.optim import clip_gradients, lr_lambda, make_optimizer
 from training.progress import ProgressLog, fmt, peak_memory
 from training.trace import GradientTrace
-from training.resume import interrupt_at_step_boundary, load_checkpoint, save_checkpoint
+from training.resume import (interrupt_at_step_boundary, load_checkpoint, read_checkpoint, save_checkpoint,
+                             sigterm_stops_at_once)
 
 
 def run(args, on_step=None):
@@ -54,17 +55,22 @@ def run(args, on_step=None):
     torch.manual_seed(args.seed)  # the same in every process: the same initial adapters and head everywhere
     adapters = None if args.eval_only else Adapters(args.method, args.rank, args.alpha, args.dropout, args.targets,
                                                     args.sparse, args.state)  # checks the settings first
+    family_targets = adapters is not None and args.targets is None  # the default for the base's family
     if args.dry_run:  # on the meta device: counts without allocating, so roberta-large takes no time
-        model = build_model(task, args.model, args.random_init, adapters, args.eval_only, meta=args.random_init)
+        model = build_model(task, args.model, args.random_init, adapters, args.eval_only, meta=args.random_init,
+                            family_targets=family_targets)
         if adapters is not None and adapters.method == "sdt":  # the warm-up's count, then the main run's
             print(f"SDT warm-up: {param_report(model)['trainable']:,} trainable (a dense delta on A_log, LoRA, head)")
-            model = build_model(task, args.model, args.random_init, adapters, meta=args.random_init,
+            model = build_model(task, args.model, args.random_init, model.adapters, meta=args.random_init,
                                 selection=sdt.placeholder(model.cfg, args.sdt_rho))
         print(format_report(report := param_report(model)))
         return {"params": report}
     with dist.main_first():  # rank 0 downloads what is missing; the others then read the caches
         print(f"loading {args.model}", flush=True)
-        model = build_model(task, args.model, args.random_init, adapters, args.eval_only)
+        model = build_model(task, args.model, args.random_init, adapters, args.eval_only,
+                            family_targets=family_targets, seed=args.seed)
+        if adapters is not None:
+            args.targets = ",".join(model.adapters.targets)  # recorded as used (results.json, checkpoint.pt)
         tok = load_tokenizer(resolve(args.tokenizer or (args.model if args.random_init else model.source)),
                              family=model.cfg.family)
         print(f"reading {task.name}", flush=True)
@@ -187,31 +193,60 @@ def fit(model, encoded, data, task, args, device, cut, trivial, on_step=None):
 
 
 def sdt_main_model(warm, encoded, task, args, device):
-    """SDT's steps 1 and 2 (mamba/sdt.py): --sdt-warmup optimizer steps of the warm-up model (a dense delta on
-    A_log, LoRA, head) as fit's steps but at a constant --lr and with no evaluation, then the selection; returns the
-    main run's model, built again from the pretrained weights. A resumed run reuses its checkpoint's selection."""
+    """SDT's steps 1 and 2 (mamba/sdt.py): --sdt-warmup optimizer steps (at most --max-steps) of the warm-up model
+    (a dense delta on A_log, LoRA, head) as fit's steps but at a constant --lr and with no evaluation, then the
+    selection; returns the main run's model, built again from the pretrained weights (a random base: from the same
+    seed). A resumed run reuses its checkpoint's selection."""
     ckpt = Path(args.out) / "checkpoint.pt"
     if args.resume and ckpt.exists():
-        selection = torch.load(ckpt, map_location="cpu", weights_only=True)["places"]
+        selection = read_checkpoint(ckpt, args).get("places")  # its settings are checked first: the same method
+        try:
+            if not selection:
+                raise ValueError("it has none")
+            sdt.from_indices(selection, warm.cfg)
+        except ValueError as e:
+            raise TrainError(f"{ckpt}: its SDT selection does not fit this model ({e}); it is corrupt: delete it "
+                             "to start over") from None
         print(f"SDT: the channels and states chosen before, from {ckpt}")
     else:
         refuse_earlier_run(Path(args.out), args.resume)  # before the warm-up's time is spent
-        opt, n = make_optimizer(warm, args.lr, args.weight_decay), len(encoded)
-        scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
-        per_step = args.batch_size * dist.world() * args.grad_accum
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100_003 - 1)).numpy()
-        trained = [p for p in warm.parameters() if p.requires_grad]
-        warm.train()
-        for step in tqdm(range(args.sdt_warmup), desc="SDT warm-up", disable=None if dist.is_main() else True):
-            rows = order.take(range(step * per_step, (step + 1) * per_step), mode="wrap")  # epochs, end to end
-            optimizer_step(warm, warm, encoded, rows, opt, scaler, [], trained, args, device,
-                           f"SDT warm-up step {step + 1}")
-        selection = sdt.selection(warm, args.sdt_rho)
+        selection = warm_up(warm, encoded, args, device)
     adapters = warm.adapters
     del warm  # the warm-up's weights are discarded
-    model = build_model(task, args.model, args.random_init, adapters, selection=selection).to(device)
+    model = build_model(task, args.model, args.random_init, adapters, selection=selection, seed=args.seed).to(device)
     print(format_report(param_report(model)))
     return model
+
+
+def warm_up(warm, encoded, args, device):
+    """SDT's warm-up steps, then its selection. Nothing is saved before the main run: interrupted (Ctrl-C, SIGTERM),
+    the same command starts the warm-up again."""
+    steps = min(args.sdt_warmup, args.max_steps or math.inf)
+    opt, n = make_optimizer(warm, args.lr, args.weight_decay), len(encoded)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.dtype == "fp16")
+    per_step = args.batch_size * dist.world() * args.grad_accum
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100_003 - 1)).numpy()
+    trained = [p for p in warm.parameters() if p.requires_grad]
+    print(f"SDT warm-up: {steps} optimizer steps" + (f" (--max-steps {args.max_steps}, not --sdt-warmup "
+          f"{args.sdt_warmup})" if steps < args.sdt_warmup else "") + ", then the channels and states are chosen",
+          flush=True)
+    bar = tqdm(total=steps, desc="SDT warm-up", dynamic_ncols=True, disable=None if dist.is_main() else True)
+    log = ProgressLog(args.log_every, steps, per_step, enabled=bar.disable and dist.is_main(), label="SDT warm-up ")
+    warm.train()
+    step = 0
+    try:
+        with sigterm_stops_at_once():
+            for step in range(steps):
+                rows = order.take(range(step * per_step, (step + 1) * per_step), mode="wrap")  # epochs, end to end
+                loss = optimizer_step(warm, warm, encoded, rows, opt, scaler, [], trained, args, device,
+                                      f"SDT warm-up step {step + 1}")
+                bar.update(1)
+                log.step(step + 1, step * per_step // n + 1, loss, args.lr)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"in the SDT warm-up, at step {step + 1} of {steps}") from None
+    finally:
+        bar.close()
+    return sdt.selection(warm, args.sdt_rho)
 
 
 def optimizer_step(forward, model, encoded, rows, opt, scaler, state, others, args, device, where, trace=None):
@@ -331,11 +366,11 @@ def run_settings(args):
     where = lambda name: str(Path(name).resolve()) if name and Path(name).is_dir() else name  # noqa: E731
     return {"task": args.task, "model": where(args.model), "model_is_folder": Path(args.model).is_dir(),
             "tokenizer": where(args.tokenizer), "random_init": args.random_init, "max_len": args.max_len_used,
-            "doc_stride": args.doc_stride, "data_dir": where(args.data_dir)}
+            "doc_stride": args.doc_stride, "data_dir": where(args.data_dir), "seed": args.seed}  # seed: a random base
 
 
 def main(argv=None, on_step=None):
-    threads = torch.get_num_threads()
+    threads, args = torch.get_num_threads(), None
     try:
         args = flags.parse(argv)  # CPU threads: under torchrun the free cores are shared by its processes
         torch.set_num_threads(args.threads or max(1, free_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
@@ -344,13 +379,24 @@ def main(argv=None, on_step=None):
     except (ValueError, OSError) as e:  # a mistake the user can fix (every error class here is a ValueError)
         message = f"error: {e}"
     except KeyboardInterrupt as e:
-        message = f"interrupted{f' {e}' if str(e) else ''}: continue with the same command plus --resume"
+        message = interrupted(e, args)
     except SystemExit as e:  # the argument parser's one-line error
         message = e.code
     finally:
         dist.close()
         torch.set_num_threads(threads)  # main may be called in-process (the tests): give the caller its setting back
     sys.exit(message if dist.is_main() else 1)  # under torchrun every process meets the same end: rank 0 says it
+
+
+def interrupted(e, args):
+    """The last line after Ctrl-C or SIGTERM: how to go on from what was saved (--resume needs a checkpoint.pt)."""
+    what = f"interrupted{f' {e}' if str(e) else ''}"
+    if args is None or args.eval_only:
+        return what
+    if (Path(args.out) / "checkpoint.pt").exists():
+        return f"{what}: continue with the same command plus --resume"
+    return (f"{what}, before anything was saved: the same command starts again from the beginning"
+            f"{' (the SDT warm-up included)' if args.method == 'sdt' else ''}")
 
 
 if __name__ == "__main__":

@@ -122,9 +122,11 @@ def read_config(folder):
     if not path.exists():
         raise ModelError(f"no config.json in {folder}: is this a Hugging Face checkpoint folder?")
     try:
-        hf = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # UnicodeDecodeError too
         raise ModelError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise ModelError(f"{path} is a JSON {type(hf).__name__}, not the object of a Hugging Face config.json")
     if hf.get("model_type") not in SUPPORTED:
         raise ModelError(f"unsupported architecture in config.json: model_type={hf.get('model_type')!r} "
                          f"(architectures={hf.get('architectures')}); this code supports {', '.join(SUPPORTED)}")

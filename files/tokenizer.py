@@ -84,11 +84,16 @@ def load_tokenizer(folder, family=None):
     """The checkpoint's own tokenizer: tokenizer.json, else vocab.json + merges.txt, else vocab.txt. family
     ("bert", "roberta", "gpt2", "llama") defaults to config.json's model_type, then to what the vocabulary contains.
     It pads with the tokenizer's own pad token when it declares one, else with its family's (PAD_TOKENS)."""
+    own = _read_json(os.path.join(folder, "config.json"))
+    own = own.get("model_type") if isinstance(own, dict) else None  # the checkpoint the tokenizer comes with
+    given = family
     if family is None:
-        family = _read_json(os.path.join(folder, "config.json")).get("model_type")
-        family = family if family in PAD_TOKENS else None
+        family = own if own in PAD_TOKENS else None
     elif family not in PAD_TOKENS:
         raise DataError(f"Unknown model family {family!r}: use one of {', '.join(PAD_TOKENS)}.")
+    elif own and own != family:  # its ids would mean other tokens to the model
+        raise DataError(f"the tokenizer in {folder} is a {own} checkpoint's (its config.json), not a {family} "
+                        f"model's: pass --tokenizer with a {family} checkpoint folder")
     has = lambda name: os.path.isfile(os.path.join(folder, name))
     bpe = has("vocab.json") and has("merges.txt")
     if not (has("tokenizer.json") or bpe or has("vocab.txt") or has("spm.model")):
@@ -110,6 +115,10 @@ def load_tokenizer(folder, family=None):
         raise
     except Exception as e:                        # tokenizers raises plain Exception for unreadable files
         raise DataError(f"Cannot load the tokenizer files in {folder} ({e})") from None
+    other = [f for f, t in PAD_TOKENS.items() if tok.token_to_id(t) is not None]  # whose padding it has
+    if given and tok.token_to_id(PAD_TOKENS[given]) is None and other:  # every tokenizer of a family has its own
+        raise DataError(f"the tokenizer in {folder} has {PAD_TOKENS[other[0]]} but no {PAD_TOKENS[given]}: it is "
+                        f"not a {given} model's (a {other[0]} one?); pass --tokenizer with a {given} checkpoint folder")
     family = family or next((f for f, pad in PAD_TOKENS.items() if tok.token_to_id(pad) is not None), None)
     pad = _declared_pad_token(folder)
     pad = pad if pad is not None and tok.token_to_id(pad) is not None else PAD_TOKENS.get(family)

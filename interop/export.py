@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from tasks import get_task
-from files.adapters import check_base_is_there, read_run
+from files.adapters import check_base_is_there, read_run, read_settings
 from interop import check_new_folder
 from interop.merged import TOKENIZER_FILES, export_merged
-from interop.peft import export_peft, is_peft_folder
+from interop.peft import check_family, export_peft, is_peft_folder
 from training.build import build_model
 from training.cli import OneLineParser, UserError
 
@@ -41,6 +41,8 @@ def export(args):
         raise UserError(f"{args.adapters} is a PEFT folder, exported already: pass the adapters.safetensors train.py "
                         f"wrote")
     run = read_run(args.adapters)
+    if args.command == "peft":  # before the model is built
+        check_family(read_settings(args.adapters)[1]["family"])
     run["task"] = args.task or run.get("task")
     if not run["task"]:
         raise UserError(f"{args.adapters} does not say which task it was trained on: pass --task")

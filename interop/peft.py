@@ -50,7 +50,17 @@ def hf_module(name, family):
 # ----------------------------------------------------------------------------------------------------------
 # export
 
+def check_family(family):
+    """No PEFT folder of a Mamba: nothing could load it (the peft package, 0.21, refuses out_proj itself)."""
+    if family == "mamba":
+        raise PeftError("a Mamba's LoRA has no PEFT export: transformers has no Mamba classifier for PeftModel to "
+                        "wrap, and peft refuses LoRA on Mamba's out_proj (transformers' fused CUDA kernel reads "
+                        "out_proj.weight itself, so a LoRA there would be skipped). The adapters.safetensors itself "
+                        "works: train.py --eval-only and predict.py take it")
+
+
 def check_exportable(model):
+    check_family(model.cfg.family)
     a = getattr(model, "adapters", None)
     if a is not None and a.method == "ssmlora" or any(isinstance(m, SSMLoRALinear) for m in model.modules()):
         raise PeftError("SSMLoRA has no PEFT counterpart: its state h and W_c, W_d (eqs. 2-8) are not LoRA; only "
@@ -196,6 +206,10 @@ def add_peft_adapters(model, folder):
     from safetensors.torch import load_file
     if getattr(model, "adapters", None) is not None:
         raise PeftError("this model already has adapters; load the PEFT folder into a bare base model")
+    if model.cfg.family == "mamba":  # our_modules knows the transformers' linears only
+        raise PeftError(f"{folder} is a PEFT folder, which loads into a transformer here, not a Mamba (no Mamba "
+                        "classifier of transformers' could have trained it): pass the adapters.safetensors train.py "
+                        "wrote")
     cfg, fam = read_peft_config(folder), model.cfg.family
     if not (Path(folder) / WEIGHTS).exists() and (Path(folder) / "adapter_model.bin").exists():
         raise PeftError(f"{folder} holds adapter_model.bin (PEFT's older pickle format), which is not read here: "

@@ -21,6 +21,8 @@ Padding: Mamba has no attention mask. A padded position's mixer input and SSM in
 stays 0 through left padding and the convolution sees zeros there, as at the start of a row; right padding
 comes after every real token and a causal model never reads it. So a padded row equals the same row alone.
 """
+import difflib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -52,8 +54,10 @@ class MambaConfig:
 
     def __post_init__(self):
         self.dt_rank = self.dt_rank or math.ceil(self.d_model / 16)
-        if min(self.d_model, self.n_layer, self.d_state, self.expand, self.d_conv, self.dt_rank) < 1:
-            raise ModelError(f"Mamba sizes must all be >= 1: {self}")
+        small = [f"{k} {getattr(self, k)}" for k in ("vocab_size", "d_model", "n_layer", "d_state", "expand", "d_conv",
+                                                      "dt_rank") if getattr(self, k) < 1]
+        if small:
+            raise ModelError(f"Mamba sizes must all be >= 1, not {', '.join(small)}")
 
     @property
     def d_inner(self):
@@ -197,24 +201,65 @@ def _init_weights(module):
 # ----------------------------------------------------------------------------------------------------------
 # Hugging Face checkpoints (files/hub.py finds the folder and reads the files)
 
+# config.json's keys this code reads: (default, what the value must be); a default None: the key is required
+KEYS = {"vocab_size": (None, "the number of token ids, an integer >= 1"),
+        "hidden_size": (None, "the width d_model, an integer >= 1"),
+        "num_hidden_layers": (None, "the number of blocks, an integer >= 1"),
+        "state_size": (16, "d_state, the states per channel, an integer >= 1"),
+        "expand": (2, "d_inner / d_model, an integer >= 1"),
+        "conv_kernel": (4, "the causal convolution's width d_conv, an integer >= 1"),
+        "time_step_rank": ("auto", "dt_rank, an integer >= 1 or \"auto\" (ceil(hidden_size / 16))"),
+        "intermediate_size": ("expand x hidden_size", "d_inner, expand x hidden_size"),
+        "layer_norm_epsilon": (1e-5, "the RMSNorms' epsilon, a number > 0"),
+        "pad_token_id": (0, "a token id, an integer >= 0, or null"),
+        "use_bias": (False, "true or false (in_proj / out_proj biases; false in every released checkpoint)"),
+        "use_conv_bias": (True, "true or false"),
+        "tie_word_embeddings": (True, "true: this code ties the LM head to the embeddings"),
+        "hidden_act": ("silu", "\"silu\", as every state-spaces/mamba-*-hf checkpoint"),
+        "residual_in_fp32": (True, "true: this code keeps the residual stream in float32")}
+
+
 def config_from_hf(hf, num_labels=None, **overrides):
-    """MambaConfig from a MambaConfig config.json dict; num_labels: a classification head (else the LM head)."""
-    if not hf.get("tie_word_embeddings", True) or hf.get("hidden_act", "silu") != "silu" or \
-            not hf.get("residual_in_fp32", True):
-        raise ModelError("unsupported Mamba variant in config.json (this code needs tied embeddings, hidden_act "
-                         "silu and residual_in_fp32, as every state-spaces/mamba-*-hf checkpoint)")
-    if hf.get("intermediate_size", hf.get("expand", 2) * hf["hidden_size"]) != \
-            hf.get("expand", 2) * hf["hidden_size"]:
-        raise ModelError("unsupported Mamba variant in config.json: intermediate_size is not expand * hidden_size")
-    rank = hf.get("time_step_rank", "auto")
-    pad = hf.get("pad_token_id")
+    """MambaConfig from a MambaConfig config.json dict; num_labels: a classification head (else the LM head).
+    A key missing or of the wrong kind is an error that names it and says what it should be (check_hf)."""
+    check_hf(hf)
+    rank, pad = hf.get("time_step_rank", "auto"), hf.get("pad_token_id")
     cfg = dict(vocab_size=hf["vocab_size"], d_model=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
                d_state=hf.get("state_size", 16), expand=hf.get("expand", 2), d_conv=hf.get("conv_kernel", 4),
                dt_rank=None if rank == "auto" else rank, ln_eps=hf.get("layer_norm_epsilon", 1e-5),
-               bias=bool(hf.get("use_bias", False)), conv_bias=bool(hf.get("use_conv_bias", True)),
+               bias=hf.get("use_bias", False), conv_bias=hf.get("use_conv_bias", True),
                pad_token_id=0 if pad is None else pad, head="lm" if num_labels is None else "cls",
                num_labels=num_labels or 2)
     return MambaConfig(**{**cfg, **overrides})
+
+
+def check_hf(hf):
+    """Refuse, by key, a config.json this code would misread: a transformer's labelled mamba, a key missing or
+    misspelt, a value of the wrong kind, a Mamba variant this code does not compute."""
+    architectures = hf.get("architectures") if isinstance(hf.get("architectures"), list) else []
+    foreign = [a for a in architectures if not str(a).startswith("Mamba")]
+    attention = [k for k in ("num_attention_heads", "n_head", "n_embd") if k in hf]
+    if foreign or attention:
+        raise ModelError(f"config.json says model_type \"mamba\" but describes a transformer "
+                         f"({', '.join(map(str, foreign)) or ', '.join(attention)}): is its model_type wrong?")
+    integer = lambda v, low: isinstance(v, int) and not isinstance(v, bool) and v >= low  # noqa: E731
+    ok = {k: lambda v: integer(v, 1) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "state_size",
+                                                "expand", "conv_kernel", "intermediate_size")}
+    ok.update(time_step_rank=lambda v: v == "auto" or integer(v, 1), pad_token_id=lambda v: v is None or integer(v, 0),
+              layer_norm_epsilon=lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+              use_bias=lambda v: isinstance(v, bool), use_conv_bias=lambda v: isinstance(v, bool),
+              tie_word_embeddings=lambda v: v is True, hidden_act=lambda v: v == "silu",
+              residual_in_fp32=lambda v: v is True)
+    for key, (default, what) in KEYS.items():
+        if key not in hf and default is None:
+            typo = difflib.get_close_matches(key, [k for k in hf if k not in KEYS], n=1)
+            raise ModelError(f"config.json has no {key} ({what})"
+                             f"{f'; is {typo[0]} a misspelling of it?' if typo else ''}")
+        if key in hf and not ok[key](hf[key]):
+            raise ModelError(f"config.json: {key} is {json.dumps(hf[key])}, it should be {what}")
+    if hf.get("intermediate_size", hf.get("expand", 2) * hf["hidden_size"]) != hf.get("expand", 2) * hf["hidden_size"]:
+        raise ModelError(f"config.json: intermediate_size is {hf['intermediate_size']}, not expand x hidden_size = "
+                         f"{hf.get('expand', 2)} x {hf['hidden_size']}: a Mamba variant this code does not compute")
 
 
 _NAMES = [(r"(?:backbone\.)?embeddings?\.weight", "embed.tok.weight"),  # "embedding." in older files

@@ -11,6 +11,7 @@ SSM, LoRA (ssmlora.LoRALinear, r 8, alpha 8) on out_proj.
               on exactly those entries of A_log and on the kept channels' columns of x_proj's B and C rows (all
               states), plus a fresh LoRA (add_sdt). Everything else stays frozen.
 """
+import re
 from dataclasses import replace
 
 import torch
@@ -94,7 +95,7 @@ def add_sdt(model, adapters, chosen):
     """Step 3 on a fresh pretrained model: sparse deltas at the chosen entries (from selection, or the index
     buffers of from_indices), a fresh LoRA."""
     ms = mixers(model)
-    chosen = from_indices(chosen) if isinstance(chosen, dict) else chosen
+    chosen = from_indices(chosen, model.cfg) if isinstance(chosen, dict) else chosen
     if len(chosen) != len(ms):
         raise ModelError(f"the SDT selection has {len(chosen)} layers, the model {len(ms)}")
     _lora(model, adapters)
@@ -103,22 +104,62 @@ def add_sdt(model, adapters, chosen):
         channels, states = channels.to(dev), states.to(dev)
         rows = channels[:, None].expand_as(states)                           # A_log entries (channel, state)
         m.A_log_delta = SparseDelta(None, torch.stack([rows.flatten(), states.flatten()]), device=dev)
-        bc = torch.arange(m.R, m.R + 2 * m.n, device=dev)                    # x_proj's B rows, then C rows
-        m.x_proj = SparseDeltaLinear(m.x_proj, torch.stack([bc.repeat_interleave(len(channels)),
-                                                            channels.repeat(len(bc))]))
+        m.x_proj = SparseDeltaLinear(m.x_proj, bc_index(channels, m.R, m.n))
     return _freeze(model, adapters)
 
 
-def from_indices(tensors):
-    """The selection back from the A_log index buffers ({name: (2, c * s)}, as an adapter file or a checkpoint keeps
-    them): per layer, each kept channel's row repeated once per kept state."""
-    names = sorted((k for k in tensors if k.endswith("A_log_delta.index")), key=lambda k: int(k.split(".")[1]))
+def bc_index(channels, R, n):
+    """x_proj's entries SDT trains: the kept channels' columns of its B rows, then C rows (R .. R + 2n - 1)."""
+    bc = torch.arange(R, R + 2 * n, device=channels.device)
+    return torch.stack([bc.repeat_interleave(len(channels)), channels.repeat(len(bc))])
+
+
+INDEX = re.compile(r"blocks\.(\d+)\.mixer\.(A_log_delta|x_proj\.sdt)\.index")
+
+
+def from_indices(tensors, cfg):
+    """The selection back from the index buffers ({name: (2, k)}, as an adapter file or a checkpoint keeps them):
+    per layer, each kept channel's row repeated once per kept state. Each tensor is checked against the model's
+    sizes (cfg) first: a bad index would fail deep in torch, or worse, a -1 would wrap to the last state."""
+    layers = {}
+    for name, t in tensors.items():
+        m = INDEX.fullmatch(name)
+        if m is None:
+            raise ModelError(f"{name} is no SDT index tensor (blocks.<i>.mixer.A_log_delta.index or "
+                             "x_proj.sdt.index)")
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool or t.dim() != 2 or \
+                t.shape[0] != 2 or t.shape[1] == 0:
+            raise ModelError(f"{name} is {t.dtype} {tuple(t.shape)}: an SDT index is an integer tensor (2, k), k >= 1")
+        layers.setdefault(m[2], {})[int(m[1])] = t.long()
+    for kind in ("A_log_delta", "x_proj.sdt"):
+        if sorted(layers.get(kind, {})) != list(range(cfg.n_layer)):
+            raise ModelError(f"the SDT selection has {kind}.index for layers {sorted(layers.get(kind, {}))}, the "
+                             f"model has {cfg.n_layer} (0 to {cfg.n_layer - 1})")
     out = []
-    for name in names:
-        rows, states = tensors[name]
+    for i in range(cfg.n_layer):
+        name = f"blocks.{i}.mixer.A_log_delta.index"
+        rows, states = layers["A_log_delta"][i]
+        _in_range(name, "channel", rows, cfg.d_inner, "d_inner = expand x d_model")
+        _in_range(name, "state", states, cfg.d_state, "d_state")
         s = int((rows == rows[0]).sum())
-        out.append((rows.view(-1, s)[:, 0], states.view(-1, s)))
+        channels = rows[::s]
+        if len(rows) % s or not torch.equal(rows.view(-1, s), channels[:, None].expand(-1, s)) or \
+                len(channels.unique()) != len(channels) or \
+                any(len(c.unique()) != s for c in states.view(-1, s)):
+            raise ModelError(f"{name}: its entries are not whole channels, each with the same number of distinct "
+                             "states, as select writes them")
+        if not torch.equal(layers["x_proj.sdt"][i], bc_index(channels, cfg.dt_rank, cfg.d_state)):
+            raise ModelError(f"blocks.{i}.mixer.x_proj.sdt.index is not the B and C columns of the channels of "
+                             f"{name} (for dt_rank {cfg.dt_rank}, d_state {cfg.d_state})")
+        out.append((channels, states.view(-1, s)))
     return out
+
+
+def _in_range(name, what, t, size, which):
+    bad = t[(t < 0) | (t >= size)]
+    if len(bad):
+        raise ModelError(f"{name} holds {what} {bad[0].item()}, outside 0 to {size - 1} (this model's {which} is "
+                         f"{size})")
 
 
 def placeholder(cfg, rho, channels=CHANNELS):

@@ -138,6 +138,10 @@ def same_settings(out, cmd):
     path = out / "results.json"
     then = json.loads(path.read_text()).get("args") or {}
     now = vars(parse(cmd[len(TRAIN):]))
+    if now["targets"] is None:  # the method's default for the model's family, which train.py records once built
+        from ssmlora import default_targets
+        defaults = {None, *(",".join(default_targets(now["method"], family)) for family in (None, "mamba"))}
+        now["targets"] = then.get("targets") if then.get("targets") in defaults else "the method's default"
     differ = [k for k in RUN_KEYS if k in then and k in now and then[k] != now[k]]
     if differ:
         was = ", ".join(f"{k} {then[k]!r} (now {now[k]!r})" for k in differ[:3])

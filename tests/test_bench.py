@@ -56,7 +56,7 @@ def test_eager_alone_has_no_ratio_to_eager_and_each_model_its_own_targets(tmp_pa
     heads = next(line for line in out.splitlines() if line.lstrip().startswith("variant"))
     assert heads.split()[:12] == ["variant", "batch", "len", "none", "ms", "lora", "ms", "ssm", "ms", "ssm/lora",
                                   "lora/ssm", "lora/none"] and "eager" not in heads  # nothing else was timed
-    targets = bench.MAMBA["targets"] if preset.startswith("mamba") else bench.ADAPTED
+    targets = bench.MAMBA_ADAPTED if preset.startswith("mamba") else bench.ADAPTED
     assert f"sparse: {targets}: {alternating} alternating over the layers (paper §3.4)" in out and "Mamba" not in out
 
 

@@ -17,6 +17,7 @@ from files.tokenizer import load_tokenizer
 from glue_fixtures import write_glue_task
 from mamba import sdt
 from mamba.model import Mamba, MambaConfig, from_state, selective_scan
+from mamba.model import config_from_hf as mamba_config_from_hf  # files.hub has the transformers'
 from model import ModelError
 from reproduce.synthetic import FILL, NEG, POS, sentiment_rows
 from ssmlora import Adapters, add_adapters, param_report
@@ -87,7 +88,7 @@ def test_bad_checkpoints_are_one_line_errors(checkpoint):
     ref, folder = checkpoint
     hf_cfg = json.loads((folder / "config.json").read_text())
     state = read_weights(folder)
-    with pytest.raises(ModelError, match="tied embeddings"):
+    with pytest.raises(ModelError, match="tie_word_embeddings is false, it should be true"):
         from_state({**hf_cfg, "tie_word_embeddings": False}, state)
     with pytest.raises(ModelError, match="missing.*A_log"):
         from_state(hf_cfg, {k: v for k, v in state.items() if not k.endswith("1.mixer.A_log")})
@@ -95,6 +96,27 @@ def test_bad_checkpoints_are_one_line_errors(checkpoint):
         from_state({**hf_cfg, "state_size": 6}, state)
     with pytest.raises(ModelError, match="unexpected tensors"):
         from_state(hf_cfg, {**state, "backbone.extra.weight": torch.zeros(1)})
+
+
+BAD_CONFIGS = [  # (what is done to a Mamba config.json, the error line it must give)
+    (lambda c: c.pop("hidden_size"), r"config.json has no hidden_size \(the width d_model, an integer >= 1\)$"),
+    (lambda c: c.update(hidden_sise=c.pop("hidden_size")), "no hidden_size .*; is hidden_sise a misspelling of it"),
+    (lambda c: c.update(hidden_size="abc"), 'hidden_size is "abc", it should be the width d_model, an integer'),
+    (lambda c: c.update(state_size=0), "state_size is 0, it should be d_state, the states per channel, an integer"),
+    (lambda c: c.update(time_step_rank="big"), 'time_step_rank is "big", it should be dt_rank, an integer >= 1 or'),
+    (lambda c: c.update(architectures=["GPT2LMHeadModel"], n_embd=c.pop("hidden_size")),
+     r'says model_type "mamba" but describes a transformer \(GPT2LMHeadModel\)'),
+]
+
+
+@pytest.mark.parametrize("edit, error", BAD_CONFIGS)
+def test_a_bad_mamba_config_json_names_the_key_and_what_it_should_be(checkpoint, edit, error):
+    """Each of these was a KeyError or TypeError traceback, the whole MambaConfig printed, or another key blamed."""
+    hf_cfg = json.loads((checkpoint[1] / "config.json").read_text())
+    edit(hf_cfg)
+    with pytest.raises(ModelError, match=error) as e:
+        mamba_config_from_hf(hf_cfg, 2)
+    assert len(str(e.value)) < 160 and "\n" not in str(e.value)
 
 
 def test_scan_is_the_recurrence_written_out():
@@ -222,12 +244,114 @@ def test_sdt_refuses_what_it_cannot_do():
         add_adapters(base_model(), Adapters(method="sdt", targets="out_proj"))
 
 
+BAD_SELECTIONS = [  # (what is done to the file's tensors, the error it must give)
+    (lambda t: t["blocks.0.mixer.A_log_delta.index"][1].__setitem__(0, -1), "holds state -1, outside 0 to 3"),
+    (lambda t: t["blocks.1.mixer.A_log_delta.index"][0].fill_(32), "holds channel 32, outside 0 to 31"),
+    (lambda t: t.update({"blocks.0.mixer.A_log_delta.index": t["blocks.0.mixer.A_log_delta.index"].float()}),
+     "is torch.float32 .* an SDT index is an integer tensor"),
+    (lambda t: t.update({"blocks.0.mixer.A_log_delta.index": t["blocks.0.mixer.A_log_delta.index"][0].clone()}),
+     r"is torch.int64 \(6,\)"),
+    (lambda t: t.pop("blocks.1.mixer.x_proj.sdt.index"), r"x_proj.sdt.index for layers \[0\], the model has 2"),
+    (lambda t: t["blocks.0.mixer.x_proj.sdt.index"][1].__setitem__(0, -1), "not the B and C columns"),
+    (lambda t: [t.pop(k) for k in [k for k in t if k.endswith(".index")]], "without their selection"),
+]
+
+
+@pytest.mark.parametrize("edit, error", BAD_SELECTIONS)
+def test_an_sdt_file_whose_selection_does_not_fit_is_refused_by_name(tmp_path, edit, error):
+    """A -1 would wrap to the last state and score another model without a word; the others fail deep in torch."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from files.adapters import AdapterFileError, add_adapters_from_file, save_adapters
+    from training.build import attach
+    path = tmp_path / "sdt.safetensors"
+    save_adapters(sdt_models(base_model())[1], path)
+    with safe_open(path, framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    add_adapters_from_file(base_model(), path, add=attach)  # the file as written loads
+    edit(tensors)
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(AdapterFileError, match=error) as e:
+        add_adapters_from_file(base_model(), path, add=attach)
+    assert str(e.value).startswith(f"adapter file {path}")
+
+
+def test_an_adapter_file_of_a_mamba_with_another_d_state_is_refused(tmp_path):
+    from files.adapters import AdapterFileError, add_adapters_from_file, save_adapters
+    from training.build import attach
+    path = tmp_path / "sdt.safetensors"
+    save_adapters(sdt_models(base_model())[1], path)
+    with pytest.raises(AdapterFileError, match="belongs to another base model: d_state: file 4, model 5$"):
+        add_adapters_from_file(Mamba(MambaConfig(**{**CFG, "d_state": 5})), path, add=attach)
+    from model import Config, Model  # a transformer has no d_state: only what it has is compared
+    with pytest.raises(AdapterFileError, match="another base model: family: file 'mamba', model 'roberta'; d_model: "
+                                               "file 16, model 768$"):
+        add_adapters_from_file(Model(Config(n_layer=2)), path, add=attach)
+
+
 def test_a_merged_export_of_mamba_is_refused_by_name(tmp_path):
     from interop.merged import export_merged
     m = add_adapters(base_model(), Adapters(method="lora", targets="in_proj,out_proj"))
     with pytest.raises(ModelError, match="transformers has none for Mamba"):
         export_merged(m, tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_peft_export_of_mamba_lora_is_refused_with_what_works_instead(tmp_path):
+    """It said "no Hugging Face names for the mamba family here", with no way forward."""
+    from files.adapters import save_adapters
+    from interop import export
+    from interop.peft import PeftError, export_peft
+    m = add_adapters(base_model(), Adapters(method="lora", targets="in_proj,out_proj"))
+    with pytest.raises(PeftError, match="peft refuses LoRA on Mamba's out_proj .* The adapters.safetensors itself "
+                                        "works: train.py --eval-only and predict.py take it$"):
+        export_peft(m, tmp_path / "peft")
+    save_adapters(m, tmp_path / "a.safetensors", {"task": "sst2", "model": "mamba-130m", "random_init": True})
+    with pytest.raises(SystemExit, match="^error: a Mamba's LoRA has no PEFT export: transformers has no Mamba "
+                                         "classifier"):
+        export.main(["peft", str(tmp_path / "a.safetensors"), str(tmp_path / "peft")])  # before mamba-130m is built
+    assert not (tmp_path / "peft").exists()
+    from interop.peft import add_peft_adapters  # nor does a PEFT folder load into a Mamba (it was AttributeError)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    with pytest.raises(PeftError, match="loads into a transformer here, not a Mamba"):
+        add_peft_adapters(base_model(), tmp_path / "in")
+
+
+def test_eval_only_refuses_the_adapter_settings_it_would_ignore_and_compile_an_unknown_backend(tmp_path):
+    """--sdt-rho (and --rank, --method, ... ) with --eval-only were accepted and ignored; --compile nosuch was a
+    traceback after the whole SDT warm-up, leaving an empty --out."""
+    from files.adapters import save_adapters
+    path = tmp_path / "a.safetensors"
+    save_adapters(sdt_models(base_model())[1], path, {"task": "sst2", "model": "m", "random_init": True, "seed": 1})
+    for extra, error in [(["--sdt-rho", "0.9"], "--sdt-rho applies to training, not to --eval-only"),
+                         (["--method", "lora", "--rank", "4", "--sdt-warmup", "9"], "--method, --rank, --sdt-warmup "
+                                                                                    "apply to training"),
+                         (["--seed", "2"], r"--seed would do nothing .*records its run's seed \(1\)")]:
+        with pytest.raises((SystemExit, ValueError), match=error):  # ValueError: train.main's one line too
+            parse_args(["--eval-only", str(path), *extra])
+    save_adapters(sdt_models(base_model())[1], tmp_path / "b.safetensors", {"task": "sst2", "model": "m"})
+    with pytest.raises(ValueError, match="--random-init with --eval-only: .* was trained on the checkpoint m, not"):
+        parse_args(["--eval-only", str(tmp_path / "b.safetensors"), "--random-init"])  # random weights under it
+    with pytest.raises(SystemExit, match="--compile 'nosuch' is not a torch.compile backend: choose one of .*inductor"):
+        parse_args(["--task", "sst2", "--method", "sdt", "--compile", "nosuch", "--out", str(tmp_path / "out")])
+    assert parse_args(["--task", "sst2", "--compile", "eager"]).compile == "eager"
+
+
+def test_the_tokenizer_of_another_family_is_refused(tiny_mamba, tmp_path):
+    """A Mamba --random-init run took a BERT tokenizer without a word, though the message asks for the same family."""
+    import shutil
+    from checkpoints import MINILM
+    from data import DataError
+    with pytest.raises(DataError, match="is a bert checkpoint's .its config.json., not a mamba model's: pass "
+                                        "--tokenizer with a mamba checkpoint folder"):
+        load_tokenizer(str(MINILM), family="mamba")
+    shutil.copy(MINILM / "tokenizer.json", tmp_path)  # no config.json to say whose it is
+    with pytest.raises(DataError, match=r"has \[PAD\] but no <\|endoftext\|>: it is not a mamba model's \(a bert one"):
+        load_tokenizer(str(tmp_path), family="mamba")
+    with pytest.raises(DataError, match="is a mamba checkpoint's"):
+        load_tokenizer(str(tiny_mamba[0]), family="bert")
+    assert load_tokenizer(str(tiny_mamba[0]), family="mamba").pad_id == 0
 
 
 def copy_task(n, g):
@@ -335,18 +459,93 @@ def test_sdt_through_train_py_eval_only_resume_and_predict(tiny_mamba, tmp_path,
     assert sum(g["label"] == y for g, (_, y) in zip(got, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
 
 
+def test_random_init_sdt_reproduces_through_eval_only_and_predict_and_max_steps_caps_its_warm_up(tiny_mamba,
+                                                                                                    tmp_path, capsys):
+    """The main run's random base was drawn after the warm-up had drawn numbers, so --eval-only and predict.py (which
+    draw it from the seed) scored another model (0.594 trained, 0.494 evaluated); --max-steps 2 still ran 250
+    warm-up steps."""
+    out, bases = tmp_path / "sdt", []
+    flags = ["--method", "sdt", "--random-init", "--seed", "3", "--max-steps", "6", "--eval-every", "3"]
+    r = train.run(parse_args(argv(tiny_mamba, out, *flags)), on_step=lambda step, m: bases.append(
+        m.embed.tok.weight.detach().clone()))
+    assert "SDT warm-up: 6 optimizer steps (--max-steps 6, not --sdt-warmup 250)" in capsys.readouterr().out
+    assert r["steps"] == 6
+    again = train.run(parse_args(["--eval-only", str(out / "adapters.safetensors"), "--data-dir", str(tiny_mamba[1]),
+                                  "--length-bins", "0", "--threads", "1"]))
+    assert again["eval"]["dev"] == r["best"]["dev"]
+    p = predict.load(str(out / "adapters.safetensors"))
+    assert torch.equal(p.model.embed.tok.weight, bases[-1])  # the same random base, drawn from the file's seed 3
+    dev = [line.split("\t") for line in (tiny_mamba[1] / "SST-2" / "dev.tsv").read_text().splitlines()[1:]]
+    got = predict.predict(p, [text for text, _ in dev])
+    assert sum(g["label"] == y for g, (_, y) in zip(got, dev)) / len(dev) == r["best"]["dev"]["accuracy"]
+
+
+def test_an_sdt_resume_reads_its_checkpoint_guarded_and_says_which_setting_differs(tiny_mamba, tmp_path):
+    """A cut checkpoint.pt was [Errno 22], an empty one an EOFError traceback, one without its selection a KeyError;
+    one of another method said "the SDT selection has 0 layers"."""
+    out = tmp_path / "sdt"
+    flags = ["--method", "sdt", "--sdt-warmup", "2", "--max-steps", "2"]
+    train.run(parse_args(argv(tiny_mamba, out, *flags)))
+    ckpt, whole = out / "checkpoint.pt", (out / "checkpoint.pt").read_bytes()
+    ck = torch.load(ckpt, weights_only=True)
+    for content, error in [(whole[:len(whole) // 2], "could not read .*checkpoint.pt .*it is corrupt: delete it"),
+                           (b"", "could not read .*checkpoint.pt .*it is corrupt: delete it"),
+                           ({k: v for k, v in ck.items() if k != "places"}, "its SDT selection does not fit this "
+                                                                             "model .it has none.; it is corrupt"),
+                           ({**ck, "run": {**ck["run"], "method": "lora"}},
+                            r"belongs to a run with other settings \(--method: checkpoint 'lora', now 'sdt'")]:
+        if isinstance(content, bytes):
+            ckpt.write_bytes(content)
+        else:
+            torch.save(content, ckpt)
+        with pytest.raises(train.TrainError, match=error):
+            train.run(parse_args(argv(tiny_mamba, out, *flags, "--resume")))
+
+
+def test_sigterm_in_the_sdt_warm_up_says_that_nothing_was_saved(tiny_mamba, tmp_path, monkeypatch):
+    """It ended the process (143) with a progress line as the last word; Ctrl-C there promised --resume."""
+    import os
+    import signal
+    calls, step = [], train.optimizer_step
+
+    def term_at_the_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a batch system sends
+        return step(*a, **kw)
+    monkeypatch.setattr(train, "optimizer_step", term_at_the_second)
+    out = tmp_path / "sdt"
+    with pytest.raises(SystemExit, match="^interrupted in the SDT warm-up, at step 2 of 250, before anything was "
+                                         "saved: the same command starts again from the beginning .the SDT warm-up "
+                                         "included.$"):
+        train.main(argv(tiny_mamba, out, "--method", "sdt"))
+    assert len(calls) == 2 and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # given back
+
+
 def test_dry_run_counts_of_mamba_130m_equal_docs_mamba(capsys):
     """docs/mamba.md derives these by hand (and lists 370m's and 1.4b's, which take longer to build, even on the
     meta device); the SST-2 head (768 x 2) comes on top."""
     common = ["--task", "sst2", "--model", "mamba-130m", "--random-init", "--dry-run"]
-    for method, want in (("lora", 1_179_648), ("ssmlora", 592_896), ("sdt", 455_328)):
-        extra = [] if method == "sdt" else ["--targets", "in_proj,out_proj"]
-        assert train.run(parse_args(common + ["--method", method, *extra]))["params"]["adapter"] == want, method
+    for method, want in (("lora", 1_179_648), ("ssmlora", 592_896), ("sdt", 455_328)):  # Mamba's default targets:
+        assert train.run(parse_args(common + ["--method", method]))["params"]["adapter"] == want, method  # in, out
     with pytest.raises(ModelError, match="qlora is one of the transformers' Table 1 baselines"):
         train.run(parse_args(common + ["--method", "qlora"]))
     with pytest.raises(ModelError, match="SDT tunes a state space model's A_log"):
         train.run(parse_args(["--task", "sst2", "--model", "roberta-base", "--random-init", "--dry-run", "--method",
                               "sdt"]))
+
+
+def test_an_unknown_random_init_preset_lists_the_mamba_presets_too():
+    from tasks import get_task
+    from training.build import build_model
+    with pytest.raises(SystemExit, match="unknown preset 'mamba-999m' for --random-init; choose one of: roberta-base, "
+                       ".*deberta-v3-large, mamba-130m, mamba-370m, mamba-790m, mamba-1.4b, mamba-2.8b, or a folder"):
+        parse_args(["--task", "sst2", "--model", "mamba-999m", "--random-init"])
+    with pytest.raises(ModelError, match="unknown preset 'mamba-999m' .*mamba-130m"):  # an adapter file's base
+        build_model(get_task("sst2"), "mamba-999m", random_init=True, meta=True)
+    with pytest.raises(ModelError, match="^mamba-130m is a --random-init preset .*state-spaces/mamba-130m-hf$"):
+        build_model(get_task("sst2"), "mamba-130m")  # it was sent to the hub as a name
 
 
 def test_bench_compares_none_lora_ssmlora_and_sdt_on_a_mamba_preset(tmp_path, capsys):

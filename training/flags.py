@@ -15,19 +15,20 @@ from interop.peft import is_peft_folder, read_peft_run
 from mamba.model import PRESETS as MAMBA_PRESETS
 from mamba.sdt import RHOS
 from model import PRESETS
-from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters
+from ssmlora import DEFAULT_TARGETS, LOW_RANK, METHODS, STATES, Adapters, default_targets
 from tasks import FULL_RECIPE, RECIPE, TASK_NAMES, get_task, lengths
 from training import dist
-from training.cli import OneLineParser, UserError
+from training.build import check_preset
+from training.cli import OneLineParser, UserError, check_backend
 from training.evaluate import DTYPES, default_dtype
 
 ADAPTER = {f.name: f.default for f in fields(Adapters) if f.name in ("rank", "alpha", "dropout", "state")}
 SDT = {"sdt_warmup": 250, "sdt_rho": 0.75, "alpha": 8.0}  # the authors' configs: 250 or 500 warm-up steps, rho 0.75,
 # 0.9 or 0.95, and their LoRA beside SDT scaled by 1 (alpha = r = 8), where ours defaults to alpha 16
-# what --eval-only never reads: the file holds the adapters as trained (--sdt-warmup, --sdt-rho: checked below)
-TRAINING_ONLY = ("method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "epochs", "grad_accum",
-                 "warmup", "weight_decay", "clip", "clip_mode", "patience", "seed", "max_steps", "max_train",
-                 "eval_every", "out", "save_every", "log_every", "trace_gradients", "resume", "compile")
+# what --eval-only never reads: the file holds the adapters as trained (--seed: from_file, which may need it)
+TRAINING_ONLY = ("method", "rank", "alpha", "dropout", "targets", "sparse", "state", "sdt_warmup", "sdt_rho", "lr",
+                 "epochs", "grad_accum", "warmup", "weight_decay", "clip", "clip_mode", "patience", "max_steps",
+                 "max_train", "eval_every", "out", "save_every", "log_every", "trace_gradients", "resume", "compile")
 DESCRIPTION = ("Fine-tune a transformer on a GLUE, SuperGLUE, RACE, SQuAD or NarrativeQA task with SSMLoRA or one of "
                "the paper's baselines.")
 
@@ -38,7 +39,7 @@ def parser():
     p.add_argument("--model", help="hub name, local checkpoint folder, or (with --random-init) a preset: "
                    f"{', '.join([*PRESETS, *MAMBA_PRESETS])} (default: roberta-base; with --eval-only: the file's "
                    "own)")
-    p.add_argument("--method", default="ssmlora", choices=[m for m in METHODS if m != "none"],
+    p.add_argument("--method", choices=[m for m in METHODS if m != "none"],
                    help="default: ssmlora; qlora and mixlora: the Table 1 baselines in baselines/; sdt: Sparse "
                    "Dimension Tuning + LoRA, Mamba only (mamba/sdt.py, docs/mamba.md)")
     a = p.add_argument_group("adapters (--method ssmlora, lora, qlora, mixlora or sdt only)")
@@ -53,8 +54,8 @@ def parser():
                    "adapter on the task head's last linear, which then stays frozen); Mamba's in_proj, x_proj, "
                    "dt_proj, out_proj (default: query,value; "
                    + "; ".join(f"{m}: {','.join(t)}" for m, t in DEFAULT_TARGETS.items())
-                   + "; qlora's and mixlora's are Table 1's, qlora's every linear of a block: ffn_gate on LLaMA "
-                   "only)")
+                   + f"; qlora's and mixlora's are Table 1's, qlora's every linear of a block: ffn_gate on LLaMA "
+                   f"only; on a Mamba, lora's and ssmlora's: {','.join(default_targets('lora', 'mamba'))})")
     g = a.add_mutually_exclusive_group()
     g.add_argument("--sparse", dest="sparse", action="store_true", default=None,
                    help="alternate the attention targets over the layers: query in even layers, value in odd; "
@@ -88,9 +89,9 @@ def parser():
                    "global: one norm over every trained tensor (default: state; README: the W_d gradient spike)")
     o.add_argument("--patience", type=int, default=5, help="stop after this many evaluations without improvement "
                    "on the task's selection metric; 0: never (default: %(default)s)")
-    o.add_argument("--seed", type=int, default=0, help="seeds the adapters, the head and the data order "
-                   "(default: %(default)s)")
-    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    o.add_argument("--seed", type=int, help="seeds the adapters, the head, the data order and a --random-init base "
+                   "(default: 0; with --eval-only: the file's own)")
+    o.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (SDT: its warm-up too)")
     o.add_argument("--max-train", type=int, help="use only the first N training examples")
     o.add_argument("--max-eval", type=int, help="evaluate only the first N examples (questions) of each dev split: "
                    "a quick look, recorded in results.json; the paper's numbers use them all")
@@ -163,12 +164,14 @@ def parse(argv=None):
         args.bins = None if args.length_bins.strip() in ("0", "off") else lengths.edges(args.length_bins)
     except ValueError as e:
         p.error(str(e))
-    adapted = args.method in LOW_RANK
     given = [f"--{k}" for k in ("rank", "alpha", "dropout", "targets", "state") if getattr(args, k) is not None]
     given += ["--sparse/--dense"] * (args.sparse is not None)
+    sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
+    args.method = args.method or "ssmlora"
+    args.seed = 0 if args.seed is None else args.seed
+    adapted = args.method in LOW_RANK
     if given and not adapted and not args.eval_only:
         p.error(f"{apply(given)} to --method {', '.join(LOW_RANK)} only, not {args.method}")
-    sdt_given = [f"--{k.replace('_', '-')}" for k in ("sdt_warmup", "sdt_rho") if getattr(args, k) is not None]
     if sdt_given and args.method != "sdt" and not args.eval_only:
         p.error(f"{apply(sdt_given)} to --method sdt only, not {args.method}")
     defaults = {**ADAPTER, **SDT, "alpha": SDT["alpha"] if args.method == "sdt" else ADAPTER["alpha"]}
@@ -177,13 +180,17 @@ def parse(argv=None):
     lr, epochs = FULL_RECIPE if args.method == "full" else RECIPE[args.task]
     args.lr = lr if args.lr is None else args.lr
     args.epochs = epochs if args.epochs is None else args.epochs
-    args.targets = args.targets or ",".join(Adapters(args.method).targets)  # recorded as used
     args.out = args.out or f"out/{args.task}-{args.method}" + (f"-r{args.rank}" if adapted else "")
     resumed = args.resume and (Path(args.out) / "checkpoint.pt").exists()  # it continues its own trace, if any
     if args.trace_gradients and not (resumed and Path(args.trace_gradients).is_file()):
         try:  # two runs into one trace would mix their steps
             check_new(args.trace_gradients, "--trace-gradients")
         except OSError as e:
+            p.error(str(e))
+    if args.random_init:
+        try:
+            check_preset(args.model)
+        except ValueError as e:
             p.error(str(e))
     if args.random_init and not (args.dry_run or args.tokenizer or Path(args.model).is_dir()):
         p.error(f"--random-init with the preset {args.model} has no tokenizer to read the data with: pass "
@@ -208,6 +215,11 @@ def parse(argv=None):
     if args.state == "carry" and dist.world() > 1:
         p.error("--state carry keeps one state per process under torchrun, which is not the authors' "
                 "single-process behaviour: run it as one process (python train.py)")
+    if args.compile:  # an unknown backend was a traceback at the first step: after loading, tokenising, SDT's warm-up
+        try:
+            check_backend(args.compile, "--compile")
+        except ValueError as e:
+            p.error(str(e))
     return args
 
 
@@ -228,13 +240,20 @@ def from_file(args):
     """--eval-only: the task, base model, tokenizer and data the adapters were trained with, unless given again."""
     run = read_peft_run(args.eval_only) if is_peft_folder(args.eval_only) else read_run(args.eval_only)
     run["task"] = trained_task(run, args.task, args.eval_only)
-    for k in ("task", "model", "tokenizer", "max_len", "doc_stride"):  # these change the metric: the trained run's
+    if args.seed is not None and (run.get("seed") is not None or not run.get("random_init")):
+        raise UserError(f"--seed would do nothing with --eval-only: {args.eval_only} " + (
+            f"records its run's seed ({run['seed']}), from which its random base is drawn" if run.get("random_init")
+            else "was trained on a checkpoint, not a random base") + "; leave --seed out")
+    for k in ("task", "model", "tokenizer", "max_len", "doc_stride", "seed"):  # these change the metric: the run's
         if getattr(args, k) is None:
             setattr(args, k, run.get(k))
     if args.data_dir is None and run.get("data_dir") and Path(run["data_dir"]).is_dir():
         args.data_dir = run["data_dir"]  # the data it trained on, if it is still there (else the download cache)
     if args.model == run.get("model"):  # the file's own base, not one given with --model
         check_base_is_there(run, args.eval_only)
+    if args.random_init and not run.get("random_init"):  # random weights under adapters trained on a checkpoint
+        raise UserError(f"--random-init with --eval-only: {args.eval_only} was trained on the checkpoint "
+                        f"{run.get('model')}, not on random weights; leave --random-init out")
     args.random_init = args.random_init or run.get("random_init", False)
     if is_peft_folder(args.eval_only) and not args.model:
         raise UserError(f"{args.eval_only} does not name its base model (base_model_name_or_path): pass --model")

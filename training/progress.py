@@ -11,8 +11,9 @@ class ProgressLog:
     every minute, whichever comes first, with the mean loss since the last line, the examples per second, the time
     since the start and the time left at this pace."""
 
-    def __init__(self, every, total, per_step, enabled, seconds=60.0):
+    def __init__(self, every, total, per_step, enabled, seconds=60.0, label=""):
         self.every, self.total, self.per_step, self.enabled, self.seconds = every, total, per_step, enabled, seconds
+        self.label = label  # what the steps are of ("SDT warm-up "; "": the run's own)
         self.t, self.losses, self.start, self.first = time.time(), [], time.time(), None
 
     def step(self, step, epoch, loss, lr):
@@ -26,8 +27,8 @@ class ProgressLog:
         if self.first is None:  # the step this run started from (a resumed one: later than 0)
             self.first = step - len(self.losses)
         left = (now - self.start) / (step - self.first) * (self.total - step)
-        print(f"step {step}/{self.total} epoch {epoch} loss {sum(self.losses) / len(self.losses):.4f} lr {lr:.2e} "
-              f"{rate:.1f} examples/s elapsed {clock(now - self.start)} left {clock(left)}", flush=True)
+        print(f"{self.label}step {step}/{self.total} epoch {epoch} loss {sum(self.losses) / len(self.losses):.4f} "
+              f"lr {lr:.2e} {rate:.1f} examples/s elapsed {clock(now - self.start)} left {clock(left)}", flush=True)
         self.t, self.losses = now, []
 
 

@@ -11,6 +11,8 @@ from training import dist
 from training.cli import TrainError
 
 
+PARTS = ("run", "trained", "optimizer", "scheduler", "progress", "carried_state", "rng", "cuda_rng")  # "scaler" and
+# "places" (SDT's selection, which sdt_main_model reads) came later: older checkpoints lack them
 RUN_KEYS = ("task", "model", "method", "rank", "alpha", "dropout", "targets", "sparse", "state", "lr", "batch_size",
             "grad_accum", "world_size", "epochs", "max_len", "warmup", "weight_decay", "clip", "clip_mode", "seed",
             "max_steps", "max_train", "random_init", "dtype", "sdt_warmup", "sdt_rho")
@@ -31,19 +33,33 @@ def save_checkpoint(path, model, opt, sched, progress, args, scaler=None):
     atomic_write(path, lambda tmp: torch.save(obj, tmp))  # a kill during the save leaves the previous one whole
 
 
-def load_checkpoint(path, model, opt, sched, args, scaler=None):
+def read_checkpoint(path, args):
+    """checkpoint.pt, read guarded: a cut, empty or incomplete file, or one of a run with other settings than args,
+    is a TrainError that says so, before any of it is used."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise TrainError(f"could not read {path} ({type(e).__name__}); it is corrupt: delete it to start "
                          "over") from None
+    missing = [k for k in PARTS if k not in ck] if isinstance(ck, dict) else list(PARTS)
+    if missing or not isinstance(ck["run"], dict):
+        raise TrainError(f"{path} is not a whole train.py checkpoint (no {', '.join(missing) or 'run settings'}): "
+                         "delete it to start over")
     flag = lambda k: "processes" if k == "world_size" else f"--{k.replace('_', '-')}"
     diff = [f"{flag(k)}: checkpoint {v!r}, now {getattr(args, k)!r}" for k, v in ck["run"].items()
-            if v != getattr(args, k)]
+            if v != getattr(args, k, None)]
     if diff:
         raise TrainError(f"{path} belongs to a run with other settings ({'; '.join(diff)}); "
                          f"resume with the same flags or choose another --out")
-    params = dict(model.named_parameters())
+    return ck
+
+
+def load_checkpoint(path, model, opt, sched, args, scaler=None):
+    ck = read_checkpoint(path, args)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if {n: tuple(t.shape) for n, t in ck["trained"].items()} != {n: tuple(p.shape) for n, p in params.items()}:
+        raise TrainError(f"{path} holds other trained tensors than this run trains: it is corrupt, or of another "
+                         "version; delete it to start over")
     with torch.no_grad():
         for n, t in ck["trained"].items():
             params[n].copy_(t)
@@ -85,3 +101,21 @@ def interrupt_at_step_boundary():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def sigterm_stops_at_once():
+    """Where nothing is saved yet (SDT's warm-up), SIGTERM (a batch system's stop, `kill`) stops at once as Ctrl-C
+    does, with a KeyboardInterrupt that train.py turns into one line, instead of ending the process without a word.
+    Outside the main thread (no signals there) it is left as it is."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
