@@ -178,7 +178,7 @@ def plot_by_length(records, path=None):
                   for i in range(len(bins))]
         mean = [statistics.fmean(v) if v else float("nan") for v in values]
         std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-        label = f"{row[0]}{'' if row[1] is None else f' r{row[1]}'} ({len(runs)} seeds)"
+        label = f"{row[0]}{'' if row[1] is None else f' r{row[1]}'} ({len(runs)} seed{'s' * (len(runs) != 1)})"
         ax[0, 0].errorbar(range(len(bins)), mean, yerr=std, marker="o", capsize=3, label=label)
     ax[0, 0].set_xticks(range(len(bins)), [f"{b['bin']}\n({b['n']})" for b in bins])
     ax[0, 0].set_xlabel("input tokens before any cut (dev examples)")

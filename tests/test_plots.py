@@ -115,3 +115,18 @@ def test_broken_json_names_the_file_and_line(tmp_path):
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(SystemExit, match="list.json holds a JSON list, not an object"):
         plots.main([str(tmp_path / "list.json")])
+
+
+def test_by_length_over_seeds_is_the_mean_and_spread_of_each_row(tmp_path):
+    """reproduce.table's Figure 2: each row's metric per length bin, mean over its seeds with their spread."""
+    def record(method, rank, values):
+        return dict(method=method, rank=rank, metric="accuracy", by_length=[
+            {"bin": "0-100", "n": 7, "accuracy": values[0]}, {"bin": "100+", "n": 5, "accuracy": values[1]}])
+    records = [record("ssmlora", 8, (0.8, 0.6)), record("ssmlora", 8, (0.6, 0.6)), record("lora+sparse", 8, (0.7, 0.5))]
+    fig = plots.plot_by_length(records, tmp_path / "f.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0-100\n(7)", "100+\n(5)"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ssmlora r8 (2 seeds)", "lora+sparse r8 (1 seed)"]
+    line = ax.get_lines()[0]
+    assert list(line.get_ydata()) == pytest.approx([70.0, 60.0])  # the mean of the two seeds, x100
+    assert (tmp_path / "f.png").stat().st_size > 1000
