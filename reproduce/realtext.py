@@ -106,8 +106,9 @@ def check_destination(folder):
             raise RealTextError(f"{parent} is a file: DEST must be a folder")
     there = [str(folder / n) for n in ("train.tsv", "dev.tsv") if (folder / n).exists()]
     if there:
-        raise RealTextError(f"{' and '.join(there)} {'exists' if len(there) == 1 else 'exist'} already: choose another "
-                            f"DEST, or remove {'it' if len(there) == 1 else 'them'} to rebuild (nothing was overwritten)")
+        one = len(there) == 1
+        raise RealTextError(f"{' and '.join(there)} {'exists' if one else 'exist'} already: choose another DEST, or "
+                            f"remove {'it' if one else 'them'} to rebuild (nothing was overwritten)")
 
 
 def main(argv=None):

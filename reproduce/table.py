@@ -13,7 +13,8 @@ command, run again, finishes what an interrupted one left. --jobs N runs N at a 
 its folder's train.log; give each run its threads with --threads after --).
 Ctrl-C is passed to the running train.py processes, which stop after their step and save it (a second: at once).
 QLoRA and MixLoRA get their own papers' targets (ssmlora.DEFAULT_TARGETS, written into each command) unless
---targets is passed after --. Flags after -- that a method does not take (the adapter flags for bitfit and full, --state for all but ssmlora) are left out of its runs.
+--targets is passed after --. Flags after -- that a method does not take (the adapter flags for bitfit and full,
+--state for all but ssmlora) are left out of its runs.
 Writes OUT/table.md: one row per method and rank, one column per task (the task's selection metric on its first dev
 split, x100, mean ± standard deviation over the seeds, and the trained parameter count as the paper counts it); then
 every run's value, steps and minutes; each row's difference from the first row, seed by seed, with a paired t-test;

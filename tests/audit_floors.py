@@ -30,7 +30,8 @@ def sweep(args):
             if kernel != "native":
                 env["ATEN_CPU_CAPABILITY"] = kernel
             workers = max(1, args.cores // threads)
-            cmd = [sys.executable, "-m", "pytest", "-q", "-n", str(workers), str(TESTS), *(["-k", args.k] * bool(args.k))]
+            cmd = [sys.executable, "-m", "pytest", "-q", "-n", str(workers), str(TESTS)]
+            cmd += ["-k", args.k] if args.k else []
             print(f"[audit] kernel {kernel}, {threads} thread(s), seeds {args.seeds}: {' '.join(cmd[1:])}", flush=True)
             subprocess.run(cmd, cwd=TESTS.parent, env=env)  # a failing floor is what we are here to see: go on
 

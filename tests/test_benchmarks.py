@@ -121,13 +121,13 @@ def test_every_task_trains_end_to_end_and_reports_its_metrics(task, tiny_bert, f
         assert cut[t.dev[0]]["passage_cut"] > 0 and cut[t.dev[0]]["text_cut"] == 0
 
 
-@pytest.mark.parametrize("task, floor", [("copa", 0.75), ("race", 0.55)])
+@pytest.mark.parametrize("task, floor", [("copa", 0.7), ("race", 0.55)])
 def test_tiny_random_model_learns_multiple_choice(task, floor, tiny_bert, files, tmp_path, capsys, seed, learned):
     """The multiple-choice head on a random frozen model: only SSMLoRA's adapters and the head learn."""
     r = run(task, tiny_bert, files, tmp_path, "--epochs", "8", "--lr", "1e-2", "--dropout", "0", "--patience", "0",
             "--seed", str(seed))
     score = r["best"][get_task(task).dev[0]][r["select"]]
-    learned.at_least(score, floor)    # chance: 0.5 (COPA), 0.25 (RACE); measured 0.86 and 0.73
+    learned.at_least(score, floor)    # chance: 0.5 (COPA), 0.25 (RACE); worst 0.81 and 0.70
     if task == "copa":  # predict.py, from the official val lines, picks what the evaluation picked
         import predict
         val = [json.loads(line) for line in (files / "COPA" / "val.jsonl").read_text().splitlines()]
@@ -149,7 +149,7 @@ def test_tiny_random_model_learns_multiple_choice(task, floor, tiny_bert, files,
 def test_pretrained_minilm_learns_boolq_quickly(files, tmp_path, seed, learned):
     """Pair classification (passage, question): 20 steps of SSMLoRA on the real MiniLM."""
     r = run("boolq", MINILM, files, tmp_path, "--max-steps", "20", "--lr", "2e-3", "--seed", str(seed))
-    learned.at_least(r["best"]["val"]["accuracy"], 0.85)    # chance 0.5; measured 1.0
+    learned.at_least(r["best"]["val"]["accuracy"], 0.85)    # chance 0.5; worst 1.0
     import predict  # a pair task: passage, then question; labels as BoolQ writes them
     val = [json.loads(line) for line in (files / "BoolQ" / "val.jsonl").read_text().splitlines()]
     p = predict.load(str(tmp_path / "adapters.safetensors"), device="cpu")

@@ -261,7 +261,7 @@ def test_deberta_with_its_spm_tokenizer_fine_tunes_end_to_end(tmp_path, monkeypa
     r = train.run(parse(["--task", "rte", "--model", str(ckpt), "--random-init", "--data-dir",
                                   str(tmp_path / "glue"), "--out", str(tmp_path / "out"), "--epochs", "12",
                                   "--lr", "1e-2", "--dropout", "0", "--seed", str(seed)]))
-    learned.at_least(r["best"]["dev"]["accuracy"], 0.75)  # chance is 0.5; measured 0.98
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.7)  # chance 0.5; worst 0.81
 
 
 def test_pretraining_checkpoint_layout_loads(tmp_path):

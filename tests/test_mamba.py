@@ -387,10 +387,10 @@ def test_tiny_mamba_learns_a_synthetic_task_with_lora_sdt_and_ssmlora(seed, lear
                                                            targets="in_proj,out_proj")), 60)
     _, model = sdt_models(base, warmup_steps=10, train=train)
     sdt_acc = train(model, 60)
-    learned.below(head_only, 0.8, "head only")  # the frozen body does not hand the answer to the head (0.72)
-    learned.at_least(lora, 0.95, "lora")  # 1.0
-    learned.at_least(ssm, 0.95, "ssmlora")  # 1.0
-    learned.at_least(sdt_acc, 0.9, "sdt")  # 0.96
+    learned.below(head_only, 0.85, "head only")  # the frozen body does not hand the head the answer: worst 0.74
+    learned.at_least(lora, 0.85, "lora")  # chance 0.5; worst 1.0
+    learned.at_least(ssm, 0.85, "ssmlora")  # worst 0.977
+    learned.at_least(sdt_acc, 0.85, "sdt")  # worst 0.949
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -439,7 +439,7 @@ def test_sdt_through_train_py_eval_only_resume_and_predict(tiny_mamba, tmp_path,
     out = tmp_path / "sdt"
     flags = ["--method", "sdt", "--sdt-warmup", "16", "--epochs", "10", "--lr", "2e-2", "--seed", str(seed)]
     r = train.run(parse_args(argv(tiny_mamba, out, *flags)))
-    learned.at_least(r["best"]["dev"]["accuracy"], 0.75)  # measured 0.84
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.7)  # chance 0.5; worst 0.84
     # D = 64: kept(64, 0.99) = 1 channel, kept(8, 0.75) = 2 states; B and C: 16; LoRA r 8 on out_proj (64 -> 32)
     assert r["params"]["adapter"] == 2 * (1 * 2 + 16 + 8 * (64 + 32))
     assert tuple(r["adapters"]["targets"]) == ("out_proj",) and r["adapters"]["alpha"] == 8.0

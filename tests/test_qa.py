@@ -131,8 +131,8 @@ def test_a_tiny_model_learns_squad_style_spans(tmp_path, seed, learned):
             loss.backward()
             opt.step()
     after = em()
-    learned.below(before, 0.3, "em before")
-    learned.at_least(after, 0.9, "em")
+    learned.below(before, 0.3, "em before")  # worst 0.094
+    learned.at_least(after, 0.9, "em")  # worst 1.0
 
 
 # ----------------------------------------------------------------------------- NarrativeQA: ROUGE-L and the oracle
@@ -421,9 +421,9 @@ def test_train_py_learns_squad_reports_by_length_and_predict_answers(tmp_path, c
     before = evaluate(hub.from_pretrained(tmp_path / "bert", head="span"), win, squad.TASK, 32, torch.device("cpu"),
                       dev)[0]
     # SSMLoRA on a frozen random body: EM from 0.0 to 0.71, F1 from 0.18 to 0.84 (measured)
-    learned.below(before["em"], 0.2, "em before")
-    learned.at_least(r["best"]["dev"]["em"], 0.55, "em")
-    learned.at_least(r["best"]["dev"]["f1"], 0.75, "f1")
+    learned.below(before["em"], 0.2, "em before")  # worst 0.063
+    learned.at_least(r["best"]["dev"]["em"], 0.55, "em")  # worst 0.69
+    learned.at_least(r["best"]["dev"]["f1"], 0.7, "f1")  # worst 0.84
     assert r["passage_cut"]["dev"]["several_windows"] > 0            # some contexts needed two windows or more
     bins = r["by_length"]["dev"]
     n = win.lengths
@@ -469,7 +469,7 @@ def test_train_py_learns_narrativeqa_from_its_oracle_spans(tmp_path, seed, learn
                       torch.device("cpu"), valid)[0]
     # the answers are "light blue" and "it is light blue", the oracle span the colour: ROUGE-L 1.0 at best; measured
     # on valid: 0.24 before, 0.88 after (SSMLoRA, frozen random body)
-    learned.below(before["rouge_l"], 0.5, "rouge_l before")
-    learned.at_least(r["best"]["valid"]["rouge_l"], 0.8, "rouge_l valid")
-    learned.at_least(r["best"]["test"]["rouge_l"], 0.8, "rouge_l test")
+    learned.below(before["rouge_l"], 0.5, "rouge_l before")  # worst 0.30
+    learned.at_least(r["best"]["valid"]["rouge_l"], 0.75, "rouge_l valid")  # worst 0.86
+    learned.at_least(r["best"]["test"]["rouge_l"], 0.75, "rouge_l test")  # worst 0.88
     assert [b["n"] for b in r["by_length"]["test"]] == [64, 0, 0, 0, 0, 0]

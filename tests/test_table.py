@@ -226,7 +226,8 @@ def test_rows_with_their_own_insertion_and_rank_side_by_side_paired_and_by_lengt
     assert "| sst2 | lora+sparse r8 | 1 | 81.00 | 30 | 2.0 |" in text
     # the same +2.00 in every seed is beyond seed noise; +1, 0, +1 (t = 2.0 with 2 degrees of freedom) is not
     assert "| sst2 | lora r8 | 0: +2.00, 1: +2.00, 2: +2.00 | +2.00 ± 0.00 | +inf | yes (|t| > 4.303) |" in text
-    assert "| sst2 | lora+sparse r8 | 0: +1.00, 1: +0.00, 2: +1.00 | +0.67 ± 0.58 | +2.00 | no (|t| ≤ 4.303) |" in text
+    assert ("| sst2 | lora+sparse r8 | 0: +1.00, 1: +0.00, 2: +1.00 | +0.67 ± 0.58 | +2.00 | no (|t| ≤ 4.303) |"
+            in text)
     assert "| ssmlora r8 | 81.00 ± 1.00 | 71.00 ± 1.00 |" in text and "| dev examples | 5 | 3 |" in text
     # a dense LoRA run where the grid expects the sparse one is refused, as any run in the wrong cell
     results = out / "sst2" / "lora-sparse-r8" / "seed0" / "results.json"

@@ -107,7 +107,7 @@ def test_frozen_random_model_learns_with_adapters(method, tiny_bert, glue, tmp_p
     # (one seed of 5 was still at 0.53 when 20 epochs with --patience 5 stopped it)
     r = train.run(parse_args(argv("sst2", tiny_bert, glue, out, "--method", method, "--epochs", "40", "--patience", "0",
                                       "--lr", "1e-2", "--dropout", "0", "--seed", str(seed))))
-    learned.at_least(r["best"]["dev"]["accuracy"], 0.75)  # chance is 0.5; measured 0.86 (SSMLoRA), 0.95 (LoRA)
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.7)  # chance 0.5; worst 0.84 (SSMLoRA), 0.95 (LoRA)
     # LoRA: query and value in all 4 layers; SSMLoRA: one of them per layer, plus W_c and W_d (2 r^2) each
     assert r["params"]["adapter"] == (8 * (32 * 8 + 8 * 32) if method == "lora" else 4 * (32 * 8 + 8 * 32 + 2 * 8 * 8))
     lines = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
@@ -138,7 +138,7 @@ def test_decoder_checkpoints_fine_tune_end_to_end(family, own_pad, flags, late_g
     assert bool(padded.any()) and bool((batch["input_ids"][padded] == ours.pad_id).all())
     r = train.run(parse_args(argv("sst2", tmp_path / "ckpt", glue, tmp_path / "out", *flags, "--epochs", "10",
                                       "--lr", "1e-2", "--dropout", "0", "--seed", str(seed))))
-    learned.at_least(r["best"]["dev"]["accuracy"], 0.75)  # chance is 0.5; measured 0.81, 0.91, 0.92
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.7)  # chance 0.5; worst 0.875, 0.953, 0.984
 
 
 def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path, capsys, seed, learned):
@@ -158,6 +158,7 @@ def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path, capsys, s
     moves = {m: [u["W_a"] for u in log["update"]] for m, log in logs.items()}
     assert moves["global"][0] == moves["state"][0] == 0  # step 1: W_b = 0, so W_a has no gradient yet
     # step 2, the spike: measured 0.033 with state clipping (step 3: 0.013) and 0.00014 with one global norm
+    # worst 2.18 and 0.0051
     learned.at_least(moves["state"][1] / moves["state"][2], 0.5, "W_a update at the spike / next, state clipping")
     learned.below(moves["global"][1] / moves["state"][1], 0.05, "W_a update at the spike, global / state")
 
@@ -194,14 +195,14 @@ def test_a_failed_spike_run_ends_with_its_error(tmp_path, monkeypatch, capsys):
 def test_regression_task_learns(tiny_bert, glue, tmp_path, seed, learned):
     r = train.run(parse_args(argv("stsb", tiny_bert, glue, tmp_path, "--epochs", "20", "--lr", "1e-2",
                                       "--dropout", "0", "--seed", str(seed))))
-    learned.at_least(r["best"]["dev"]["pearson"], 0.7, "pearson")  # measured 0.86
+    learned.at_least(r["best"]["dev"]["pearson"], 0.7, "pearson")  # worst 0.83
 
 
 def test_real_pretrained_minilm_learns_sentiment_quickly(glue, tmp_path, seed, learned):
     r = train.run(parse_args(argv("sst2", MINILM, glue, tmp_path, "--epochs", "2", "--lr", "1e-3",
                                       "--max-train", "128", "--seed", str(seed))))
     assert r["steps"] == 16
-    learned.at_least(r["best"]["dev"]["accuracy"], 0.9)  # 16 steps of SSMLoRA on a real checkpoint
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.9)  # 16 steps of SSMLoRA on a real checkpoint: worst 1.0
 
 
 def test_killed_run_resumes_exactly(tiny_bert, glue, tmp_path):
