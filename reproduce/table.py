@@ -368,16 +368,23 @@ def every_run(done, args):
     return "\n".join(lines) + "\n\nvalue: the best dev metric x100; minutes: training time, evaluations left out\n"
 
 
-def differences(done, task, first, other):
+def differences(done, task, first, other, value=lambda r: r["value"]):
     """{seed: first row's value minus the other's} over the seeds both rows finished, x100."""
-    value = lambda row: {r["seed"]: r["value"] for r in done if r["task"] == task and (r["method"], r["rank"]) == row}
-    a, b = value(first), value(other)
-    return {s: 100 * (a[s] - b[s]) for s in a if s in b}
+    of = lambda row: {r["seed"]: value(r) for r in done if r["task"] == task and (r["method"], r["rank"]) == row}
+    a, b = of(first), of(other)
+    return {s: 100 * (a[s] - b[s]) for s in a if s in b and a[s] is not None and b[s] is not None}
+
+
+def t_test(values):
+    """(mean, std, t, Student's two-sided 95% point) of paired differences; beyond seed noise when |t| > the point."""
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    t = math.inf * (mean or 1) if std == 0 else mean / (std / math.sqrt(len(values)))
+    return mean, std, t, T_95[min(len(values) - 1, len(T_95)) - 1]
 
 
 def paired(done, args):
     """Each row's difference from the first, seed by seed (the same seed: the same split, data order and head init),
-    with the paired t statistic: beyond seed noise when |t| exceeds Student's two-sided 95% point."""
+    with the paired t statistic."""
     rows = rows_of(done)
     if len(rows) < 2:
         return ""
@@ -390,20 +397,18 @@ def paired(done, args):
             if not d:
                 continue
             per_seed = ", ".join(f"{s}: {v:+.2f}" for s, v in d.items())
-            values = list(d.values())
-            if len(values) < 2:
-                lines.append(f"| {task} | {row_label(*other)} | {per_seed} | {values[0]:+.2f} | – | one seed |")
+            if len(d) < 2:
+                lines.append(f"| {task} | {row_label(*other)} | {per_seed} | {d.popitem()[1]:+.2f} | – | one seed |")
                 continue
-            mean, std = statistics.fmean(values), statistics.stdev(values)
-            t = math.inf * (mean or 1) if std == 0 else mean / (std / math.sqrt(len(values)))
-            crit = T_95[min(len(values) - 1, len(T_95)) - 1]
+            mean, std, t, crit = t_test(list(d.values()))
             lines.append(f"| {task} | {row_label(*other)} | {per_seed} | {mean:+.2f} ± {std:.2f} | {t:+.2f} | "
                          f"{'yes (|t| >' if abs(t) > crit else 'no (|t| ≤'} {crit}) |")
     return "\n".join(lines) + "\n"
 
 
 def by_length(done, args):
-    """Per task whose runs report it: the metric (mean ± std over seeds, x100) in each bin of input tokens."""
+    """Per task whose runs report it: the metric (mean ± std over seeds, x100) in each bin of input tokens, then the
+    first row minus each row in each bin, paired by seed (mean ± std, t; * beyond seed noise at 95%)."""
     text = ""
     for task in args.tasks:
         mine = [r for r in done if r["task"] == task and r.get("by_length")]
@@ -411,14 +416,28 @@ def by_length(done, args):
             continue
         bins = [b["bin"] for b in mine[0]["by_length"]]
         metric = mine[0]["metric"]
+        in_bin = lambda i: lambda r: r["by_length"][i].get(metric)
         lines = [f"\n## {task}: {metric} by input tokens (before any cut), mean ± std over seeds x100\n",
                  "| method | " + " | ".join(bins) + " |", "|---|" + "---|" * len(bins)]
-        for row in rows_of(mine):
+        rows = rows_of(mine)
+        for row in rows:
             runs = [r for r in mine if (r["method"], r["rank"]) == row]
-            cells = [mean_std([r["by_length"][i][metric] for r in runs if r["by_length"][i].get(metric) is not None])
-                     for i in range(len(bins))]
+            cells = [mean_std([in_bin(i)(r) for r in runs if in_bin(i)(r) is not None]) for i in range(len(bins))]
             lines.append(f"| {row_label(*row)} | " + " | ".join(cells) + " |")
         lines.append("| dev examples | " + " | ".join(str(b["n"]) for b in mine[0]["by_length"]) + " |")
+        if len(rows) > 1:
+            lines += [f"\n{row_label(*rows[0])} minus each row in each bin, paired by seed: mean ± std (t), "
+                      "* beyond seed noise (95%)\n", "| minus | " + " | ".join(bins) + " |", "|---|" + "---|" * len(bins)]
+            for other in rows[1:]:
+                cells = []
+                for i in range(len(bins)):
+                    d = list(differences(mine, task, rows[0], other, in_bin(i)).values())
+                    if len(d) < 2:
+                        cells.append(f"{d[0]:+.2f}" if d else "–")
+                        continue
+                    mean, std, t, crit = t_test(d)
+                    cells.append(f"{mean:+.2f} ± {std:.2f} ({t:+.2f}){'*' if abs(t) > crit else ''}")
+                lines.append(f"| {row_label(*other)} | " + " | ".join(cells) + " |")
         text += "\n".join(lines) + "\n"
     return text
 

@@ -207,7 +207,7 @@ def test_rows_with_their_own_insertion_and_rank_side_by_side_paired_and_by_lengt
         path = Path(cmd[cmd.index("--out") + 1]) / "results.json"
         r = json.loads(path.read_text())
         r.update(steps=30, epoch_seconds=[60.0, 60.0], by_length={"dev": [
-            {"bin": "0-100", "n": 5, "accuracy": value}, {"bin": "100+", "n": 3, "accuracy": value - 0.1}]})
+            {"bin": "0-100", "n": 5, "accuracy": value}, {"bin": "100+", "n": 3, "accuracy": value - 0.1 + 0.03 * (name == "ssmlora")}]})
         path.write_text(json.dumps(r))
         return 0
     monkeypatch.setattr(table, "train", fake)
@@ -228,7 +228,10 @@ def test_rows_with_their_own_insertion_and_rank_side_by_side_paired_and_by_lengt
     assert "| sst2 | lora r8 | 0: +2.00, 1: +2.00, 2: +2.00 | +2.00 ± 0.00 | +inf | yes (|t| > 4.303) |" in text
     assert ("| sst2 | lora+sparse r8 | 0: +1.00, 1: +0.00, 2: +1.00 | +0.67 ± 0.58 | +2.00 | no (|t| ≤ 4.303) |"
             in text)
-    assert "| ssmlora r8 | 81.00 ± 1.00 | 71.00 ± 1.00 |" in text and "| dev examples | 5 | 3 |" in text
+    assert "| ssmlora r8 | 81.00 ± 1.00 | 74.00 ± 1.00 |" in text and "| dev examples | 5 | 3 |" in text
+    # and the same paired differences bin by bin: the long bin's gap is its own, not the overall one
+    assert "| lora r8 | +2.00 ± 0.00 (+inf)* | +5.00 ± 0.00 (+inf)* |" in text
+    assert "| lora+sparse r8 | +0.67 ± 0.58 (+2.00) | +3.67 ± 0.58 (+11.00)* |" in text
     # a dense LoRA run where the grid expects the sparse one is refused, as any run in the wrong cell
     results = out / "sst2" / "lora-sparse-r8" / "seed0" / "results.json"
     r = json.loads(results.read_text())
