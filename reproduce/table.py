@@ -462,8 +462,8 @@ def plot(records, args, path):
         ax.minorticks_off()
         ax.set_xlabel("rank")
         metric = next((r["metric"] for r in records if "value" in r and r["task"] == task), "metric")
-        ax.set_ylabel(f"dev {metric} x100 (mean ± std over seeds)")
-        ax.set_title(task)
+        ax.set_ylabel(f"dev {metric} x100")  # a longer label is cut off at this width
+        ax.set_title(f"{task}: mean ± std over seeds")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
