@@ -294,7 +294,7 @@ def test_learns_synthetic_task(method, seed, learned):
     m.eval()
     with torch.no_grad():
         acc = (m(ids[384:])[0].argmax(-1) == y[384:]).float().mean().item()
-    learned.at_least(acc, 0.8)  # chance 0.5; worst 0.945 (MixLoRA), 1.0 (QLoRA)
+    learned.at_least(acc, 0.8)  # chance 0.5; worst 0.938 (MixLoRA), 1.0 (QLoRA)
 
 
 @pytest.mark.parametrize("method", ["qlora", "mixlora"])

@@ -138,7 +138,7 @@ def test_decoder_checkpoints_fine_tune_end_to_end(family, own_pad, flags, late_g
     assert bool(padded.any()) and bool((batch["input_ids"][padded] == ours.pad_id).all())
     r = train.run(parse_args(argv("sst2", tmp_path / "ckpt", glue, tmp_path / "out", *flags, "--epochs", "10",
                                       "--lr", "1e-2", "--dropout", "0", "--seed", str(seed))))
-    learned.at_least(r["best"]["dev"]["accuracy"], 0.7)  # chance 0.5; worst 0.875, 0.953, 0.984
+    learned.at_least(r["best"]["dev"]["accuracy"], 0.7)  # chance 0.5; worst 0.875, 0.953, 0.969
 
 
 def test_state_clipping_keeps_the_step_after_the_spike(glue, tmp_path, capsys, seed, learned):
