@@ -23,7 +23,7 @@ from files import atomic_write, check_new
 from files.hub import resolve
 from files.tokenizer import load_tokenizer
 from ssmlora import SSMLoRALinear
-from tasks import encode, get_task, load_data
+from tasks import encode, get_task, lengths, load_data
 from training import flags
 from training.build import build_model
 from training.cli import OneLineParser, UserError, pick_device
@@ -143,6 +143,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--json", help="also write every figure to this new file")
     args = p.parse_args(argv)
+    for flag in ("max_eval", "batch_size", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.length_bins.strip() not in ("0", "off"):
+        try:
+            lengths.edges(args.length_bins)
+        except ValueError as e:
+            p.error(str(e))
     train_flags = ["--length-bins", args.length_bins, "--batch-size", str(args.batch_size)]
     train_flags += ["--max-eval", str(args.max_eval)] if args.max_eval else []
     threads = torch.get_num_threads()
@@ -157,6 +165,8 @@ def main(argv=None):
         results = [measure(r, train_flags) for r in runs]
     except (ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: nothing was written")
     finally:
         torch.set_num_threads(threads)
     report(results)

@@ -79,6 +79,8 @@ def test_the_command_measures_a_trained_run_and_refuses_what_it_cannot(tiny, tmp
     assert "h_norm = 0" in printed and "h_norm = its mean" in printed and "RMS of s h_norm W_b" in printed
     for argv, message in [([str(runs["lora"])], "holds lora adapters: only SSMLoRA's have a state"),
                           ([str(tmp_path / "none")], "does not exist: give a run folder"),
-                          ([str(runs["ssmlora"]), "--json", str(out)], "already exists")]:
+                          ([str(runs["ssmlora"]), "--json", str(out)], "already exists"),
+                          ([str(runs["ssmlora"]), "--max-eval", "0"], "--max-eval must be at least 1, got 0"),
+                          ([str(runs["ssmlora"]), "--length-bins", "abc"], "--length-bins 'abc': give a bin width")]:
         with pytest.raises(SystemExit, match=f"^error: .*{message}"):
             timeshare.main(argv)
