@@ -36,7 +36,7 @@ class StateTerm:
     output. The model itself is not changed."""
 
     def __init__(self, model, means=None):
-        self.model, self.means, self.mask, self.hooks = model, means, None, []
+        self.model, self.means, self.mask, self.hooks, self.incoming = model, means, None, [], {}
         self.modules = {n: m for n, m in model.named_modules() if isinstance(m, SSMLoRALinear)}
         self.squares = {n: [0.0, 0.0] for n in self.modules}  # name: [state's term, LoRA's term]
         self.sums = {n: [0.0, 0] for n in self.modules}       # name: [h_norm summed over the tokens (r,), tokens]
@@ -55,23 +55,23 @@ class StateTerm:
         self.mask = args[1].bool() if len(args) > 1 and args[1] is not None else None
 
     def keep_state(self, m, args):  # h_t as the module will read it, before it reads (and so removes) it
-        m.h_in = torch.zeros_like(args[0] @ m.W_a) if m.position == 0 else m.axes.h[m.axis][1]
+        self.incoming[m] = m.axes.h[m.axis][1] if m.position else None  # None: h_0 = 0
 
     def hook(self, name):
         def after(m, args, y):
             x_new = args[0] @ m.W_a                                    # eq. (5), as the module computed it
-            h_norm = m.next_state(x_new, m.h_in)                       # eq. (8); eval: no dropout on it
+            h = self.incoming.pop(m)
+            h_norm = m.next_state(x_new, torch.zeros_like(x_new) if h is None else h)  # eq. (8); eval: no dropout
             state, lora = m.scaling * h_norm @ m.W_b, m.scaling * x_new @ m.W_b  # the two terms of eq. (10)
             real = self.mask if self.mask is not None and self.mask.shape == y.shape[:2] else slice(None)
             self.squares[name][0] += float(state[real].float().square().sum())
             self.squares[name][1] += float(lora[real].float().square().sum())
             self.sums[name][0] += h_norm[real].float().reshape(-1, h_norm.shape[-1]).sum(0)
             self.sums[name][1] += h_norm[real].numel() // h_norm.shape[-1]
-            del m.h_in
             if self.means is None:
                 return y
             mean = self.means if isinstance(self.means, (int, float)) else self.means[name].to(h_norm.dtype)
-            return y - state + m.scaling * (mean * torch.ones_like(h_norm)) @ m.W_b
+            return y - m.scaling * (h_norm - mean) @ m.W_b            # h_norm's place in eq. (10) taken by mean
         return after
 
     def mean_states(self):
