@@ -212,7 +212,8 @@ class SSMLoRALinear(LowRankLinear):
         """h_norm, the normalised h_t+1, from x_new = x W_a (B, T, r) and the incoming state h_t (B, T, r)."""
         h_dot = addmm(x_new @ self.W_d, h, self.W_c)          # eq. (2): h'_t = h_t W_c + x_new W_d, (B, T, r)
         h = h_dot + h.float()                                 # eqs. (3), (4): one Euler step, in float32: see EPS
-        lo, hi = torch.aminmax(h, dim=-1, keepdim=True)       # eqs. (6), (7): per token, over the rank: (B, T, 1)
+        # amin and amax: torch 2.11's aminmax has no backward (2.13's has), and training would stop at its first step
+        lo, hi = h.amin(-1, keepdim=True), h.amax(-1, keepdim=True)  # eqs. (6), (7): per token, over rank: (B, T, 1)
         return ((h - lo) / (hi - lo + EPS)).to(x_new.dtype)   # eq. (8), typo fixed (decision 1): (B, T, r)
 
     def forward(self, x):

@@ -695,9 +695,10 @@ class CountKernels(TorchDispatchMode):
 
 
 # per adapted module, the base linear aside, at a position > 0 on its axis; before the kernel pass: LoRA 4 and 7,
-# SSMLoRA 14 and 22. A change here is a change in what every adapted module launches: update it knowingly.
-@pytest.mark.parametrize("method, bf16, expected", [("lora", False, 2), ("ssmlora", False, 11),
-                                                     ("lora", True, 5), ("ssmlora", True, 18)])
+# SSMLoRA 14 and 22; amin and amax in place of aminmax (which torch 2.11 cannot differentiate) cost SSMLoRA one more.
+# A change here is a change in what every adapted module launches: update it knowingly.
+@pytest.mark.parametrize("method, bf16, expected", [("lora", False, 2), ("ssmlora", False, 12),
+                                                     ("lora", True, 5), ("ssmlora", True, 19)])
 def test_an_adapted_module_launches_few_kernels(method, bf16, expected):
     m = build(method=method, targets="query", sparse=False)
     q = m.blocks[1].attn.query

@@ -245,7 +245,7 @@ def test_rows_with_their_own_insertion_and_rank_side_by_side_paired_and_by_lengt
     for bad, message in [(["--methods", "bitfit@4"], "bitfit@4: only ssmlora, lora, qlora, mixlora take"),
                          (["--methods", "lora+sparse", "--", "--dense"], "--sparse or --dense after -- would"),
                          (["--methods", "lora@0"], "--ranks must be positive integers, got 0"),
-                         (["--methods", "lora+wide"], "unknown method lora\+wide"),
+                         (["--methods", "lora+wide"], r"unknown method lora\+wide"),
                          (["--jobs", "0"], "--jobs must be at least 1")]:
         with pytest.raises(SystemExit, match=f"^error: {message}"):
             table.main(["--tasks", "sst2", "--out", str(tmp_path / "u")] + bad)
