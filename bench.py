@@ -87,7 +87,8 @@ def get_args(argv=None):
     p.add_argument("--dense", action="store_true", help="SSMLoRA dense too (query and value in every layer, as LoRA); "
                    "default: each method's own, as the paper compares them: LoRA dense, SSMLoRA sparse")
     p.add_argument("--quick", action="store_true", help="tiny model and shapes, few repeats: a smoke test")
-    p.add_argument("--json", default="out/bench.json", help="where the results are written (default out/bench.json)")
+    p.add_argument("--json", help="where the results are written, a new file (default out/bench.json, or the next "
+                   "free out/benchN.json, N = 2, 3, ...: a second run keeps the first one's)")
     p.add_argument("--plot", metavar="FILE", help="also draw latency and peak memory against length per method into "
                    "FILE (a .png; needs matplotlib; python -m reproduce.plots redraws it from --json)")
     a = p.parse_args(argv)
@@ -123,6 +124,8 @@ def get_args(argv=None):
         p.error("--plot needs the matplotlib package (pip install matplotlib)")
     try:  # before the sweep: a wrong backend or an occupied file would fail only after it
         a.backend = check_backend(a.backend, "--backend") if a.backend else "inductor"  # given: with --compile
+        a.json = a.json or next(f for f in (f"out/bench{n}.json" for n in ["", *range(2, 10_000)])
+                                if not Path(f).exists())  # the default never refuses: bench.json, bench2.json, ...
         check_new(a.json, "--json")
         if a.plot:
             from reproduce.plots import png

@@ -139,6 +139,16 @@ def test_an_earlier_result_is_never_written_over(tmp_path):
     assert (tmp_path / "bench.json").read_text() == "mine"
 
 
+def test_without_json_a_second_run_writes_beside_the_first(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "bench.json").write_text("mine")
+    with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+        bench.main(["--quick", "--modes", "inference", "--batch-sizes", "1", "--lengths", "8"])
+    assert "written to out/bench2.json" in out.getvalue() and (tmp_path / "out" / "bench.json").read_text() == "mine"
+    assert json.loads((tmp_path / "out" / "bench2.json").read_text())["results"][0]["length"] == 8
+
+
 def test_command_line_error_has_no_traceback():
     flags = ["--lengths", "abc"] if torch.cuda.is_available() else ["--device", "cuda"]
     p = subprocess.run([sys.executable, "bench.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)
