@@ -73,14 +73,18 @@ def resolve(name_or_dir):
            f"or vocab.json + merges.txt, or vocab.txt) from https://huggingface.co/{name} into one folder and "
            f"pass that folder instead, e.g. --model ./checkpoints/{name.split('/')[-1]}")
     online = hub_reachable()
-    folder = _fetch(name, "config.json", online, how)
+    folder, online = _fetch(name, "config.json", online, how)
     if folder is None:
         raise ModelError(f"{name!r} is not in the local cache and the hub cannot be reached (no network?). {how}")
-    if not any(_fetch(name, f, online, how) for f in WEIGHT_FILES):  # the first that exists
+    for f in WEIGHT_FILES:  # the first that exists
+        weights, online = _fetch(name, f, online, how)
+        if weights:
+            break
+    else:
         raise ModelError(f"no weights for {name!r}: neither model.safetensors nor pytorch_model.bin is in the cache "
                          f"or could be downloaded. {how}")
     for f in TOKENIZER_FILES:  # optional: whichever of these the model has
-        _fetch(name, f, online, how)
+        online = _fetch(name, f, online, how)[1]
     return folder.parent
 
 
@@ -96,21 +100,25 @@ def hub_reachable():
 
 
 def _fetch(name, filename, online, how):
-    """Path of `filename` of hub model `name`: from the cache, else downloaded if online; None if it has none."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundError, RepositoryNotFoundError
-    for local in (True, False) if online else (True,):  # the cache first: a model downloaded once needs no network
-        try:
-            return Path(hf_hub_download(name, filename, local_files_only=local))
-        except LocalEntryNotFoundError:   # not in the cache: try the hub next
-            continue
-        except RemoteEntryNotFoundError:  # the hub answered: this repo has no such file
-            return None
-        except RepositoryNotFoundError:
-            raise ModelError(f"{name!r} is neither a local folder nor a model on the Hugging Face hub") from None
-        except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
-            raise ModelError(f"downloading {filename} of {name!r} failed ({type(e).__name__}: {e}). {how}") from None
-    return None
+    """(path of `filename` of hub model `name`, or None where it has none; whether to go on asking the hub). The cache
+    first, which also remembers the files the hub said it lacks: a model downloaded once asks the network nothing."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    # .utils, not .errors: where huggingface_hub 0.24 (requirements.txt's floor) has them too. The hub's "no such
+    # file" is EntryNotFoundError there and RemoteEntryNotFoundError, a subclass, from 1.0 on
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+    cached = try_to_load_from_cache(name, filename)  # a path; None: never asked; else the hub's "no such file"
+    if cached is not None or not online:
+        return (Path(cached) if isinstance(cached, str) else None), online
+    try:
+        return Path(hf_hub_download(name, filename)), True
+    except LocalEntryNotFoundError:  # the hub did not answer (after its ~20 s of retries): ask it nothing more
+        return None, False
+    except EntryNotFoundError:  # the hub answered: this repo has no such file
+        return None, True
+    except RepositoryNotFoundError:
+        raise ModelError(f"{name!r} is neither a local folder nor a model on the Hugging Face hub") from None
+    except Exception as e:  # proxies, timeouts, disk full: say what happened and the way around it
+        raise ModelError(f"downloading {filename} of {name!r} failed ({type(e).__name__}: {e}). {how}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------
