@@ -124,8 +124,8 @@ def get_args(argv=None):
         p.error("--plot needs the matplotlib package (pip install matplotlib)")
     try:  # before the sweep: a wrong backend or an occupied file would fail only after it
         a.backend = check_backend(a.backend, "--backend") if a.backend else "inductor"  # given: with --compile
-        a.json = a.json or next(f for f in (f"out/bench{n}.json" for n in ["", *range(2, 10_000)])
-                                if not Path(f).exists())  # the default never refuses: bench.json, bench2.json, ...
+        free = (f"out/bench{n}.json" for n in ("", *range(2, 10_000)))  # the default never refuses: bench2.json, ...
+        a.json = a.json or next(f for f in free if not Path(f).exists())
         check_new(a.json, "--json")
         if a.plot:
             from reproduce.plots import png

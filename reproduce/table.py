@@ -427,7 +427,8 @@ def by_length(done, args):
         lines.append("| dev examples | " + " | ".join(str(b["n"]) for b in mine[0]["by_length"]) + " |")
         if len(rows) > 1:
             lines += [f"\n{row_label(*rows[0])} minus each row in each bin, paired by seed: mean ± std (t), "
-                      "* beyond seed noise (95%)\n", "| minus | " + " | ".join(bins) + " |", "|---|" + "---|" * len(bins)]
+                      "* beyond seed noise (95%)\n", "| minus | " + " | ".join(bins) + " |",
+                      "|---|" + "---|" * len(bins)]
             for other in rows[1:]:
                 cells = []
                 for i in range(len(bins)):

@@ -3,13 +3,14 @@ learning tests' seed and floors (swept over seeds, CPU kernels and threads by te
 import http.server
 import json
 import os
-import threading
 
 os.environ["HF_HUB_OFFLINE"] = "1"          # nothing in the suite may touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from loopback import Loopback  # noqa: E402
 
 # One thread: the suite's models are tiny, so a second thread gains little, and on a machine whose cores other
 # work is using, OpenMP threads that wait for each other made the suite 15-40x slower.
@@ -65,7 +66,7 @@ def learned(request):
     return Learned(request.node)
 
 
-class Server:
+class Server(Loopback):
     """A loopback HTTP server for the duration of a test. files: {name: bytes}; mode "truncate" announces the
     full length but sends half and hangs up."""
 
@@ -88,17 +89,7 @@ class Server:
                 pass
 
         self.files, self.mode, self.requests = files, mode, []
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        if not self.thread.is_alive():
-            return
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 @pytest.fixture

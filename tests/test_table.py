@@ -211,7 +211,8 @@ def test_rows_with_their_own_insertion_and_rank_side_by_side_paired_and_by_lengt
         path = Path(cmd[cmd.index("--out") + 1]) / "results.json"
         r = json.loads(path.read_text())
         r.update(steps=30, epoch_seconds=[60.0, 60.0], by_length={"dev": [
-            {"bin": "0-100", "n": 5, "accuracy": value}, {"bin": "100+", "n": 3, "accuracy": value - 0.1 + 0.03 * (name == "ssmlora")}]})
+            {"bin": "0-100", "n": 5, "accuracy": value},
+            {"bin": "100+", "n": 3, "accuracy": value - 0.1 + 0.03 * (name == "ssmlora")}]})
         path.write_text(json.dumps(r))
         return 0
     monkeypatch.setattr(table, "train", fake)

@@ -1,4 +1,5 @@
-"""reproduce/timeshare.py: SSMLoRA with its state's term taken out is sparse LoRA, exactly; the command measures a run."""
+"""reproduce/timeshare.py: SSMLoRA with its state's term taken out is sparse LoRA, exactly; the command measures a
+run."""
 import json
 import random
 
